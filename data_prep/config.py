@@ -1,0 +1,219 @@
+"""Typed data configuration (OmegaConf structured configs) and the YAML loader shared by
+both command-line tools.
+
+Every recipe choice of the data pipeline lives in exactly one key here; the module that
+acts on a key is named next to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence, Type, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from data_prep.errors import UserError
+
+FORMATS = ("segment_pair", "sentence_pair", "full_sentences", "doc_sentences")
+SENTENCE_OBJECTIVES = ("none", "nsp", "sop")
+TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
+MASKING_MODES = ("static", "dynamic")
+MASKING_UNITS = ("token", "whole_word", "ngram")
+
+
+@dataclass
+class TokenizerConfig:
+    """Tokenizer choice (read by ``data_prep.tokenizer``).
+
+    kind: ``bpe`` = byte-level BPE with RoBERTa's special tokens (Liu et al. 2019, §4.4);
+        ``wordpiece`` = lower-cased WordPiece with BERT's (Devlin et al. 2019, §3);
+        ``unigram`` = SentencePiece-style unigram with ALBERT's (Lan et al. 2020, §4.1).
+    vocab_size: target vocabulary size when training (50265 for RoBERTa at paper scale).
+    path: an existing tokenizer.json to use instead of training one.
+    min_frequency: minimum pair/token count for a merge when training.
+    """
+
+    kind: str = "bpe"
+    vocab_size: int = 8192
+    path: Optional[str] = None
+    min_frequency: int = 2
+
+
+@dataclass
+class MaskingConfig:
+    """Masked-LM corruption (read by ``data_prep.masking``).
+
+    mode: ``static`` = masks drawn once at data-prep time, ``dupe_factor`` copies each with
+        its own mask (Devlin et al. 2019, appendix A.2); ``dynamic`` = a fresh mask each time
+        a sequence is drawn (Liu et al. 2019, §4.1).
+    dupe_factor: number of differently-masked copies written in static mode (BERT: 10).
+    mlm_probability: share of non-special tokens selected for prediction (BERT §3.1: 0.15).
+    mask_replace_prob / random_replace_prob: of the selected tokens, the share replaced by
+        the mask token / by a random token; the rest stay unchanged (BERT §3.1: 0.8 / 0.1).
+    validation_seed: seed of the single fixed mask of the validation split, shared by
+        every arm of an ablation so all arms are scored on the same positions.
+    """
+
+    mode: str = "dynamic"
+    dupe_factor: int = 10
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    validation_seed: int = 4242
+
+
+@dataclass
+class DataConfig:
+    """Everything that determines the bytes of a shard directory.
+
+    corpus: a path (directory, glob, .txt, .jsonl, .parquet, .zip or a directory of zips),
+        ``hf:NAME[:CONFIG]`` for ``datasets.load_dataset``, or ``pydoc`` (the CPython
+        reference documentation embedded in every Python; the offline default).
+    strip_pos_tags: corpus sources (zip or file stem, e.g. ``brown``) whose whitespace tokens
+        are ``word/tag`` and get their tags stripped.
+    max_documents: read only the first N documents (for quick tests); None = all.
+    validation_fraction: share of documents (by a stable hash of the document id) held out.
+    format / sentence_objective: input format and sentence-level task (RoBERTa §4.2).
+    max_seq_length: tokens per sequence including special tokens (BERT/RoBERTa: 512).
+    rows_per_shard: sequences per shard file.
+    seed: seed of everything random in data prep except the validation mask.
+    output_dir: where shards go; None = ``data-cache/<fingerprint>`` in the working dir.
+    """
+
+    corpus: str = "pydoc"
+    strip_pos_tags: List[str] = field(default_factory=lambda: ["brown"])
+    max_documents: Optional[int] = None
+    validation_fraction: float = 0.05
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    format: str = "full_sentences"
+    sentence_objective: str = "none"
+    max_seq_length: int = 128
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    rows_per_shard: int = 16384
+    num_workers: int = 1
+    seed: int = 12345
+    output_dir: Optional[str] = None
+
+
+def check_data_config(cfg: DataConfig) -> None:
+    """Reject value combinations the pipeline cannot build. Raises UserError (one line)."""
+    _choice("format", cfg.format, FORMATS)
+    _choice("sentence_objective", cfg.sentence_objective, SENTENCE_OBJECTIVES)
+    _choice("tokenizer.kind", cfg.tokenizer.kind, TOKENIZER_KINDS)
+    _choice("masking.mode", cfg.masking.mode, MASKING_MODES)
+    m = cfg.masking
+    if not 0.0 < m.mlm_probability < 1.0:
+        raise UserError(f"masking.mlm_probability={m.mlm_probability} must be in (0, 1)")
+    if m.mask_replace_prob < 0 or m.random_replace_prob < 0 or m.mask_replace_prob + m.random_replace_prob > 1:
+        raise UserError("masking.mask_replace_prob + masking.random_replace_prob must be within [0, 1]")
+    if m.dupe_factor < 1:
+        raise UserError(f"masking.dupe_factor={m.dupe_factor} must be >= 1")
+    if cfg.max_seq_length < 8:
+        raise UserError(f"max_seq_length={cfg.max_seq_length} is too short; use at least 8")
+    if not 0.0 < cfg.validation_fraction < 1.0:
+        raise UserError(f"validation_fraction={cfg.validation_fraction} must be in (0, 1)")
+    pair = cfg.format in ("segment_pair", "sentence_pair")
+    if pair != (cfg.sentence_objective != "none"):
+        need = "nsp or sop" if pair else "none"
+        raise UserError(
+            f"format={cfg.format} needs sentence_objective={need}, got {cfg.sentence_objective}"
+        )
+
+
+def data_fingerprint(cfg: DataConfig) -> str:
+    """16 hex digits identifying the data a config builds (``output_dir`` and
+    ``num_workers`` excluded: they do not change the bytes)."""
+    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    d.pop("output_dir", None)
+    d.pop("num_workers", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_output_dir(cfg: DataConfig) -> Path:
+    """The shard directory of ``cfg``: ``output_dir`` or ``data-cache/<fingerprint>``."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    return Path("data-cache") / data_fingerprint(cfg)
+
+
+def _choice(key: str, value: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise UserError(f"{key}={value!r} is not one of: {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------- loading
+
+T = TypeVar("T")
+
+
+def read_yaml(path: str | Path) -> DictConfig:
+    """Load one YAML file; a missing or unparsable file is a UserError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        cfg = OmegaConf.load(p)
+    except Exception as e:  # yaml.YAMLError and friends: say which file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot parse {p}: {first}") from None
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"{p} must hold a mapping of config keys at the top level")
+    return cfg
+
+
+def parse_overrides(pairs: Iterable[str]) -> DictConfig:
+    """``["a.b=1", "c=x"]`` → a nested DictConfig. A malformed pair is a UserError."""
+    pairs = list(pairs)
+    for p in pairs:
+        if "=" not in p or p.startswith("="):
+            raise UserError(f"override {p!r} must look like key=value (e.g. corpus=PATH)")
+    try:
+        return OmegaConf.from_dotlist(pairs)
+    except OmegaConfBaseException as e:
+        raise UserError(f"bad override: {_first_line(e)}") from None
+
+
+def merge_into(schema: Type[T], *layers: Any, where: str = "config") -> T:
+    """Merge ``layers`` (DictConfigs or dicts) over the defaults of dataclass ``schema``.
+
+    Returns a typed, read-only-by-convention DictConfig that duck-types as ``schema``.
+    Raises UserError naming the unknown key and the valid names at that level, or the key
+    whose value has the wrong type.
+    """
+    base = OmegaConf.structured(schema)
+    try:
+        merged = OmegaConf.merge(base, *layers)
+    except (ConfigKeyError, ValidationError, OmegaConfBaseException) as e:
+        raise UserError(_explain(e, base, where)) from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise UserError(f"{where}: required key(s) not set: {', '.join(missing)}")
+    return merged  # type: ignore[return-value]
+
+
+def load_data_config(path: Optional[str], overrides: Sequence[str] = ()) -> DataConfig:
+    """Data config from an optional YAML file plus ``key=value`` overrides; validated."""
+    layers = [read_yaml(path)] if path else []
+    cfg = merge_into(DataConfig, *layers, parse_overrides(overrides), where=path or "data config")
+    check_data_config(cfg)
+    return cfg
+
+
+def _explain(e: OmegaConfBaseException, base: DictConfig, where: str) -> str:
+    key = getattr(e, "full_key", None) or ""
+    if isinstance(e, ConfigKeyError) or "Key '" in str(e) and "not in" in str(e):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(base, parent) if parent else base
+        valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "?"
+        return f"{where}: unknown key '{key}'; valid keys{' under ' + parent if parent else ''}: {valid}"
+    return f"{where}: bad value for '{key}': {_first_line(e)}"
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+

@@ -1,0 +1,67 @@
+"""``pretrain``: train a run, run an ablation, rebuild result tables.
+
+    pretrain train CONFIG [--preset NAME] [--resume] [key=value ...]
+    pretrain ablate ABLATION --preset NAME [key=value ...]
+    pretrain tables [--runs DIR] [--results DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from data_prep.errors import run_cli
+
+
+def _train(args: argparse.Namespace) -> None:
+    from pretrain.config import load_run_config
+    from pretrain.trainer import train
+
+    cfg = load_run_config(args.config, args.preset, args.overrides)
+    train(cfg, resume=args.resume)
+
+
+def _ablate(args: argparse.Namespace) -> None:
+    from pretrain.ablation import run_ablation
+
+    run_ablation(args.ablation, args.preset, args.overrides, runs_root=args.runs, results_dir=args.results)
+
+
+def _tables(args: argparse.Namespace) -> None:
+    from pretrain.tables import rebuild_tables
+
+    for path in rebuild_tables(args.runs, args.results):
+        print(path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="pretrain one run from a run config")
+    t.add_argument("config", help="run config YAML (configs/recipe/*.yaml)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
+    t.add_argument("--preset", help="scale preset: configs/preset/NAME.yaml (smoke, small, ...)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.set_defaults(fn=_train)
+
+    a = sub.add_parser("ablate", help="run every arm of an ablation and write its table")
+    a.add_argument("ablation", help="ablation YAML (configs/ablation/*.yaml)")
+    a.add_argument("overrides", nargs="*", help="key=value overrides of every arm's run config")
+    a.add_argument("--preset", required=True, help="scale preset (smoke, small, ...)")
+    a.add_argument("--runs", default="runs", help="root of run directories")
+    a.add_argument("--results", default="results", help="where tables and plots go")
+    a.set_defaults(fn=_ablate)
+
+    tb = sub.add_parser("tables", help="rebuild every result table from run directories, without training")
+    tb.add_argument("--runs", default="runs")
+    tb.add_argument("--results", default="results")
+    tb.set_defaults(fn=_tables)
+
+    args = p.parse_args(argv)
+    return run_cli(args.fn, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

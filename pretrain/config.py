@@ -1,0 +1,212 @@
+"""Typed run configuration: model, objective, data and training, composed from YAML files.
+
+A run config file may start with an ``include`` mapping that pulls whole files into a
+section (paths relative to the including file)::
+
+    include:
+      model: ../model/roberta-base.yaml
+      data: ../data/roberta.yaml
+      train: ../train/roberta.yaml
+
+Layers merge in this order, later wins: dataclass defaults < included files < the file's
+own keys < preset (``configs/preset/NAME.yaml``) < ablation arm < command-line
+``key=value``. The result is a structured OmegaConf config, so a misspelt key fails at load
+time with the valid names (``data_prep.config.merge_into``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from data_prep.config import DataConfig, check_data_config, merge_into, parse_overrides, read_yaml
+from data_prep.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """Encoder shape (read by ``pretrain.model``). Names follow Hugging Face's BertConfig.
+
+    vocab_size: None = taken from the data's tokenizer at run time.
+    hidden_size (H), num_hidden_layers (L), num_attention_heads (A), intermediate_size
+        (feed-forward width, 4H in BERT): Devlin et al. 2019 §3, Table in §3 ("BERT-base:
+        L=12, H=768, A=12").
+    max_position_embeddings: learned absolute positions (BERT: 512).
+    type_vocab_size: segment embeddings (2 for A/B segments).
+    hidden_dropout_prob / attention_probs_dropout_prob: 0.1 in BERT and RoBERTa.
+    initializer_range: std of the truncated-normal init (0.02).
+    """
+
+    vocab_size: Optional[int] = None
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+
+@dataclass
+class ObjectiveConfig:
+    """Training objective (read by ``pretrain.objectives``).
+
+    sentence: the sentence-level loss added to MLM; defaults to the data's
+        ``sentence_objective`` so the two agree unless set on purpose.
+    """
+
+    sentence: str = "${data.sentence_objective}"
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer (read by ``pretrain.trainer``). Defaults are RoBERTa's (Liu et al. 2019,
+    §3.1): AdamW, β1=0.9, β2=0.98, ε=1e-6, weight decay 0.01."""
+
+    name: str = "adamw"
+    lr: float = 6e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: linear warmup over ``warmup_steps`` to the peak lr, then
+    linear decay to zero at ``train.max_steps`` (BERT §A.2, RoBERTa §3.1)."""
+
+    name: str = "linear"
+    warmup_steps: int = 100
+
+
+@dataclass
+class TrainConfig:
+    """Training loop (read by ``pretrain.trainer``).
+
+    global_batch_size: sequences per optimizer step over all ranks
+        (= micro_batch_size × gradient accumulation × world size).
+    micro_batch_size: sequences per forward pass on one rank.
+    max_steps: optimizer steps; the token budget of a run is max_steps × global batch.
+    precision: ``fp32`` or ``bf16`` (``fp16`` with loss scaling on GPU).
+    eval_every / log_every / checkpoint_every: in optimizer steps.
+    keep_checkpoints: how many of the newest checkpoints to keep.
+    seed: seeds model init, data order and dynamic masks.
+    """
+
+    global_batch_size: int = 32
+    micro_batch_size: int = 32
+    max_steps: int = 1000
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    gradient_clipping: float = 1.0
+    precision: str = "fp32"
+    zero_stage: int = 0
+    eval_every: int = 200
+    eval_max_batches: Optional[int] = None
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 42
+
+
+@dataclass
+class RunConfig:
+    """One pretraining run. ``run_dir`` None = ``runs/<name>``."""
+
+    name: str = "run"
+    run_dir: Optional[str] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def find_configs_root(start: Optional[Path]) -> Path:
+    """The nearest ancestor directory named ``configs`` of ``start``, else ./configs."""
+    if start is not None:
+        for d in [start.resolve(), *start.resolve().parents]:
+            if d.name == "configs" and d.is_dir():
+                return d
+    return Path("configs")
+
+
+def resolve_preset(preset: str, config_path: Optional[Path]) -> Path:
+    """``--preset NAME`` → configs/preset/NAME.yaml (or a path to a YAML file)."""
+    p = Path(preset)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise UserError(f"preset file not found: {p}")
+        return p
+    root = find_configs_root(config_path.parent if config_path else None)
+    f = root / "preset" / f"{preset}.yaml"
+    if not f.is_file():
+        names = sorted(x.stem for x in (root / "preset").glob("*.yaml"))
+        raise UserError(f"unknown preset {preset!r} (no {f}); available: {', '.join(names) or 'none'}")
+    return f
+
+
+def read_composed(path: str | Path, _seen: Optional[set] = None) -> DictConfig:
+    """Load a YAML file and expand its ``include`` mapping (``section: path`` or a list of
+    whole-file paths), recursively. Raises UserError on missing files or include cycles."""
+    p = Path(path)
+    seen = set(_seen or ())
+    key = p.resolve()
+    if key in seen:
+        raise UserError(f"include cycle through {p}")
+    seen.add(key)
+    raw = read_yaml(p)
+    inc = raw.pop("include", None) if "include" in raw else None
+    layers: List[Any] = []
+    if inc is not None:
+        if isinstance(inc, str) or OmegaConf.is_list(inc):
+            for f in [inc] if isinstance(inc, str) else list(inc):
+                layers.append(read_composed(p.parent / str(f), seen))
+        elif OmegaConf.is_dict(inc):
+            for section, f in inc.items():
+                layers.append(OmegaConf.create({str(section): read_composed(p.parent / str(f), seen)}))
+        else:
+            raise UserError(f"{p}: 'include' must be a path, a list of paths or a section: path mapping")
+    return OmegaConf.merge(*layers, raw) if layers else raw
+
+
+def load_run_config(
+    path: Optional[str | Path],
+    preset: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    layers: Sequence[Any] = (),
+) -> RunConfig:
+    """Compose a RunConfig: defaults < ``path`` (with includes) < preset < ``layers`` (e.g.
+    an ablation arm) < ``overrides`` (``key=value`` strings). Validated; raises UserError."""
+    cfg_path = Path(path) if path else None
+    parts: List[Any] = []
+    if cfg_path is not None:
+        parts.append(read_composed(cfg_path))
+    if preset:
+        parts.append(read_composed(resolve_preset(preset, cfg_path)))
+    parts.extend(layers)
+    parts.append(parse_overrides(overrides))
+    cfg = merge_into(RunConfig, *parts, where=str(cfg_path) if cfg_path else "run config")
+    check_data_config(cfg.data)
+    return cfg
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    """Directory of a run's metrics, checkpoints and resolved config."""
+    return Path(cfg.run_dir) if cfg.run_dir else Path("runs") / cfg.name
+
+
+def to_yaml(cfg: Any) -> str:
+    """Resolved YAML text of a config (interpolations expanded)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    """Resolved plain-dict form of a config."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

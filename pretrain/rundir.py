@@ -1,0 +1,68 @@
+"""What a run directory holds — the contract between the trainer, the ablation runner and
+``pretrain tables`` (which rebuilds tables from these files alone, without training)::
+
+    runs/<ablation>/<arm>/          (or runs/<name>/ for a single run)
+        config.yaml                 resolved RunConfig (all interpolations expanded)
+        metrics.jsonl               one JSON object per line, see below
+        summary.json                written once, atomically, when the run finishes
+        checkpoints/step-000100/    DeepSpeed checkpoint + client state; ``latest`` names the newest
+        tb/                         TensorBoard event files
+    runs/<ablation>/ablation.yaml   the ablation definition the arms came from
+
+metrics.jsonl lines have ``"kind"``:
+- ``"train"``: step, epoch (float), tokens_seen, loss, mlm_loss, lr, grad_norm, tokens_per_s, time_s
+- ``"eval"``:  step, epoch, tokens_seen, mlm_loss, perplexity, mlm_accuracy, time_s
+summary.json: status ("done"), steps, tokens_seen, epochs, wall_time_s (training time summed
+over resumed segments), final_eval {mlm_loss, perplexity, mlm_accuracy}, data_dir,
+num_train_sequences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tb"
+ABLATION = "ablation.yaml"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp name, then rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(run: Path, kind: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Lines of ``run/metrics.jsonl`` (only ``kind`` if given). A truncated last line — a
+    run killed mid-write — is skipped."""
+    f = Path(run) / METRICS
+    if not f.is_file():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if kind is None or rec.get("kind") == kind:
+            out.append(rec)
+    return out
+
+
+def read_summary(run: Path) -> Optional[Dict[str, Any]]:
+    """``run/summary.json`` or None if the run has not finished."""
+    f = Path(run) / SUMMARY
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def iter_runs(root: Path) -> Iterator[Path]:
+    """Every directory below ``root`` holding a config.yaml."""
+    for cfg in sorted(Path(root).rglob(CONFIG)):
+        yield cfg.parent

@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# local-cluster.sh start|stop|status — a real one-node Slurm cluster on this
+# machine, so the project can test SLURM job submission end to end.
+#
+# Design decisions (why, not what):
+#
+# * Everything lives in one state directory, ${LOCAL_SLURM_DIR:-/tmp/local-slurm}:
+#   slurm.conf, pid files, logs, slurmctld state, slurmd spool. Deleting that
+#   directory (after `stop`) resets the cluster completely.
+# * Clients find the cluster through SLURM_CONF=<state dir>/slurm.conf (printed
+#   by `start`). Because subprocesses of tests do not always inherit a custom
+#   environment, `start` ALSO writes /etc/slurm/slurm.conf so that a plain
+#   `sbatch` works — but only when that file is absent or was written by this
+#   script earlier (marker line), so a real site configuration is never
+#   overwritten. The daemons themselves are always started with -f <state conf>.
+# * Authentication uses the system munged (socket /run/munge, key
+#   /etc/munge/munge.key), because the Slurm client tools only talk to the
+#   default munge socket. If munged already runs we reuse it and never stop it;
+#   if we start it, its pid is recorded in <state dir>/munged.pid and `stop`
+#   stops it again.
+# * slurmctld starts with -c (clean state): this is a throw-away test cluster,
+#   and recovering jobs from an earlier run (maybe after a reboot) would leave
+#   surprise jobs in the queue of the next test session.
+# * Job processes (slurmstepd) outlive slurmd, so `stop` first cancels all jobs
+#   and then kills any slurmstepd still carrying our SLURM_CONF in its
+#   environment — that identifies exactly the processes this cluster spawned.
+# * Ports are Slurm's defaults (6817/6818): only one such cluster per machine.
+#
+# Settings below were measured to matter with Debian 12's Slurm 22.05 in a
+# container without systemd/cgroup delegation: see comments in write_conf.
+#
+# Exit codes: 0 ok; 1 error; 3 `status` found the cluster down.
+set -euo pipefail
+
+STATE_DIR="${LOCAL_SLURM_DIR:-/tmp/local-slurm}"
+CONF="$STATE_DIR/slurm.conf"
+SYSTEM_CONF=/etc/slurm/slurm.conf
+MARKER="# written by slurm/local-cluster.sh"
+PACKAGES=(slurmctld slurmd slurm-client munge)
+TIMEOUT="${LOCAL_SLURM_TIMEOUT:-60}"
+MUNGE_KEY=/etc/munge/munge.key
+
+log() { echo "local-slurm: $*"; }
+die() { echo "local-slurm: error: $*" >&2; exit 1; }
+
+# pid_alive FILE NAME: the pid in FILE is alive and really is NAME (guards
+# against a stale pid file whose pid got reused by something else).
+pid_alive() {
+    local file=$1 name=$2 pid
+    [[ -r $file ]] || return 1
+    pid=$(tr -dc '0-9' <"$file")
+    [[ -n $pid ]] || return 1
+    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]]
+}
+
+# stop_pid FILE NAME: TERM, wait up to 10 s (slurmctld saves state on exit), KILL.
+stop_pid() {
+    local file=$1 name=$2 pid i
+    if ! pid_alive "$file" "$name"; then
+        rm -f "$file"
+        return 0
+    fi
+    pid=$(tr -dc '0-9' <"$file")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        pid_alive "$file" "$name" || break
+        sleep 0.1
+    done
+    if pid_alive "$file" "$name"; then
+        log "$name ($pid) ignored SIGTERM, killing"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$file"
+    log "stopped $name ($pid)"
+}
+
+# --------------------------------------------------------------------------
+# install / munge
+
+ensure_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    if ((EUID != 0)); then
+        die "missing Debian packages; as root run: apt-get install -y ${missing[*]}"
+    fi
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # A fresh machine may have no package lists yet: update only on failure.
+    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >"$STATE_DIR/apt.log" 2>&1; then
+        apt-get update -q >>"$STATE_DIR/apt.log" 2>&1 || true
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$STATE_DIR/apt.log" 2>&1 ||
+            die "apt-get install ${missing[*]} failed, see $STATE_DIR/apt.log"
+    fi
+}
+
+munge_works() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+ensure_munge() {
+    if [[ ! -s $MUNGE_KEY ]]; then
+        log "creating munge key $MUNGE_KEY"
+        install -d -o munge -g munge -m 0700 /etc/munge
+        if command -v mungekey >/dev/null; then
+            mungekey --create --keyfile="$MUNGE_KEY"
+        else
+            dd if=/dev/urandom of="$MUNGE_KEY" bs=1 count=1024 status=none
+        fi
+    fi
+    # munged refuses to run with a key readable by anyone but its owner.
+    chown munge:munge "$MUNGE_KEY"
+    chmod 0400 "$MUNGE_KEY"
+
+    if munge_works; then
+        return 0
+    fi
+    # No systemd here to create the runtime directories munged expects.
+    install -d -o munge -g munge -m 0755 /run/munge
+    install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+    log "starting munged"
+    # --force: a stale socket from a killed munged would otherwise block startup.
+    runuser -u munge -- /usr/sbin/munged --force >"$STATE_DIR/munged.out" 2>&1 ||
+        die "munged failed to start, see $STATE_DIR/munged.out and /var/log/munge/munged.log"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        munge_works && break
+        sleep 0.1
+    done
+    munge_works || die "munged does not answer, see /var/log/munge/munged.log"
+    cp /run/munge/munged.pid "$STATE_DIR/munged.pid"
+}
+
+# --------------------------------------------------------------------------
+# configuration
+
+write_conf() {
+    local hw cpus mem real defmem topo
+    # slurmd -C reports what slurmd will detect; the node must not be declared
+    # bigger than that or it registers as INVALID/DRAIN.
+    hw=$(slurmd -C 2>/dev/null | head -n1) || true
+    cpus=$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$hw")
+    mem=$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$hw")
+    [[ -n $cpus && -n $mem ]] || die "could not parse 'slurmd -C' output: $hw"
+    topo=$(grep -o 'Boards=[0-9]* SocketsPerBoard=[0-9]* CoresPerSocket=[0-9]* ThreadsPerCore=[0-9]*' <<<"$hw" || true)
+    # Leave headroom: memory reported by slurmd fluctuates a little between
+    # runs, and the OS plus the daemons need some too.
+    real=$((mem * 9 / 10))
+    # Without a default, a job that asks for no memory gets the whole node
+    # and everything else queues behind it. A quarter of the node per CPU
+    # lets two default jobs run side by side on two cores.
+    defmem=$((real / cpus / 2))
+
+    cat >"$CONF.tmp" <<EOF
+$MARKER — state dir $STATE_DIR
+# Regenerated by every 'start'; edit the script, not this file.
+ClusterName=localcluster
+SlurmctldHost=localhost(127.0.0.1)
+# One node, run entirely as root: no slurm user, no permission juggling.
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+# Credentials of a requeued job must expire before the job can restart on
+# the same node; the default 120 s makes requeue tests crawl.
+AuthInfo=cred_expire=20
+CryptoType=crypto/munge
+MpiDefault=none
+SwitchType=switch/none
+# No cgroup delegation in containers: track processes via /proc, bind nothing.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+# Share the node between jobs by core and memory.
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=$defmem
+JobRequeue=1
+# Fast turnaround for tests: short grace after SIGTERM, and finished jobs stay
+# visible to 'scontrol show job' for MinJobAge seconds (no accounting here).
+KillWait=5
+MinJobAge=60
+SlurmdTimeout=120
+SlurmctldTimeout=60
+# A node that was down comes back by itself once slurmd registers again.
+ReturnToService=2
+StateSaveLocation=$STATE_DIR/slurmctld
+SlurmdSpoolDir=$STATE_DIR/slurmd
+SlurmctldPidFile=$STATE_DIR/slurmctld.pid
+SlurmdPidFile=$STATE_DIR/slurmd.pid
+SlurmctldLogFile=$STATE_DIR/slurmctld.log
+SlurmdLogFile=$STATE_DIR/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus $topo RealMemory=$real State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+EOF
+    mv "$CONF.tmp" "$CONF"
+
+    # Make plain `sbatch` (no SLURM_CONF) reach this cluster, unless a real
+    # configuration is in place.
+    if [[ ! -e $SYSTEM_CONF ]] || grep -qF "$MARKER" "$SYSTEM_CONF"; then
+        install -d /etc/slurm
+        cp "$CONF" "$SYSTEM_CONF"
+    else
+        log "note: $SYSTEM_CONF is not ours, left alone; clients need SLURM_CONF=$CONF"
+    fi
+}
+
+# --------------------------------------------------------------------------
+# commands
+
+daemons_up() {
+    pid_alive "$STATE_DIR/slurmctld.pid" slurmctld && pid_alive "$STATE_DIR/slurmd.pid" slurmd
+}
+
+node_state() { SLURM_CONF=$CONF sinfo -h -N -n localhost -o '%T' 2>/dev/null | head -n1; }
+
+print_env_hint() {
+    echo "export SLURM_CONF=$CONF"
+}
+
+cmd_start() {
+    if [[ -f $CONF ]] && daemons_up && [[ "$(node_state)" =~ ^(idle|mixed|allocated|completing) ]]; then
+        log "already running (state dir $STATE_DIR)"
+        print_env_hint
+        return 0
+    fi
+    ((EUID == 0)) || {
+        command -v slurmd >/dev/null || die "missing Debian packages; as root run: apt-get install -y ${PACKAGES[*]}"
+        die "start must run as root (slurmd launches jobs as root, munged runs as the munge user)"
+    }
+    mkdir -p "$STATE_DIR" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd"
+    ensure_packages
+    ensure_munge
+    # The daemons and every job step inherit this; `stop` relies on it to
+    # find leftover job processes.
+    export SLURM_CONF=$CONF
+
+    if ! pid_alive "$STATE_DIR/slurmctld.pid" slurmctld; then
+        # Only regenerate the config while slurmctld is down; a running
+        # controller keeps the config it read at startup anyway.
+        write_conf
+        log "starting slurmctld"
+        slurmctld -c -f "$CONF" >"$STATE_DIR/slurmctld.out" 2>&1 ||
+            die "slurmctld failed to start, see $STATE_DIR/slurmctld.out and $STATE_DIR/slurmctld.log"
+    fi
+    if ! pid_alive "$STATE_DIR/slurmd.pid" slurmd; then
+        log "starting slurmd"
+        slurmd -f "$CONF" -N localhost >"$STATE_DIR/slurmd.out" 2>&1 ||
+            die "slurmd failed to start, see $STATE_DIR/slurmd.out and $STATE_DIR/slurmd.log"
+    fi
+
+    local state="" deadline=$((SECONDS + TIMEOUT))
+    while ((SECONDS < deadline)); do
+        state=$(node_state)
+        case $state in
+        idle | mixed | allocated | completing) break ;;
+        # Slurm keeps a node DOWN after an unexpected restart; we know it is fine.
+        down* | drain*) scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
+        esac
+        sleep 0.5
+    done
+    if [[ ! $state =~ ^(idle|mixed|allocated|completing) ]]; then
+        die "node not idle after ${TIMEOUT}s (state: '${state:-no answer}'); see $STATE_DIR/slurmctld.log and $STATE_DIR/slurmd.log"
+    fi
+    log "cluster up: node localhost is $state"
+    print_env_hint
+}
+
+cmd_stop() {
+    local any=0 pid
+    if [[ -f $CONF ]] && pid_alive "$STATE_DIR/slurmctld.pid" slurmctld; then
+        # Cancel jobs so their processes do not outlive the cluster.
+        local jobs
+        jobs=$(SLURM_CONF=$CONF squeue -h -o '%i' 2>/dev/null || true)
+        if [[ -n $jobs ]]; then
+            log "cancelling jobs: $(echo $jobs)"
+            # shellcheck disable=SC2086
+            SLURM_CONF=$CONF scancel $jobs 2>/dev/null || true
+            local i
+            for ((i = 0; i < 50; i++)); do
+                [[ -z "$(SLURM_CONF=$CONF squeue -h -t running,completing -o '%i' 2>/dev/null)" ]] && break
+                sleep 0.2
+            done
+        fi
+    fi
+    for d in slurmd slurmctld; do
+        if pid_alive "$STATE_DIR/$d.pid" "$d"; then any=1; fi
+        stop_pid "$STATE_DIR/$d.pid" "$d"
+    done
+    # Leftover job steps of this cluster: they carry our SLURM_CONF.
+    for pid in $(pgrep -x slurmstepd || true); do
+        if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF"; then
+            log "killing leftover slurmstepd $pid"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    if pid_alive "$STATE_DIR/munged.pid" munged; then
+        any=1
+        stop_pid "$STATE_DIR/munged.pid" munged
+    fi
+    rm -f "$STATE_DIR/munged.pid"
+    ((any)) || log "nothing was running"
+}
+
+cmd_status() {
+    local up=0 d
+    for d in slurmctld slurmd; do
+        if pid_alive "$STATE_DIR/$d.pid" "$d"; then
+            echo "$d: running (pid $(tr -dc '0-9' <"$STATE_DIR/$d.pid"))"
+        else
+            echo "$d: not running"
+        fi
+    done
+    if munge_works; then
+        if pid_alive "$STATE_DIR/munged.pid" munged; then
+            echo "munged: running (started by this script)"
+        else
+            echo "munged: running (not ours)"
+        fi
+    else
+        echo "munged: not running"
+    fi
+    if daemons_up && [[ -f $CONF ]]; then
+        if SLURM_CONF=$CONF sinfo; then up=1; fi
+    fi
+    if ((up)); then
+        print_env_hint
+        return 0
+    fi
+    echo "cluster: down (state dir $STATE_DIR)"
+    return 3
+}
+
+case "${1:-}" in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+*)
+    echo "usage: $0 start|stop|status   (state dir: \$LOCAL_SLURM_DIR, default /tmp/local-slurm)" >&2
+    exit 2
+    ;;
+esac
