@@ -235,3 +235,12 @@ def flops_per_token(model: BertForPretraining, seq_len: int) -> float:
     return 6.0 * model.num_parameters(non_embedding=True) + 12.0 * c.num_hidden_layers * c.hidden_size * seq_len
 
 
+
+
+def build_model(model_cfg, sentence: str = "none") -> BertForPretraining:
+    """The pretraining model for ``model_cfg`` (a ModelConfig with vocab_size set) and the
+    sentence objective ``sentence`` (``none`` | ``nsp`` | ``sop``). Raises UserError for
+    shapes or objectives it cannot build."""
+    if sentence != "none":
+        raise UserError(f"objective.sentence={sentence!r} is not supported by this model yet; use none")
+    return BertForPretraining(model_cfg)
