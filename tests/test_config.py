@@ -1,0 +1,76 @@
+"""Typed config loading: composition order, presets, one-line errors listing valid keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_prep.config import data_fingerprint, load_data_config
+from data_prep.errors import UserError
+from pretrain.config import load_run_config, read_composed
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
+
+
+def test_recipe_includes_sections_and_preset_scales_it():
+    paper = load_run_config(RECIPE)
+    assert paper.model.hidden_size == 768 and paper.data.max_seq_length == 512
+    assert paper.train.optimizer.betas == [0.9, 0.98]  # RoBERTa §3.1
+    smoke = load_run_config(RECIPE, "smoke")
+    assert smoke.model.hidden_size == 128 and smoke.data.max_seq_length == 128
+    # keys the preset does not touch keep the recipe's value
+    assert smoke.data.tokenizer.kind == "bpe" and smoke.train.optimizer.eps == 1e-6
+
+
+def test_layers_then_cli_overrides_win():
+    cfg = load_run_config(
+        RECIPE, "smoke", ["train.max_steps=7"], layers=[{"data": {"masking": {"mode": "static"}}, "train": {"max_steps": 5}}]
+    )
+    assert cfg.data.masking.mode == "static"
+    assert cfg.train.max_steps == 7
+
+
+def test_objective_follows_data_sentence_objective_by_default():
+    cfg = load_run_config(RECIPE, "smoke", ["data.format=segment_pair", "data.sentence_objective=nsp"])
+    assert cfg.objective.sentence == "nsp"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.optimiser.lr=1", "unknown key 'train.optimiser'"),
+        ("data.masking.mod=static", "valid keys under data.masking: dupe_factor"),
+        ("data.max_seq_length=abc", "bad value for 'data.max_seq_length'"),
+        ("data.masking.mode=sometimes", "masking.mode='sometimes' is not one of: static, dynamic"),
+        ("data.format=segment_pair", "needs sentence_objective=nsp or sop"),
+        ("novalue", "must look like key=value"),
+    ],
+)
+def test_bad_keys_and_values_are_one_line_errors(override, expected):
+    with pytest.raises(UserError) as e:
+        load_run_config(RECIPE, "smoke", [override])
+    assert expected in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(UserError, match="available: .*smoke"):
+        load_run_config(RECIPE, "nosuchpreset")
+
+
+def test_missing_config_and_include_cycle(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_run_config(tmp_path / "absent.yaml")
+    (tmp_path / "a.yaml").write_text("include: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml]\n")
+    with pytest.raises(UserError, match="include cycle"):
+        read_composed(tmp_path / "a.yaml")
+
+
+def test_fingerprint_ignores_output_dir_but_not_masking():
+    a = load_data_config(None, ["output_dir=/x"])
+    b = load_data_config(None, ["output_dir=/y"])
+    c = load_data_config(None, ["masking.mode=static"])
+    assert data_fingerprint(a) == data_fingerprint(b) != data_fingerprint(c)
