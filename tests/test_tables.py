@@ -1,0 +1,161 @@
+"""Result tables from run directories fabricated here (the real ones come from training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from data_prep.errors import UserError
+from pretrain import rundir
+from pretrain.cli import main as pretrain_main
+from pretrain.tables import collect_arm, rebuild_tables
+
+PAPER_COLS = ["SQuAD 2.0 F1", "MNLI-m acc"]
+
+
+def _write_record(abl_dir: Path, name: str = "toy", arms=("a", "b", "c")) -> None:
+    rec = {
+        "ablation": {
+            "name": name,
+            "title": f"Toy ablation {name}",
+            "base": "../recipe/roberta.yaml",
+            "arms": {arm: {"train": {"seed": 42}} for arm in arms},
+            "paper": {"source": "Somebody et al. (Table 9)", "columns": PAPER_COLS, "rows": {"a": [78.3, 84.3], "b": [78.7, 84.0]}},
+        },
+        "source": "configs/ablation/toy.yaml",
+        "preset": "smoke",
+        "overrides": ["train.max_steps=20"],
+        "runs_root": "runs",
+        "results_dir": "results",
+    }
+    abl_dir.mkdir(parents=True, exist_ok=True)
+    (abl_dir / rundir.ABLATION).write_text(OmegaConf.to_yaml(OmegaConf.create(rec)))
+
+
+def _write_metrics(run: Path, lines) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / rundir.METRICS).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (run / rundir.CONFIG).write_text("name: x\ntrain:\n  max_steps: 20\n")
+
+
+def _train(step, loss, tokens):
+    return {"kind": "train", "step": step, "epoch": step / 8, "tokens_seen": tokens, "loss": loss, "mlm_loss": loss,
+            "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 100.0, "time_s": step * 1.5}
+
+
+def _eval(step, loss, acc, tokens):
+    return {"kind": "eval", "step": step, "epoch": step / 8, "tokens_seen": tokens, "mlm_loss": loss,
+            "perplexity": 2.718281828 ** loss, "mlm_accuracy": acc, "time_s": step * 1.5}
+
+
+SUMMARY_A = {
+    "status": "done", "steps": 20, "tokens_seen": 81920, "epochs": 2.5123456, "wall_time_s": 95.25,
+    "final_eval": {"mlm_loss": 6.123456789, "perplexity": 456.789123, "mlm_accuracy": 0.0987654321},
+    "data_dir": "data-cache/x", "num_train_sequences": 256,
+}
+
+
+@pytest.fixture()
+def fabricated(tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    abl = runs / "toy"
+    _write_record(abl)
+    # a: finished
+    _write_metrics(abl / "a", [_train(10, 7.0, 40960), _eval(10, 6.9, 0.05, 40960), _train(20, 6.2, 81920), _eval(20, 6.123456789, 0.0987654321, 81920)])
+    rundir.write_json_atomic(abl / "a" / rundir.SUMMARY, SUMMARY_A)
+    # b: interrupted after step 10, resumed from step 5 and killed mid-write at step 10 again:
+    # the second step-10 lines win, the truncated last line is ignored.
+    _write_metrics(abl / "b", [_train(5, 7.5, 20480), _train(10, 7.3, 40960), _eval(10, 7.25, 0.03, 40960),
+                               _train(10, 7.1, 40960), _eval(10, 7.05, 0.04, 40960)])
+    with open(abl / "b" / rundir.METRICS, "a") as f:
+        f.write('{"kind": "train", "step": 11, "loss"')
+    # c: never started (no directory)
+    return tmp_path
+
+
+def _read_csv(p: Path):
+    with open(p, newline="") as f:
+        return {row["arm"]: row for row in csv.DictReader(f)}
+
+
+def test_values_round_trip_into_csv_and_md(fabricated: Path):
+    runs, results = fabricated / "runs", fabricated / "results"
+    paths = rebuild_tables(runs, results)
+    assert [p.name for p in paths] == ["toy.md", "toy.csv", "toy.png"]
+    rows = _read_csv(results / "toy.csv")
+    assert list(rows) == ["a", "b", "c"]
+    a, b, c = rows["a"], rows["b"], rows["c"]
+    ev = SUMMARY_A["final_eval"]
+    assert a["status"] == "done"
+    assert float(a["held-out MLM loss"]) == ev["mlm_loss"]
+    assert float(a["perplexity"]) == ev["perplexity"]
+    assert float(a["masked-token accuracy (%)"]) == pytest.approx(100 * ev["mlm_accuracy"], rel=1e-12)
+    assert int(a["tokens seen"]) == SUMMARY_A["tokens_seen"]
+    assert float(a["epochs"]) == SUMMARY_A["epochs"]
+    assert float(a["wall time (min)"]) == pytest.approx(SUMMARY_A["wall_time_s"] / 60, rel=1e-12)
+    assert float(a["SQuAD 2.0 F1 (paper)"]) == 78.3 and float(a["MNLI-m acc (paper)"]) == 84.3
+    # b: the latest eval after de-duplicating the resumed steps; no wall time until done
+    assert b["status"] == "unfinished, step 10/20"
+    assert float(b["held-out MLM loss"]) == 7.05
+    assert float(b["masked-token accuracy (%)"]) == pytest.approx(4.0)
+    assert b["wall time (min)"] == ""
+    assert float(b["MNLI-m acc (paper)"]) == 84.0
+    assert "| 78.7 | 84.0 |" in (results / "toy.md").read_text()
+    # c: listed, marked, empty
+    assert c["status"] == "not run" and c["held-out MLM loss"] == "" and c["SQuAD 2.0 F1 (paper)"] == ""
+
+    md = (results / "toy.md").read_text()
+    assert md.startswith("# Toy ablation toy\n")
+    assert "| SQuAD 2.0 F1 (paper) | MNLI-m acc (paper) |" in md
+    row_a = next(line for line in md.splitlines() if line.startswith("| `a` |"))
+    for s in ("done", "6.1235", "456.79", "9.88", "81,920", "2.51", "1.6", "78.3", "84.3"):
+        assert f"| {s} |" in row_a + " |", (s, row_a)
+    assert "| `b` | unfinished, step 10/20 | 7.0500 |" in md
+    assert "| `c` | not run | — |" in md
+    assert "Paper numbers: Somebody et al. (Table 9)." in md
+    assert "not directly comparable" in md and "`smoke` preset" in md
+    assert f"pretrain tables --runs {runs} --results {results}" in md
+    assert "pretrain ablate configs/ablation/toy.yaml --preset smoke train.max_steps=20" in md
+    assert "pretrain train configs/recipe/roberta.yaml --preset smoke train.seed=42 train.max_steps=20 name=toy/a run_dir=runs/toy/a" in md
+    png = (results / "toy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert not list(results.glob("*.tmp"))
+
+
+def test_rebuild_is_deterministic_and_covers_every_ablation(fabricated: Path):
+    runs, results = fabricated / "runs", fabricated / "results"
+    _write_record(runs / "other", name="other", arms=("a", "b"))
+    paths = rebuild_tables(runs, results)
+    assert sorted(p.name for p in paths) == sorted(["other.md", "other.csv", "other.png", "toy.md", "toy.csv", "toy.png"])
+    first = (results / "toy.md").read_text(), (results / "toy.csv").read_text()
+    rebuild_tables(runs, results)
+    assert ((results / "toy.md").read_text(), (results / "toy.csv").read_text()) == first
+    assert "| `a` | not run |" in (results / "other.md").read_text()
+
+
+def test_started_run_without_metrics_is_unfinished(tmp_path: Path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / rundir.CONFIG).write_text("train:\n  max_steps: 7\n")
+    assert collect_arm("x", run).status == "unfinished, step 0/7"
+    assert collect_arm("y", tmp_path / "missing").status == "not run"
+
+
+def test_no_ablations_is_a_user_error(tmp_path: Path, capsys):
+    with pytest.raises(UserError, match=r"no ablations found: looked for .*empty/\*/ablation\.yaml"):
+        rebuild_tables(tmp_path / "empty", tmp_path / "results")
+    assert pretrain_main(["tables", "--runs", str(tmp_path / "empty"), "--results", str(tmp_path / "res")]) == 2
+    assert "no ablations found" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()
+
+
+def test_corrupt_record_is_a_user_error(tmp_path: Path):
+    abl = tmp_path / "runs" / "bad"
+    abl.mkdir(parents=True)
+    (abl / rundir.ABLATION).write_text("ablation: {name: bad}\npreset: smoke\nsource: x.yaml\nbogus: 1\n")
+    with pytest.raises(UserError, match="unknown key 'bogus'"):
+        rebuild_tables(tmp_path / "runs", tmp_path / "results")
