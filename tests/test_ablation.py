@@ -1,0 +1,194 @@
+"""The ablation runner: loading and checking ablation files, composing arms, fairness
+checks, orchestration (with recording doubles of data build and trainer), and one
+end-to-end smoke ablation with the real trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from data_prep.config import data_fingerprint
+from data_prep.errors import UserError
+from pretrain import rundir
+from pretrain.ablation import check_fair, compose_arms, load_ablation, run_ablation
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
+MASKING = REPO / "configs" / "ablation" / "roberta_masking.yaml"
+
+
+def _ablation(tmp_path: Path, arms=None, paper=None, extra: str = "", name: str = "toy") -> Path:
+    """Write an ablation YAML whose base is the repo's RoBERTa recipe."""
+    doc = {
+        "name": name,
+        "title": "Toy",
+        "base": str(RECIPE),  # absolute: Path(ablation).parent / abs == abs
+        "arms": arms if arms is not None else {"static": {"data": {"masking": {"mode": "static"}}},
+                                               "dynamic": {"data": {"masking": {"mode": "dynamic"}}}},
+        "paper": paper if paper is not None else {"source": "RoBERTa Table 1", "columns": ["F1"], "rows": {"static": [78.3]}},
+    }
+    p = tmp_path / "abl.yaml"
+    p.write_text(OmegaConf.to_yaml(OmegaConf.create(doc)) + extra)
+    return p
+
+
+# ------------------------------------------------------------------ loading and checks
+
+
+def test_repo_ablation_loads_and_arms_differ_only_in_masking(tmp_path: Path):
+    abl, cfgs = compose_arms(MASKING, "smoke", ["train.max_steps=7"], tmp_path / "runs")
+    assert abl.name == "roberta_masking" and list(cfgs) == ["static", "dynamic"]
+    s, d = cfgs["static"], cfgs["dynamic"]
+    assert (s.data.masking.mode, d.data.masking.mode) == ("static", "dynamic")
+    assert s.run_dir == str(tmp_path / "runs" / "roberta_masking" / "static") and s.name == "roberta_masking/static"
+    assert s.train.max_steps == 7 and s.model.hidden_size == 128  # CLI override and preset reach every arm
+    check_fair(cfgs)
+
+
+def test_unknown_key_fails_at_load(tmp_path: Path):
+    with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, name, paper, title"):
+        load_ablation(_ablation(tmp_path, extra="bogus: 1\n"))
+    p = _ablation(tmp_path, paper={"source": "x", "colums": ["F1"], "rows": {}})
+    with pytest.raises(UserError, match=r"unknown key 'paper.colums'"):
+        load_ablation(p)
+
+
+def test_paper_row_arity_and_arm_names(tmp_path: Path):
+    p = _ablation(tmp_path, paper={"source": "x", "columns": ["F1", "acc"], "rows": {"static": [78.3]}})
+    with pytest.raises(UserError, match=r"paper row 'static' has 1 numbers but paper.columns has 2"):
+        load_ablation(p)
+    p = _ablation(tmp_path, paper={"source": "x", "columns": ["F1"], "rows": {"statik": [78.3]}})
+    with pytest.raises(UserError, match=r"paper row 'statik' names no arm \(arms: static, dynamic\)"):
+        load_ablation(p)
+
+
+def test_arm_may_not_choose_its_run_dir(tmp_path: Path):
+    with pytest.raises(UserError, match=r"arm 'a' sets 'run_dir'"):
+        load_ablation(_ablation(tmp_path, arms={"a": {"run_dir": "/x"}}, paper={"source": "x", "columns": [], "rows": {}}))
+    with pytest.raises(UserError, match=r"chooses each arm's name and run_dir"):
+        compose_arms(_ablation(tmp_path), "smoke", ["name=foo"], tmp_path / "runs")
+
+
+class _Recorder:
+    """Doubles of ``data_prep.build.build`` and ``pretrain.trainer.train`` that record
+    their calls and write what the real ones would (a manifest; a finished run dir)."""
+
+    def __init__(self, root: Path, val_sha=lambda data: "v" * 64):
+        self.root, self.val_sha = root, val_sha
+        self.builds, self.trains = [], []
+
+    def build(self, cfg, force=False):
+        self.builds.append(data_fingerprint(cfg))
+        d = self.root / "data" / data_fingerprint(cfg)
+        d.mkdir(parents=True, exist_ok=True)
+        manifest = {"format_version": 1, "fingerprint": data_fingerprint(cfg),
+                    "splits": {"validation": {"sha256": self.val_sha(cfg)}}}
+        (d / "manifest.json").write_text(json.dumps(manifest))
+        return d
+
+    def train(self, cfg, resume=False):
+        self.trains.append((cfg.name, resume))
+        run = Path(cfg.run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / rundir.CONFIG).write_text(OmegaConf.to_yaml(cfg))
+        loss = 5.0 if cfg.data.masking.mode == "static" else 4.5
+        ev = {"kind": "eval", "step": cfg.train.max_steps, "epoch": 1.0, "tokens_seen": 1000, "mlm_loss": loss,
+              "perplexity": math.exp(loss), "mlm_accuracy": 0.2, "time_s": 1.0}
+        (run / rundir.METRICS).write_text(json.dumps(ev) + "\n")
+        summary = {"status": "done", "steps": cfg.train.max_steps, "tokens_seen": 1000, "epochs": 1.0, "wall_time_s": 6.0,
+                   "final_eval": {k: ev[k] for k in ("mlm_loss", "perplexity", "mlm_accuracy")}}
+        rundir.write_json_atomic(run / rundir.SUMMARY, summary)
+        return summary
+
+
+@pytest.fixture()
+def recorder(tmp_path: Path, monkeypatch) -> _Recorder:
+    rec = _Recorder(tmp_path)
+    monkeypatch.setitem(sys.modules, "data_prep.build", types.SimpleNamespace(build=lambda cfg, force=False: rec.build(cfg, force)))
+    monkeypatch.setitem(sys.modules, "pretrain.trainer", types.SimpleNamespace(train=lambda cfg, resume=False: rec.train(cfg, resume)))
+    return rec
+
+
+def test_bad_arm_override_trains_nothing(tmp_path: Path, recorder: _Recorder):
+    p = _ablation(tmp_path, arms={"static": {"data": {"masking": {"mode": "static"}}},
+                                  "dynamic": {"data": {"masking": {"mdoe": "dynamic"}}}})
+    runs = tmp_path / "runs"
+    with pytest.raises(UserError, match=r"arm 'dynamic'.*unknown key 'data.masking.mdoe'"):
+        run_ablation(p, "smoke", [], runs_root=runs, results_dir=tmp_path / "results")
+    assert not runs.exists() and not (tmp_path / "results").exists()
+    assert recorder.builds == [] and recorder.trains == []
+    # a value that fails validation (not just an unknown key) names the arm too
+    p = _ablation(tmp_path, arms={"static": {"data": {"masking": {"mode": "sometimes"}}}}, paper={"source": "x", "columns": [], "rows": {}})
+    with pytest.raises(UserError, match=r"arm 'static'.*masking.mode='sometimes'"):
+        run_ablation(p, "smoke", [], runs_root=runs, results_dir=tmp_path / "results")
+    assert not runs.exists() and recorder.trains == []
+
+
+def test_token_budget_and_seed_checks(tmp_path: Path, recorder: _Recorder):
+    same = {"a": {"train": {"max_steps": 100, "global_batch_size": 32}},
+            "b": {"train": {"max_steps": 50, "global_batch_size": 64, "micro_batch_size": 64}}}
+    _, cfgs = compose_arms(_ablation(tmp_path, arms=same, paper={"source": "x", "columns": [], "rows": {}}), "smoke", [], tmp_path / "r")
+    check_fair(cfgs)  # 100×32 = 50×64 sequences of the same length
+    unequal = {"a": {"train": {"max_steps": 100}}, "b": {"train": {"max_steps": 101}}}
+    p = _ablation(tmp_path, arms=unequal, paper={"source": "x", "columns": [], "rows": {}})
+    with pytest.raises(UserError, match=r"different token budgets .*a=100×32×128=409,600, b=101×32×128=413,696"):
+        run_ablation(p, "smoke", [], runs_root=tmp_path / "runs", results_dir=tmp_path / "results")
+    seeds = {"a": {"train": {"seed": 1}}, "b": {"train": {"seed": 2}}}
+    p = _ablation(tmp_path, arms=seeds, paper={"source": "x", "columns": [], "rows": {}})
+    with pytest.raises(UserError, match=r"different train.seed: a=1, b=2"):
+        run_ablation(p, "smoke", [], runs_root=tmp_path / "runs", results_dir=tmp_path / "results")
+    assert not (tmp_path / "runs").exists() and recorder.trains == []
+
+
+def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: Path, recorder: _Recorder, capsys):
+    arms = {"static": {"data": {"masking": {"mode": "static"}}},
+            "dynamic": {"data": {"masking": {"mode": "dynamic"}}},
+            "dynamic2": {"data": {"masking": {"mode": "dynamic"}}, "train": {"optimizer": {"lr": 5.0e-4}}}}
+    p = _ablation(tmp_path, arms=arms)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    # dynamic2 was interrupted earlier: it has a checkpoint but no summary
+    ck = runs / "toy" / "dynamic2" / rundir.CHECKPOINTS / "step-000010"
+    ck.mkdir(parents=True)
+    paths = run_ablation(p, "smoke", ["train.max_steps=20"], runs_root=runs, results_dir=results)
+    assert len(recorder.builds) == 2 and len(set(recorder.builds)) == 2  # dynamic and dynamic2 share data
+    assert recorder.trains == [("toy/static", False), ("toy/dynamic", False), ("toy/dynamic2", True)]
+    out = capsys.readouterr().out
+    assert "=== [1/3] toy / static: training" in out and "=== [3/3] toy / dynamic2: resuming from checkpoint" in out
+    assert f"table: {results / 'toy.md'}" in out
+    assert [x.name for x in paths] == ["toy.md", "toy.csv", "toy.png"]
+    md = (results / "toy.md").read_text()
+    assert "| `static` | done | 5.0000 |" in md and "| `dynamic` | done | 4.5000 |" in md and "| F1 (paper) |" in md
+    rec = OmegaConf.load(runs / "toy" / rundir.ABLATION)
+    assert rec.preset == "smoke" and list(rec.overrides) == ["train.max_steps=20"] and rec.ablation.name == "toy"
+
+    # rerun: everything done → nothing trained, table rewritten identically
+    recorder.trains.clear()
+    run_ablation(p, "smoke", ["train.max_steps=20"], runs_root=runs, results_dir=results)
+    assert recorder.trains == [] and (results / "toy.md").read_text() == md
+    assert "static: done, skipping" in capsys.readouterr().out
+    # a rerun with other overrides would skip arms trained differently: refused
+    with pytest.raises(UserError, match=r"records different arms, preset or overrides"):
+        run_ablation(p, "smoke", ["train.max_steps=30"], runs_root=runs, results_dir=results)
+
+
+def test_validation_data_must_match(tmp_path: Path, recorder: _Recorder):
+    recorder.val_sha = lambda data: data.masking.mode * 10  # differs between the arms
+    runs = tmp_path / "runs"
+    with pytest.raises(UserError, match=r"validation data differ \(sha256 static=staticstatic, dynamic=dynamicdynam\)"):
+        run_ablation(_ablation(tmp_path), "smoke", [], runs_root=runs, results_dir=tmp_path / "results")
+    assert recorder.trains == [] and not runs.exists()
+
+
+def test_distinct_data_cannot_share_output_dir(tmp_path: Path, recorder: _Recorder):
+    with pytest.raises(UserError, match=r"need different data but share data.output_dir"):
+        run_ablation(_ablation(tmp_path), "smoke", [f"data.output_dir={tmp_path / 'd'}"], runs_root=tmp_path / "runs",
+                     results_dir=tmp_path / "results")
+    assert recorder.builds == [] and recorder.trains == []
