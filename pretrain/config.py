@@ -38,6 +38,18 @@ class ModelConfig:
     type_vocab_size: segment embeddings (2 for A/B segments).
     hidden_dropout_prob / attention_probs_dropout_prob: 0.1 in BERT and RoBERTa.
     initializer_range: std of the truncated-normal init (0.02).
+    family: ``bert`` | ``roberta`` | ``albert``: which Hugging Face class a checkpoint is
+        exported to / imported from (``pretrain.hf``); the architecture itself is set by the
+        keys below, and ``pretrain export`` refuses a family its keys do not fit.
+    embedding_size (E): None = H; E < H factorizes the embedding with an E→H projection
+        (Lan et al. 2020, §3.1 "Factorized embedding parameterization"; ALBERT: E=128).
+    sharing: cross-layer parameter sharing, ``none`` | ``all`` | ``attention`` | ``ffn``
+        (Lan et al. 2020, §3.1 "Cross-layer parameter sharing", Table 4).
+    pre_ln: LayerNorm before each sublayer plus a final one (Xiong et al. 2020) instead of
+        BERT's post-LN.
+    position_offset: first position id of a real token; RoBERTa's released models use
+        padding_idx + 1 = 2 and give padding position padding_idx (Hugging Face's
+        ``RobertaEmbeddings``), so max_position_embeddings = 512 + 2 = 514.
     """
 
     vocab_size: Optional[int] = None
@@ -52,6 +64,11 @@ class ModelConfig:
     attention_probs_dropout_prob: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
+    family: str = "bert"
+    embedding_size: Optional[int] = None
+    sharing: str = "none"
+    pre_ln: bool = False
+    position_offset: int = 0
 
 
 @dataclass

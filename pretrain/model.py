@@ -1,13 +1,24 @@
-"""BERT-style Transformer encoder with a tied masked-LM head.
+"""BERT-family Transformer encoder for pretraining: BERT, RoBERTa and ALBERT shapes.
 
-Post-LN blocks as in BERT and RoBERTa (Devlin et al. 2019, §3; Vaswani et al. 2017),
-learned absolute position embeddings, attention through
-``torch.nn.functional.scaled_dot_product_attention`` with a padding mask. The MLM head is
-BERT's (dense → GELU → LayerNorm → decoder tied to the word embeddings + bias) and computes
-logits only at positions with a label, which for 15% masking is ~7x less work and memory
-than full-vocabulary logits at every position.
+One module covers the three papers' architectures through ``ModelConfig`` keys:
 
-Parameter names follow Hugging Face's ``BertForPreTraining`` so weights map one to one.
+- post-LN blocks as in BERT and RoBERTa (Devlin et al. 2019, §3; Vaswani et al. 2017), or
+  pre-LN (``pre_ln``, Xiong et al. 2020) with a final LayerNorm;
+- learned absolute positions, optionally offset as in RoBERTa's released models
+  (``position_offset``);
+- a factorized embedding of size E with an E→H projection when E ≠ H (Lan et al. 2020,
+  §3.1), and cross-layer sharing of all / attention / feed-forward parameters (§3.1,
+  Table 4): a shared block is one module applied at every layer;
+- the MLM head of BERT (dense → activation → LayerNorm → decoder tied to the word
+  embeddings + bias); with E ≠ H the dense maps H→E, as ALBERT does;
+- an optional NSP/SOP head (``pretrain.objectives.SentenceHead``).
+
+The MLM head runs only at labelled positions in ``forward`` (for 15% masking ~7x less work
+and memory than full-vocabulary logits everywhere); ``logits`` gives every position.
+Attention goes through ``torch.nn.functional.scaled_dot_product_attention``.
+
+Parameter names mirror Hugging Face's (``query``, ``LayerNorm``, ...) so ``pretrain.hf``
+maps them one to one; a shared block appears once in the state dict.
 """
 
 from __future__ import annotations
@@ -20,52 +31,127 @@ from torch import nn
 
 from data_prep.errors import UserError
 from data_prep.masking import IGNORE_INDEX
+from pretrain.objectives import (
+    LABEL_COLUMN,
+    SentenceHead,
+    check_sentence_objective,
+    mlm_criterion,
+    sentence_criterion,
+)
+
+FAMILIES = ("bert", "roberta", "albert")
+SHARING = ("none", "all", "attention", "ffn")
+ACTIVATIONS = ("gelu", "gelu_new", "relu")
+PAIR_FORMATS = ("segment_pair", "sentence_pair")
+
+
+def embedding_size(cfg) -> int:
+    """E: ``cfg.embedding_size`` or H when unset."""
+    return cfg.embedding_size if cfg.embedding_size is not None else cfg.hidden_size
 
 
 def check_model_config(cfg) -> None:
-    """Raise UserError for shapes the encoder cannot build (checked before any step)."""
+    """Raise UserError (one line) for a ModelConfig the encoder cannot build; called by
+    ``build_model`` before anything is allocated."""
     if cfg.vocab_size is None or cfg.vocab_size <= 0:
         raise UserError("model.vocab_size is not set (it is taken from the tokenizer when training)")
+    if cfg.hidden_size <= 0 or cfg.num_attention_heads <= 0 or cfg.num_hidden_layers <= 0 or cfg.intermediate_size <= 0:
+        raise UserError("model.hidden_size, num_hidden_layers, num_attention_heads and intermediate_size must be positive")
     if cfg.hidden_size % cfg.num_attention_heads:
         raise UserError(
             f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_attention_heads={cfg.num_attention_heads}"
         )
-    if cfg.hidden_act not in ("gelu", "gelu_new", "relu"):
-        raise UserError(f"model.hidden_act={cfg.hidden_act!r} is not one of: gelu, gelu_new, relu")
+    if cfg.hidden_act not in ACTIVATIONS:
+        raise UserError(f"model.hidden_act={cfg.hidden_act!r} is not one of: {', '.join(ACTIVATIONS)}")
+    if cfg.family not in FAMILIES:
+        raise UserError(f"model.family={cfg.family!r} is not one of: {', '.join(FAMILIES)}")
+    if cfg.sharing not in SHARING:
+        raise UserError(f"model.sharing={cfg.sharing!r} is not one of: {', '.join(SHARING)}")
+    e = embedding_size(cfg)
+    if e <= 0:
+        raise UserError(f"model.embedding_size={e} must be positive")
+    if e > cfg.hidden_size:
+        # ALBERT's factorization exists to make E ≪ H (§3.1); E > H only adds parameters.
+        raise UserError(f"model.embedding_size={e} is larger than model.hidden_size={cfg.hidden_size}; use E <= H")
+    if cfg.type_vocab_size < 1:
+        raise UserError(f"model.type_vocab_size={cfg.type_vocab_size} must be >= 1")
+    if not 0 <= cfg.position_offset < cfg.max_position_embeddings:
+        raise UserError(
+            f"model.position_offset={cfg.position_offset} must be in [0, max_position_embeddings={cfg.max_position_embeddings})"
+        )
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if not 0.0 <= getattr(cfg, key) < 1.0:
+            raise UserError(f"model.{key}={getattr(cfg, key)} must be in [0, 1)")
+
+
+def check_model_fits_data(cfg, data_cfg) -> None:
+    """Raise UserError if sequences of ``data_cfg`` (a DataConfig) do not fit the model:
+    more positions than ``max_position_embeddings - position_offset``, or pair data with a
+    single token type (segment B needs type 1). Meant for the trainer, before any step."""
+    room = cfg.max_position_embeddings - cfg.position_offset
+    if data_cfg.max_seq_length > room:
+        raise UserError(
+            f"data.max_seq_length={data_cfg.max_seq_length} exceeds the model's {room} positions "
+            f"(max_position_embeddings={cfg.max_position_embeddings} - position_offset={cfg.position_offset})"
+        )
+    if data_cfg.format in PAIR_FORMATS and cfg.type_vocab_size < 2:
+        raise UserError(
+            f"data.format={data_cfg.format} has two segments but model.type_vocab_size={cfg.type_vocab_size}; use 2"
+        )
 
 
 def _act(name: str):
     if name == "gelu":
-        return F.gelu  # erf form, as BERT's reference code
+        return F.gelu  # erf form (Hugging Face's "gelu")
     if name == "gelu_new":
+        # tanh approximation: what BERT's and ALBERT's TensorFlow code compute
         return lambda x: F.gelu(x, approximate="tanh")
     return F.relu
 
 
 class Embeddings(nn.Module):
-    """Word + position + token-type embeddings, then LayerNorm and dropout.
+    """Word + position + token-type embeddings of size E, LayerNorm, dropout, then the
+    E→H ``projection`` when E ≠ H (ALBERT §3.1).
 
-    Input ``input_ids``/``token_type_ids`` int64 ``[batch, seq]`` → float ``[batch, seq, H]``.
+    forward(input_ids int64 ``[batch, seq]``, token_type_ids int64 ``[batch, seq]``,
+    attention_mask ``[batch, seq]`` (1 = token)) → float ``[batch, seq, H]``.
+
+    Positions: 0..seq-1 when ``position_offset`` is 0 (BERT, ALBERT). With an offset p
+    (RoBERTa: 2) real tokens get p, p+1, ... counted over unmasked tokens and padding gets
+    p-1, which is what Hugging Face's RoBERTa derives from ``input_ids != pad`` when the
+    mask marks exactly the pad tokens; with right padding the real tokens' positions are
+    the same as without padding.
     """
 
     def __init__(self, cfg) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        e = embedding_size(cfg)
+        self.position_offset = cfg.position_offset
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, e)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, e)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, e)
+        self.LayerNorm = nn.LayerNorm(e, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.projection = nn.Linear(e, cfg.hidden_size) if e != cfg.hidden_size else None
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        seq = input_ids.shape[1]
-        pos = torch.arange(seq, device=input_ids.device).unsqueeze(0)
+    def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """int64 ``[batch, seq]`` (or ``[1, seq]`` without an offset)."""
+        if self.position_offset == 0:
+            return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        mask = attention_mask.long()
+        return torch.cumsum(mask, dim=1) * mask + (self.position_offset - 1)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pos = self.position_ids(input_ids, attention_mask)
         x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))
+        x = self.dropout(self.LayerNorm(x))
+        return self.projection(x) if self.projection is not None else x
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention + output projection, residual and post-LayerNorm.
+    """Multi-head self-attention sublayer with residual, LayerNorm and dropout.
 
+    Post-LN: ``LN(x + drop(dense(attn(x))))``; pre-LN: ``x + drop(dense(attn(LN(x))))``.
     ``x`` float ``[batch, seq, H]``, ``attn_mask`` bool ``[batch, 1, 1, seq]`` (True = attend).
     """
 
@@ -73,6 +159,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         h = cfg.hidden_size
         self.num_heads = cfg.num_attention_heads
+        self.pre_ln = cfg.pre_ln
         self.query = nn.Linear(h, h)
         self.key = nn.Linear(h, h)
         self.value = nn.Linear(h, h)
@@ -83,26 +170,29 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         b, t, h = x.shape
+        y = self.LayerNorm(x) if self.pre_ln else x
 
-        def heads(y: torch.Tensor) -> torch.Tensor:
-            return y.view(b, t, self.num_heads, h // self.num_heads).transpose(1, 2)
+        def heads(z: torch.Tensor) -> torch.Tensor:
+            return z.view(b, t, self.num_heads, h // self.num_heads).transpose(1, 2)
 
         ctx = F.scaled_dot_product_attention(
-            heads(self.query(x)),
-            heads(self.key(x)),
-            heads(self.value(x)),
+            heads(self.query(y)),
+            heads(self.key(y)),
+            heads(self.value(y)),
             attn_mask=attn_mask,
             dropout_p=self.attn_dropout if self.training else 0.0,
         )
-        ctx = ctx.transpose(1, 2).reshape(b, t, h)
-        return self.LayerNorm(x + self.dropout(self.dense(ctx)))
+        out = self.dropout(self.dense(ctx.transpose(1, 2).reshape(b, t, h)))
+        return x + out if self.pre_ln else self.LayerNorm(x + out)
 
 
 class FeedForward(nn.Module):
-    """Position-wise H → intermediate → H with activation, residual and post-LayerNorm."""
+    """Position-wise H → intermediate → H sublayer with activation, residual and LayerNorm
+    (post- or pre-LN as ``SelfAttention``). ``x`` float ``[batch, seq, H]``."""
 
     def __init__(self, cfg) -> None:
         super().__init__()
+        self.pre_ln = cfg.pre_ln
         self.intermediate = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.output = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
@@ -110,137 +200,214 @@ class FeedForward(nn.Module):
         self.act = _act(cfg.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(x + self.dropout(self.output(self.act(self.intermediate(x)))))
-
-
-class Layer(nn.Module):
-    """One encoder block: self-attention then feed-forward."""
-
-    def __init__(self, cfg) -> None:
-        super().__init__()
-        self.attention = SelfAttention(cfg)
-        self.ffn = FeedForward(cfg)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        return self.ffn(self.attention(x, attn_mask))
+        y = self.LayerNorm(x) if self.pre_ln else x
+        out = self.dropout(self.output(self.act(self.intermediate(y))))
+        return x + out if self.pre_ln else self.LayerNorm(x + out)
 
 
 class Encoder(nn.Module):
-    """Embeddings and ``num_hidden_layers`` blocks.
+    """Embeddings, then ``num_hidden_layers`` blocks of attention and feed-forward.
+
+    ``attention`` and ``ffn`` hold L blocks each, or a single block applied at every layer
+    when shared (``sharing``: all → both, attention → attention only, ffn → feed-forward
+    only; Lan et al. 2020, §3.1 and Table 4). A shared block's LayerNorm is shared with it.
 
     forward(input_ids int64 ``[batch, seq]``, attention_mask ``[batch, seq]`` (1 = token,
-    0 = padding), token_type_ids int64 ``[batch, seq]`` or None) → float ``[batch, seq, H]``.
+    0 = padding; None = all tokens), token_type_ids int64 ``[batch, seq]`` or None) →
+    float ``[batch, seq, H]``.
     """
 
     def __init__(self, cfg) -> None:
         super().__init__()
+        self.num_layers = cfg.num_hidden_layers
+        n_attn = 1 if cfg.sharing in ("all", "attention") else cfg.num_hidden_layers
+        n_ffn = 1 if cfg.sharing in ("all", "ffn") else cfg.num_hidden_layers
         self.embeddings = Embeddings(cfg)
-        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)
-        attn_mask = attention_mask.bool()[:, None, None, :]
-        for layer in self.layers:
-            x = layer(x, attn_mask)
-        return x
-
-
-class MLMHead(nn.Module):
-    """BERT's MLM transform; the decoder weight is the word-embedding matrix (tied)."""
-
-    def __init__(self, cfg, word_embeddings: nn.Embedding) -> None:
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.act = _act(cfg.hidden_act)
-        self.word_embeddings = word_embeddings
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``h`` float ``[n, H]`` → logits ``[n, vocab]``."""
-        return F.linear(self.LayerNorm(self.act(self.dense(h))), self.word_embeddings.weight, self.bias)
-
-
-class BertForPretraining(nn.Module):
-    """Encoder + tied MLM head.
-
-    forward(input_ids, attention_mask, token_type_ids=None, labels=None) with int64
-    ``[batch, seq]`` tensors (labels -100 where nothing is predicted) returns a dict:
-    ``loss`` (mean cross-entropy over labelled positions, float scalar), ``mlm_loss``
-    (same), ``mlm_correct`` and ``mlm_count`` (int64 scalars: argmax hits and labelled
-    positions), and ``mlm_logits`` float ``[n_labelled, vocab]``.
-    """
-
-    def __init__(self, cfg) -> None:
-        super().__init__()
-        check_model_config(cfg)
-        self.config = cfg
-        self.encoder = Encoder(cfg)
-        self.mlm = MLMHead(cfg, self.encoder.embeddings.word_embeddings)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, m: nn.Module) -> None:
-        # BERT's init: N(0, initializer_range) weights, zero biases, unit LayerNorm.
-        std = self.config.initializer_range
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, 0.0, std)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.attention = nn.ModuleList(SelfAttention(cfg) for _ in range(n_attn))
+        self.ffn = nn.ModuleList(FeedForward(cfg) for _ in range(n_ffn))
+        # Pre-LN leaves the residual stream unnormalised; the heads expect normalised input.
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.pre_ln else None
 
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids, attention_mask)
+        attn_mask = attention_mask.bool()[:, None, None, :]
+        n_attn, n_ffn = len(self.attention), len(self.ffn)
+        for i in range(self.num_layers):
+            x = self.attention[i if n_attn > 1 else 0](x, attn_mask)
+            x = self.ffn[i if n_ffn > 1 else 0](x)
+        return self.final_layer_norm(x) if self.final_layer_norm is not None else x
+
+
+class MLMHead(nn.Module):
+    """BERT's MLM transform (dense H→E, activation, LayerNorm over E) and output bias; the
+    decoder matrix is the word-embedding matrix passed in (tied, BERT §3.1 via its reference
+    code; ALBERT decodes from E the same way).
+
+    forward(h float ``[n, H]``, decoder_weight ``[vocab, E]``) → logits float ``[n, vocab]``.
+    """
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        e = embedding_size(cfg)
+        self.dense = nn.Linear(cfg.hidden_size, e)
+        self.LayerNorm = nn.LayerNorm(e, eps=cfg.layer_norm_eps)
+        self.act = _act(cfg.hidden_act)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.LayerNorm(self.act(self.dense(h))), decoder_weight, self.bias)
+
+
+class BertForPretraining(nn.Module):
+    """Encoder + tied MLM head + optional sentence head (NSP or SOP).
+
+    Args:
+        cfg: a ``pretrain.config.ModelConfig`` with ``vocab_size`` set.
+        sentence: ``none`` | ``nsp`` | ``sop`` (``objective.sentence``).
+
+    forward(input_ids, attention_mask, token_type_ids=None, labels=None,
+    next_sentence_label=None, sentence_order_label=None): int64 ``[batch, seq]`` tensors
+    (labels -100 where nothing is predicted) and ``[batch]`` sentence labels. Returns a dict:
+    ``hidden_states`` float ``[batch, seq, H]``; with labels: ``loss`` (MLM mean plus the
+    sentence loss when the model has a head and its labels are given, float scalar),
+    ``mlm_loss``, ``mlm_correct``, ``mlm_count`` and ``mlm_logits`` float
+    ``[n_labelled, vocab]``; with a sentence head: ``sentence_logits`` float ``[batch, 2]``
+    and, given its labels, ``nsp_loss`` or ``sop_loss``, ``sentence_correct``,
+    ``sentence_count``. A model without a sentence head ignores sentence labels.
+
+    Raises:
+        UserError: at construction, for a config or objective it cannot build.
+        ValueError: in forward, when only the other sentence task's labels are given
+            (score cross-task with ``pretrain.objectives.score_sentence_task``).
+    """
+
+    def __init__(self, cfg, sentence: str = "none") -> None:
+        super().__init__()
+        check_model_config(cfg)
+        check_sentence_objective(sentence)
+        self.config = cfg
+        self.sentence = sentence
+        self.encoder = Encoder(cfg)
+        self.mlm = MLMHead(cfg)
+        self.sentence_head = SentenceHead(cfg.hidden_size) if sentence != "none" else None
+        self.apply(self.init_module)
+
+    def init_module(self, m: nn.Module) -> None:
+        """BERT's initialisation (reference code, ``initializer_range`` 0.02): weights from a
+        normal truncated at two standard deviations, zero biases, unit LayerNorm."""
+        std = self.config.initializer_range
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _sentence_labels(
+        self, next_sentence_label: Optional[torch.Tensor], sentence_order_label: Optional[torch.Tensor]
+    ) -> Optional[torch.Tensor]:
+        given = {"nsp": next_sentence_label, "sop": sentence_order_label}
+        if self.sentence == "none":
+            return None
+        mine = given[self.sentence]
+        other = "sop" if self.sentence == "nsp" else "nsp"
+        if mine is None and given[other] is not None:
+            raise ValueError(
+                f"model trained for {self.sentence} got only {LABEL_COLUMN[other]}; "
+                "score cross-task with pretrain.objectives.score_sentence_task"
+            )
+        return mine
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
         token_type_ids: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
+        next_sentence_label: Optional[torch.Tensor] = None,
+        sentence_order_label: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
+        sentence_labels = self._sentence_labels(next_sentence_label, sentence_order_label)
         h = self.encoder(input_ids, attention_mask, token_type_ids)
         out: Dict[str, torch.Tensor] = {"hidden_states": h}
         if labels is not None:
             sel = labels != IGNORE_INDEX
-            target = labels[sel]
-            logits = self.mlm(h[sel])
-            loss = F.cross_entropy(logits.float(), target)
-            out.update(
-                loss=loss,
-                mlm_loss=loss.detach(),
-                mlm_correct=(logits.argmax(-1) == target).sum(),
-                mlm_count=torch.tensor(target.numel(), device=h.device),
-                mlm_logits=logits,
-            )
+            target = labels[sel].long()
+            logits = self.mlm(h[sel], self.encoder.embeddings.word_embeddings.weight)
+            out.update(mlm_criterion(logits, target), mlm_logits=logits)
+            out["loss"] = out["mlm_loss"]
+            out["mlm_loss"] = out["mlm_loss"].detach()
+        if self.sentence_head is not None:
+            s_logits = self.sentence_head(h)
+            out["sentence_logits"] = s_logits
+            if sentence_labels is not None:
+                s = sentence_criterion(self.sentence, s_logits, sentence_labels)
+                key = f"{self.sentence}_loss"
+                out["loss"] = out["loss"] + s[key] if "loss" in out else s[key]
+                s[key] = s[key].detach()
+                out.update(s)
+        return out
+
+    @torch.no_grad()
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """MLM logits at every position, for comparison with Hugging Face and for
+        fill-mask: ``mlm_logits`` float ``[batch, seq, vocab]`` and, with a sentence head,
+        ``sentence_logits`` float ``[batch, 2]``. No gradient."""
+        h = self.encoder(input_ids, attention_mask, token_type_ids)
+        out = {"mlm_logits": self.mlm(h, self.encoder.embeddings.word_embeddings.weight)}
+        if self.sentence_head is not None:
+            out["sentence_logits"] = self.sentence_head(h)
         return out
 
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Parameter count (tied weights once); ``non_embedding`` drops word and position
-        embeddings, the N of the 6N FLOPs-per-token estimate."""
+        """Parameter count, each tensor once (tied and shared weights count once);
+        ``non_embedding`` drops word and position embeddings, the N of the 6N
+        FLOPs-per-token estimate (Kaplan et al. 2020)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             e = self.encoder.embeddings
             n -= e.word_embeddings.weight.numel() + e.position_embeddings.weight.numel()
         return n
 
+    def applied_parameters(self) -> int:
+        """Non-embedding parameters applied to each token: a shared block counts once per
+        layer it runs in, since sharing saves memory, not compute (ALBERT §4.7)."""
+        enc = self.encoder
+        per_attn = sum(p.numel() for p in enc.attention.parameters()) // len(enc.attention)
+        per_ffn = sum(p.numel() for p in enc.ffn.parameters()) // len(enc.ffn)
+        blocks = sum(p.numel() for p in enc.attention.parameters()) + sum(p.numel() for p in enc.ffn.parameters())
+        return self.num_parameters(non_embedding=True) - blocks + enc.num_layers * (per_attn + per_ffn)
+
 
 def flops_per_token(model: BertForPretraining, seq_len: int) -> float:
-    """Training FLOPs per token: 6N + 12·L·H·T (Kaplan et al. 2020; PaLM appendix B)."""
+    """Training FLOPs per token: 6N + 12·L·H·T (Kaplan et al. 2020; PaLM appendix B), with
+    N = ``model.applied_parameters()`` so shared layers cost what they compute."""
     c = model.config
-    return 6.0 * model.num_parameters(non_embedding=True) + 12.0 * c.num_hidden_layers * c.hidden_size * seq_len
-
-
+    return 6.0 * model.applied_parameters() + 12.0 * c.num_hidden_layers * c.hidden_size * seq_len
 
 
 def build_model(model_cfg, sentence: str = "none") -> BertForPretraining:
     """The pretraining model for ``model_cfg`` (a ModelConfig with vocab_size set) and the
-    sentence objective ``sentence`` (``none`` | ``nsp`` | ``sop``). Raises UserError for
-    shapes or objectives it cannot build."""
-    if sentence != "none":
-        raise UserError(f"objective.sentence={sentence!r} is not supported by this model yet; use none")
-    return BertForPretraining(model_cfg)
+    sentence objective ``sentence`` (``none`` | ``nsp`` | ``sop``). Build under
+    ``torch.device("meta")`` to count parameters without allocating them.
+
+    Raises:
+        UserError: shapes it cannot build (hidden size not divisible by heads, E > H, ...)
+            or an unknown objective.
+    """
+    return BertForPretraining(model_cfg, sentence)
