@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from data_prep.config import data_fingerprint, merge_into, read_yaml, resolve_output_dir
+from data_prep.config import data_fingerprint, merge_into, parse_overrides, read_yaml, resolve_output_dir
 from data_prep.errors import UserError
 from pretrain import rundir
 from pretrain.config import RunConfig, load_run_config, to_dict
@@ -144,6 +144,7 @@ def compose_arms(
     base = base_path(path, abl.base)
     if not base.is_file():
         raise UserError(f"{path}: base run config {abl.base!r} not found (looked for {base})")
+    parse_overrides(overrides)  # a malformed key=value is the command's fault, not an arm's
     for o in overrides:
         if o.split("=", 1)[0].strip() in _RESERVED:
             raise UserError(f"override {o!r}: the ablation runner chooses each arm's name and run_dir; use --runs DIR")
@@ -222,12 +223,12 @@ def prepare_data(cfgs: Dict[str, RunConfig]) -> Dict[str, Path]:
 
 
 def arm_state(run: Path) -> str:
-    """``done`` (summary.json says so), ``partial`` (has a checkpoint) or ``new``."""
+    """``done`` (summary.json says so), ``partial`` (``checkpoints/latest`` names a
+    checkpoint to resume from — the file the trainer resumes from) or ``new``."""
     summary = rundir.read_summary(run)
     if summary and summary.get("status") == "done":
         return "done"
-    ck = run / rundir.CHECKPOINTS
-    if (ck / "latest").is_file() or any(ck.glob("step-*")):
+    if (run / rundir.CHECKPOINTS / "latest").is_file():
         return "partial"
     return "new"
 

@@ -4,6 +4,7 @@ end-to-end smoke ablation with the real trainer."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -75,6 +76,8 @@ def test_arm_may_not_choose_its_run_dir(tmp_path: Path):
         load_ablation(_ablation(tmp_path, arms={"a": {"run_dir": "/x"}}, paper={"source": "x", "columns": [], "rows": {}}))
     with pytest.raises(UserError, match=r"chooses each arm's name and run_dir"):
         compose_arms(_ablation(tmp_path), "smoke", ["name=foo"], tmp_path / "runs")
+    with pytest.raises(UserError, match=r"^override 'train.max_steps' must look like key=value"):
+        compose_arms(_ablation(tmp_path), "smoke", ["train.max_steps"], tmp_path / "runs")
 
 
 class _Recorder:
@@ -155,8 +158,9 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     p = _ablation(tmp_path, arms=arms)
     runs, results = tmp_path / "runs", tmp_path / "results"
     # dynamic2 was interrupted earlier: it has a checkpoint but no summary
-    ck = runs / "toy" / "dynamic2" / rundir.CHECKPOINTS / "step-000010"
-    ck.mkdir(parents=True)
+    ck = runs / "toy" / "dynamic2" / rundir.CHECKPOINTS
+    (ck / "step-0000010").mkdir(parents=True)
+    (ck / "latest").write_text("step-0000010")
     paths = run_ablation(p, "smoke", ["train.max_steps=20"], runs_root=runs, results_dir=results)
     assert len(recorder.builds) == 2 and len(set(recorder.builds)) == 2  # dynamic and dynamic2 share data
     assert recorder.trains == [("toy/static", False), ("toy/dynamic", False), ("toy/dynamic2", True)]
@@ -192,3 +196,47 @@ def test_distinct_data_cannot_share_output_dir(tmp_path: Path, recorder: _Record
         run_ablation(_ablation(tmp_path), "smoke", [f"data.output_dir={tmp_path / 'd'}"], runs_root=tmp_path / "runs",
                      results_dir=tmp_path / "results")
     assert recorder.builds == [] and recorder.trains == []
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_smoke_ablation_end_to_end(tmp_path: Path):
+    """`pretrain ablate` on a small slice with the real data build and trainer, then
+    `pretrain tables` rebuilds the identical table from the run directories."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    small = ["data.max_documents=30", "train.max_steps=20", "train.eval_every=10", "train.checkpoint_every=10"]
+
+    def pretrain(*args: str) -> subprocess.CompletedProcess:
+        # cwd=tmp_path: the data cache (data-cache/<fingerprint>) lands there, not in the repo
+        return subprocess.run([sys.executable, "-m", "pretrain.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+
+    r = pretrain("ablate", str(MASKING), "--preset", "smoke", *small, "--runs", str(runs), "--results", str(results))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "=== [1/2] roberta_masking / static: training" in r.stdout and f"table: {results / 'roberta_masking.md'}" in r.stdout
+    with open(results / "roberta_masking.csv", newline="") as f:
+        rows = {row["arm"]: row for row in csv.DictReader(f)}
+    assert list(rows) == ["static", "dynamic"]
+    for arm, row in rows.items():
+        assert row["status"] == "done", row
+        for col in ("held-out MLM loss", "perplexity", "masked-token accuracy (%)", "epochs", "wall time (min)"):
+            assert math.isfinite(float(row[col])), (arm, col, row[col])
+        assert 0 < float(row["held-out MLM loss"]) < 20 and int(row["tokens seen"]) > 0
+        summary = rundir.read_summary(runs / "roberta_masking" / arm)
+        assert float(row["held-out MLM loss"]) == summary["final_eval"]["mlm_loss"] and summary["steps"] == 20
+    assert rows["static"]["SQuAD 2.0 F1 (paper)"] == "78.3" and rows["dynamic"]["SST-2 acc (paper)"] == "92.9"
+    assert (results / "roberta_masking.png").stat().st_size > 5000
+
+    md = (results / "roberta_masking.md").read_text()
+    for f in results.iterdir():
+        f.unlink()
+    r = pretrain("tables", "--runs", str(runs), "--results", str(results))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (results / "roberta_masking.md").read_text() == md
+
+    # rerunning the ablation trains nothing
+    r = pretrain("ablate", str(MASKING), "--preset", "smoke", *small, "--runs", str(runs), "--results", str(results))
+    assert r.returncode == 0 and r.stdout.count("done, skipping") == 2, r.stdout + r.stderr[-2000:]
