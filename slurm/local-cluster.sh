@@ -43,35 +43,61 @@ MUNGE_KEY=/etc/munge/munge.key
 log() { echo "local-slurm: $*"; }
 die() { echo "local-slurm: error: $*" >&2; exit 1; }
 
-# pid_alive FILE NAME: the pid in FILE is alive and really is NAME (guards
-# against a stale pid file whose pid got reused by something else).
-pid_alive() {
-    local file=$1 name=$2 pid
-    [[ -r $file ]] || return 1
-    pid=$(tr -dc '0-9' <"$file")
-    [[ -n $pid ]] || return 1
-    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]]
+# is_proc PID NAME: PID is alive and really is NAME (guards against a stale
+# pid file whose pid got reused by something else). Zombies do not count: a
+# killed daemon's parent is init, which here may reap it only much later.
+is_proc() {
+    [[ -n $1 && "$(cat "/proc/$1/comm" 2>/dev/null)" == "$2" ]] &&
+        ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
+
+# pid_of FILE NAME: print the pid recorded in FILE if that process is NAME.
+pid_of() {
+    local pid
+    # The daemon deletes its pid file on exit, possibly while we read it.
+    pid=$(tr -dc '0-9' 2>/dev/null <"$1") || return 1
+    is_proc "$pid" "$2" && echo "$pid"
+}
+pid_alive() { pid_of "$@" >/dev/null; }
 
 # stop_pid FILE NAME: TERM, wait up to 10 s (slurmctld saves state on exit), KILL.
 stop_pid() {
     local file=$1 name=$2 pid i
-    if ! pid_alive "$file" "$name"; then
+    if ! pid=$(pid_of "$file" "$name"); then
         rm -f "$file"
         return 0
     fi
-    pid=$(tr -dc '0-9' <"$file")
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
-        pid_alive "$file" "$name" || break
+        is_proc "$pid" "$name" || break
         sleep 0.1
     done
-    if pid_alive "$file" "$name"; then
+    if is_proc "$pid" "$name"; then
         log "$name ($pid) ignored SIGTERM, killing"
         kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$file"
     log "stopped $name ($pid)"
+}
+
+# tree_of PID: all descendants of PID.
+tree_of() {
+    local child
+    for child in $(pgrep -P "$1" || true); do
+        echo "$child"
+        tree_of "$child"
+    done
+}
+
+# our_stepds: pids of job step daemons spawned by this cluster (they inherit
+# SLURM_CONF from slurmd, see cmd_start).
+our_stepds() {
+    local pid
+    for pid in $(pgrep -x slurmstepd || true); do
+        if tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF "SLURM_CONF=$CONF"; then
+            echo "$pid"
+        fi
+    done
 }
 
 # --------------------------------------------------------------------------
@@ -165,6 +191,8 @@ AuthType=auth/munge
 AuthInfo=cred_expire=20
 CryptoType=crypto/munge
 MpiDefault=none
+# Debian's default MailProg is not installed; silences an error at startup.
+MailProg=/bin/true
 SwitchType=switch/none
 # No cgroup delegation in containers: track processes via /proc, bind nothing.
 ProctrackType=proctrack/linuxproc
@@ -173,6 +201,10 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+# Defaults batch submissions by up to 3 s and runs the scheduler only every
+# 30-60 s, so a requeued job (eligible again after cred_expire) would idle for
+# up to a minute. Scheduling one node every 2 s costs nothing.
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
 # Share the node between jobs by core and memory.
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -198,9 +230,11 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus $topo RealMemory=$real State=UN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
     mv "$CONF.tmp" "$CONF"
+}
 
-    # Make plain `sbatch` (no SLURM_CONF) reach this cluster, unless a real
-    # configuration is in place.
+# Make plain `sbatch` (no SLURM_CONF) reach this cluster, unless a real
+# configuration is in place.
+install_system_conf() {
     if [[ ! -e $SYSTEM_CONF ]] || grep -qF "$MARKER" "$SYSTEM_CONF"; then
         install -d /etc/slurm
         cp "$CONF" "$SYSTEM_CONF"
@@ -218,6 +252,21 @@ daemons_up() {
 
 node_state() { SLURM_CONF=$CONF sinfo -h -N -n localhost -o '%T' 2>/dev/null | head -n1; }
 
+# A second slurmctld/slurmd (another state dir, or a distro service) would
+# hold the default ports: ours would die at once while sinfo happily answers
+# from the other cluster, so refuse instead of reporting a false success.
+check_no_foreign_daemons() {
+    local d pid ours
+    for d in slurmctld slurmd; do
+        ours=$(pid_of "$STATE_DIR/$d.pid" "$d" || true)
+        for pid in $(pgrep -x "$d" || true); do
+            [[ $pid == "$ours" ]] && continue
+            is_proc "$pid" "$d" || continue
+            die "another $d is running (pid $pid: $(tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null)); stop it first (a different LOCAL_SLURM_DIR?)"
+        done
+    done
+}
+
 print_env_hint() {
     echo "export SLURM_CONF=$CONF"
 }
@@ -225,6 +274,7 @@ print_env_hint() {
 cmd_start() {
     if [[ -f $CONF ]] && daemons_up && [[ "$(node_state)" =~ ^(idle|mixed|allocated|completing) ]]; then
         log "already running (state dir $STATE_DIR)"
+        ((EUID != 0)) || install_system_conf
         print_env_hint
         return 0
     fi
@@ -239,10 +289,12 @@ cmd_start() {
     # find leftover job processes.
     export SLURM_CONF=$CONF
 
+    check_no_foreign_daemons
     if ! pid_alive "$STATE_DIR/slurmctld.pid" slurmctld; then
         # Only regenerate the config while slurmctld is down; a running
         # controller keeps the config it read at startup anyway.
         write_conf
+        install_system_conf
         log "starting slurmctld"
         slurmctld -c -f "$CONF" >"$STATE_DIR/slurmctld.out" 2>&1 ||
             die "slurmctld failed to start, see $STATE_DIR/slurmctld.out and $STATE_DIR/slurmctld.log"
@@ -253,8 +305,10 @@ cmd_start() {
             die "slurmd failed to start, see $STATE_DIR/slurmd.out and $STATE_DIR/slurmd.log"
     fi
 
-    local state="" deadline=$((SECONDS + TIMEOUT))
+    local state="" started=$SECONDS deadline=$((SECONDS + TIMEOUT))
     while ((SECONDS < deadline)); do
+        # Daemons write their pid files a moment after forking: allow 3 s.
+        ((SECONDS - started < 3)) || daemons_up || die "slurmctld or slurmd exited during startup; see $STATE_DIR/slurmctld.log and $STATE_DIR/slurmd.log"
         state=$(node_state)
         case $state in
         idle | mixed | allocated | completing) break ;;
@@ -271,16 +325,18 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local any=0 pid
+    local any=0 pid i jobs
+    if ((EUID != 0)) && { pid_alive "$STATE_DIR/slurmctld.pid" slurmctld ||
+        pid_alive "$STATE_DIR/slurmd.pid" slurmd || pid_alive "$STATE_DIR/munged.pid" munged; }; then
+        die "stop must run as root (the daemons run as root and munge)"
+    fi
     if [[ -f $CONF ]] && pid_alive "$STATE_DIR/slurmctld.pid" slurmctld; then
         # Cancel jobs so their processes do not outlive the cluster.
-        local jobs
         jobs=$(SLURM_CONF=$CONF squeue -h -o '%i' 2>/dev/null || true)
         if [[ -n $jobs ]]; then
-            log "cancelling jobs: $(echo $jobs)"
-            # shellcheck disable=SC2086
+            log "cancelling jobs: ${jobs//$'\n'/ }"
+            # shellcheck disable=SC2086  # one argument per job id
             SLURM_CONF=$CONF scancel $jobs 2>/dev/null || true
-            local i
             for ((i = 0; i < 50; i++)); do
                 [[ -z "$(SLURM_CONF=$CONF squeue -h -t running,completing -o '%i' 2>/dev/null)" ]] && break
                 sleep 0.2
@@ -291,12 +347,16 @@ cmd_stop() {
         if pid_alive "$STATE_DIR/$d.pid" "$d"; then any=1; fi
         stop_pid "$STATE_DIR/$d.pid" "$d"
     done
-    # Leftover job steps of this cluster: they carry our SLURM_CONF.
-    for pid in $(pgrep -x slurmstepd || true); do
-        if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF"; then
-            log "killing leftover slurmstepd $pid"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+    # Job steps outlive slurmd; give cancelled ones a moment to finish, then
+    # kill what is left.
+    for ((i = 0; i < 50; i++)); do
+        [[ -z "$(our_stepds)" ]] && break
+        sleep 0.2
+    done
+    for pid in $(our_stepds); do
+        log "killing leftover slurmstepd $pid and its job processes"
+        # shellcheck disable=SC2046  # one argument per pid
+        kill -KILL "$pid" $(tree_of "$pid") 2>/dev/null || true
     done
     if pid_alive "$STATE_DIR/munged.pid" munged; then
         any=1
@@ -310,7 +370,7 @@ cmd_status() {
     local up=0 d
     for d in slurmctld slurmd; do
         if pid_alive "$STATE_DIR/$d.pid" "$d"; then
-            echo "$d: running (pid $(tr -dc '0-9' <"$STATE_DIR/$d.pid"))"
+            echo "$d: running (pid $(pid_of "$STATE_DIR/$d.pid" "$d"))"
         else
             echo "$d: not running"
         fi
