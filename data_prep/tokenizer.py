@@ -61,7 +61,7 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, min_freque
 
     specials = list(SPECIAL_TOKENS["bpe"].values())
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
