@@ -28,7 +28,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from data_prep.config import data_fingerprint, merge_into, parse_overrides, read_yaml, resolve_output_dir
 from data_prep.errors import UserError
 from pretrain import rundir
-from pretrain.config import RunConfig, load_run_config, to_dict
+from pretrain.config import RunConfig, load_run_config, resolve_preset, to_dict
 
 # Arm and ablation names become directory names; keep them portable.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -144,7 +144,9 @@ def compose_arms(
     base = base_path(path, abl.base)
     if not base.is_file():
         raise UserError(f"{path}: base run config {abl.base!r} not found (looked for {base})")
-    parse_overrides(overrides)  # a malformed key=value is the command's fault, not an arm's
+    # A bad preset or malformed key=value is the command's fault, not an arm's: check first.
+    resolve_preset(preset, base)
+    parse_overrides(overrides)
     for o in overrides:
         if o.split("=", 1)[0].strip() in _RESERVED:
             raise UserError(f"override {o!r}: the ablation runner chooses each arm's name and run_dir; use --runs DIR")

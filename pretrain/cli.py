@@ -59,7 +59,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     tb.add_argument("--results", default="results")
     tb.set_defaults(fn=_tables)
 
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    # argparse stops filling a nargs="*" positional at the first option, so key=value pairs
+    # typed after --preset arrive here: keep them as overrides (in order); anything else is
+    # still an unrecognized argument.
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     return run_cli(args.fn, args)
 
 

@@ -76,6 +76,8 @@ def test_arm_may_not_choose_its_run_dir(tmp_path: Path):
         load_ablation(_ablation(tmp_path, arms={"a": {"run_dir": "/x"}}, paper={"source": "x", "columns": [], "rows": {}}))
     with pytest.raises(UserError, match=r"chooses each arm's name and run_dir"):
         compose_arms(_ablation(tmp_path), "smoke", ["name=foo"], tmp_path / "runs")
+    with pytest.raises(UserError, match=r"^unknown preset 'smok' .* available: .*smoke"):
+        compose_arms(_ablation(tmp_path), "smok", [], tmp_path / "runs")
     with pytest.raises(UserError, match=r"^override 'train.max_steps' must look like key=value"):
         compose_arms(_ablation(tmp_path), "smoke", ["train.max_steps"], tmp_path / "runs")
 
