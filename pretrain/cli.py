@@ -3,6 +3,9 @@
     pretrain train CONFIG [--preset NAME] [--resume] [key=value ...]
     pretrain ablate ABLATION --preset NAME [key=value ...]
     pretrain tables [--runs DIR] [--results DIR]
+    pretrain describe MODEL [key=value ...] [--sentence none|nsp|sop] [--markdown]
+    pretrain describe --all [--markdown]
+    pretrain export CKPT --format hf OUT [--tokenizer PATH] [--drop-sentence-head]
 """
 
 from __future__ import annotations
@@ -35,6 +38,18 @@ def _tables(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _describe(args: argparse.Namespace) -> None:
+    from pretrain.describe import describe
+
+    print(describe(args.model, args.overrides, args.sentence, all_presets=args.all, markdown=args.markdown))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from pretrain.hf import export_checkpoint
+
+    print(export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.drop_sentence_head))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -58,6 +73,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     tb.add_argument("--runs", default="runs")
     tb.add_argument("--results", default="results")
     tb.set_defaults(fn=_tables)
+
+    d = sub.add_parser("describe", help="layers, sizes and parameter counts of a model preset or YAML")
+    d.add_argument("model", nargs="?", help="preset name (configs/model/NAME.yaml) or a YAML path")
+    d.add_argument("overrides", nargs="*", help="model key=value overrides, e.g. sharing=attention")
+    d.add_argument("--sentence", choices=["none", "nsp", "sop"], help="sentence head to count (default: the family's paper)")
+    d.add_argument("--all", action="store_true", help="every preset in configs/model")
+    d.add_argument("--markdown", action="store_true", help="print a markdown table")
+    d.set_defaults(fn=_describe)
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory")
+    x.add_argument("checkpoint", help="run directory, its checkpoints/ or one checkpoints/step-* directory")
+    x.add_argument("out", help="output directory")
+    x.add_argument("--format", choices=["hf"], required=True, help="hf: transformers model + tokenizer files")
+    x.add_argument("--tokenizer", help="tokenizer.json to ship (default: the one of the run's shards)")
+    x.add_argument("--drop-sentence-head", action="store_true", help="leave out the NSP/SOP head (RoBERTa has no class for it)")
+    x.set_defaults(fn=_export)
 
     args, extra = p.parse_known_args(argv)
     # argparse stops filling a nargs="*" positional at the first option, so key=value pairs
