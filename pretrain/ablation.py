@@ -183,6 +183,26 @@ def check_fair(cfgs: Dict[str, RunConfig]) -> None:
             raise UserError(f"arms use different {key}: {detail}; an ablation compares arms at the same seed")
 
 
+def precheck_arms(cfgs: Dict[str, RunConfig]) -> None:
+    """Run the trainer's config checks (the ones it makes before touching data) on every
+    arm now, so an arm that would fail — e.g. warmup longer than max_steps — stops the
+    ablation before any data is built or any arm is trained. Raises UserError naming the
+    arm. World size from ``WORLD_SIZE`` (1 on one machine)."""
+    from pretrain.model import check_model_fits_data
+    from pretrain.optim import schedule_fn
+    from pretrain.trainer import check_train_config, deepspeed_config
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    for arm, cfg in cfgs.items():
+        try:
+            check_train_config(cfg.train)
+            deepspeed_config(cfg.train, world_size)
+            schedule_fn(cfg.train.schedule, cfg.train.max_steps)
+            check_model_fits_data(cfg.model, cfg.data)
+        except UserError as e:
+            raise UserError(f"arm {arm!r}: {e}") from None
+
+
 def prepare_data(cfgs: Dict[str, RunConfig]) -> Dict[str, Path]:
     """Build (or find, cached by fingerprint) each distinct data config once and check
     that all arms are scored on byte-identical validation data — the validation split is
@@ -266,7 +286,8 @@ def run_ablation(
 ) -> List[Path]:
     """Run every arm of the ablation at ``path`` under ``preset`` and write its table.
 
-    Steps: compose and check all arms (UserError, nothing trained, no run directory made);
+    Steps: compose and check all arms, including the trainer's config checks (UserError,
+    nothing trained, no run directory made);
     refuse a runs directory recorded with a different definition/preset/overrides; prepare
     data once per distinct data config and check the validation data are identical; write
     ``runs_root/<name>/ablation.yaml``; train each arm (skip ``done``, resume ``partial``)
@@ -277,6 +298,7 @@ def run_ablation(
 
     abl, cfgs = compose_arms(path, preset, overrides, runs_root)
     check_fair(cfgs)
+    precheck_arms(cfgs)
     rec = OmegaConf.structured(AblationRecord)
     rec.ablation = abl
     rec.source, rec.preset, rec.overrides = str(path), preset, list(overrides)

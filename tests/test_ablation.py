@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -116,9 +115,12 @@ class _Recorder:
 
 @pytest.fixture()
 def recorder(tmp_path: Path, monkeypatch) -> _Recorder:
+    import data_prep.build
+    import pretrain.trainer
+
     rec = _Recorder(tmp_path)
-    monkeypatch.setitem(sys.modules, "data_prep.build", types.SimpleNamespace(build=lambda cfg, force=False: rec.build(cfg, force)))
-    monkeypatch.setitem(sys.modules, "pretrain.trainer", types.SimpleNamespace(train=lambda cfg, resume=False: rec.train(cfg, resume)))
+    monkeypatch.setattr(data_prep.build, "build", rec.build)
+    monkeypatch.setattr(pretrain.trainer, "train", rec.train)  # its config checks stay real
     return rec
 
 
@@ -135,6 +137,14 @@ def test_bad_arm_override_trains_nothing(tmp_path: Path, recorder: _Recorder):
     with pytest.raises(UserError, match=r"arm 'static'.*masking.mode='sometimes'"):
         run_ablation(p, "smoke", [], runs_root=runs, results_dir=tmp_path / "results")
     assert not runs.exists() and recorder.trains == []
+
+
+def test_trainer_config_checks_run_for_every_arm_first(tmp_path: Path, recorder: _Recorder):
+    arms = {"short": {"train": {"schedule": {"warmup_steps": 5}}}, "long": {"train": {"schedule": {"warmup_steps": 20}}}}
+    p = _ablation(tmp_path, arms=arms, paper={"source": "x", "columns": [], "rows": {}})
+    with pytest.raises(UserError, match=r"^arm 'long': train.schedule.warmup_steps=20 must be in \[0, train.max_steps=20\)"):
+        run_ablation(p, "smoke", ["train.max_steps=20"], runs_root=tmp_path / "runs", results_dir=tmp_path / "results")
+    assert recorder.builds == [] and recorder.trains == [] and not (tmp_path / "runs").exists()
 
 
 def test_token_budget_and_seed_checks(tmp_path: Path, recorder: _Recorder):
@@ -163,7 +173,7 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     ck = runs / "toy" / "dynamic2" / rundir.CHECKPOINTS
     (ck / "step-0000010").mkdir(parents=True)
     (ck / "latest").write_text("step-0000010")
-    paths = run_ablation(p, "smoke", ["train.max_steps=20"], runs_root=runs, results_dir=results)
+    paths = run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
     assert len(recorder.builds) == 2 and len(set(recorder.builds)) == 2  # dynamic and dynamic2 share data
     assert recorder.trains == [("toy/static", False), ("toy/dynamic", False), ("toy/dynamic2", True)]
     out = capsys.readouterr().out
@@ -173,16 +183,16 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     md = (results / "toy.md").read_text()
     assert "| `static` | done | 5.0000 |" in md and "| `dynamic` | done | 4.5000 |" in md and "| F1 (paper) |" in md
     rec = OmegaConf.load(runs / "toy" / rundir.ABLATION)
-    assert rec.preset == "smoke" and list(rec.overrides) == ["train.max_steps=20"] and rec.ablation.name == "toy"
+    assert rec.preset == "smoke" and list(rec.overrides) == ["train.max_steps=20", "train.schedule.warmup_steps=2"] and rec.ablation.name == "toy"
 
     # rerun: everything done → nothing trained, table rewritten identically
     recorder.trains.clear()
-    run_ablation(p, "smoke", ["train.max_steps=20"], runs_root=runs, results_dir=results)
+    run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
     assert recorder.trains == [] and (results / "toy.md").read_text() == md
     assert "static: done, skipping" in capsys.readouterr().out
     # a rerun with other overrides would skip arms trained differently: refused
     with pytest.raises(UserError, match=r"records different arms, preset or overrides"):
-        run_ablation(p, "smoke", ["train.max_steps=30"], runs_root=runs, results_dir=results)
+        run_ablation(p, "smoke", ["train.max_steps=30", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
 
 
 def test_validation_data_must_match(tmp_path: Path, recorder: _Recorder):
@@ -209,7 +219,9 @@ def test_smoke_ablation_end_to_end(tmp_path: Path):
     `pretrain tables` rebuilds the identical table from the run directories."""
     runs, results = tmp_path / "runs", tmp_path / "results"
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    small = ["data.max_documents=30", "train.max_steps=20", "train.eval_every=10", "train.checkpoint_every=10"]
+    # smoke's 20 warmup steps need max_steps > 20: warm up over 4 of the 20 steps here
+    small = ["data.max_documents=30", "train.max_steps=20", "train.eval_every=10", "train.checkpoint_every=10",
+             "train.schedule.warmup_steps=4"]
 
     def pretrain(*args: str) -> subprocess.CompletedProcess:
         # cwd=tmp_path: the data cache (data-cache/<fingerprint>) lands there, not in the repo
