@@ -14,7 +14,8 @@ Steps (each module named after its step):
    training data ``static`` = ``dupe_factor`` copies, copy ``k`` masked with
    ``sequence_rng(seed, STREAM_STATIC, k, row)`` (BERT, Devlin et al. 2019, §A.2);
    ``dynamic`` = unmasked ``input_ids`` that the trainer's collator masks each epoch.
-7. ``shards``: Arrow shards and ``manifest.json``.
+7. ``shards``: Arrow shards and ``manifest.json``; ``<split>/documents.txt`` lists the
+   document ids of each split in packing order.
 
 Resumability: the directory is built as ``<out>.partial`` next to ``<out>`` and renamed
 when complete, under an exclusive lock (``.<out>.lock``) so concurrent builds of one
@@ -52,6 +53,8 @@ from data_prep.tokenizer import SPECIAL_TOKENS, TokenizerInfo, load_tokenizer, t
 
 # Formats this module can pack; the pair formats (BERT's NSP, ALBERT's SOP) come later.
 SUPPORTED_FORMATS = ("full_sentences",)
+# Ids of a split's documents in packing order, one per line: which text went where.
+DOCUMENTS_FILE = "documents.txt"
 ENCODE_BATCH = 8192  # sentences per encode_batch call: big enough to keep Rust threads busy
 
 # (doc id, sentences) for one split; sentences become int32 arrays once tokenized.
@@ -79,12 +82,12 @@ def build(cfg: DataConfig, force: bool = False) -> Path:
     _check_supported(cfg)
     out = resolve_output_dir(cfg)
     fp = data_fingerprint(cfg)
-    if not force and _is_current(out, fp, cfg):
+    if _is_current(out, fp, cfg, force):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
         # Another process may have finished this directory while we waited for the lock.
-        if not force and _is_current(out, fp, cfg):
+        if _is_current(out, fp, cfg, force):
             return out
         tmp = out.with_name(out.name + ".partial")
         if tmp.exists():
@@ -118,9 +121,10 @@ def _check_supported(cfg: DataConfig) -> None:
         raise UserError(f"max_documents={cfg.max_documents} must be >= 1 (or null for all)")
 
 
-def _is_current(out: Path, fp: str, cfg: DataConfig) -> bool:
-    """True if ``out`` is a complete build of fingerprint ``fp``; UserError if it holds
-    something else; False if it does not exist (or is an empty directory)."""
+def _is_current(out: Path, fp: str, cfg: DataConfig, force: bool) -> bool:
+    """True if ``out`` is a complete build of fingerprint ``fp`` (and not ``force``);
+    False if it does not exist, is empty, or is a shard directory ``force`` may replace.
+    UserError if it holds anything else: never delete what data-prep did not write."""
     if not out.exists():
         return False
     mf = out / shards.MANIFEST
@@ -128,6 +132,8 @@ def _is_current(out: Path, fp: str, cfg: DataConfig) -> bool:
         if out.is_dir() and not any(out.iterdir()):
             return False
         raise UserError(f"output_dir {out} exists and is not a shard directory (no {shards.MANIFEST}); choose another output_dir")
+    if force:
+        return False
     try:
         m = json.loads(mf.read_text())
     except (OSError, ValueError):
@@ -189,6 +195,7 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
     packed: Dict[str, Tuple[List[np.ndarray], PackStats]] = {}
     for split, docs in (("train", train_docs), ("validation", val_docs)):
         order = document_order([d for d, _ in docs], cfg.seed)
+        _write_lines(tmp / split / DOCUMENTS_FILE, (docs[i][0] for i in order))
         stats = PackStats()
         seqs = list(pack_full_sentences((docs[i][1] for i in order), cfg.max_seq_length, info.cls_id, info.sep_id, stats))
         packed[split] = (seqs, stats)
@@ -207,8 +214,9 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
         )
         plans = [(k, cfg.seed, STREAM_STATIC, k) for k in range(copies)] if static else [(None, None, None, None)]
         splits["train"] = _write_split(tmp, "train", packed["train"][0], masker, cfg.rows_per_shard, bar, plans=plans)
-    splits["train"]["documents"] = len(train_docs)
-    splits["validation"]["documents"] = len(val_docs)
+    for split, docs in (("train", train_docs), ("validation", val_docs)):
+        splits[split]["documents"] = len(docs)
+        splits[split]["documents_file"] = f"{split}/{DOCUMENTS_FILE}"
     splits["train"]["masking"] = (
         {"mode": "static", "seed": cfg.seed, "stream": STREAM_STATIC, "copies": copies}
         if static
@@ -327,6 +335,13 @@ def _tokenize(docs: _Docs, info: TokenizerInfo, bar: tqdm) -> None:
         flush()
 
 
+def _write_lines(path: Path, lines: Iterator[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line.replace("\n", " ") + "\n")
+
+
 def _write_split(
     root: Path,
     split: str,
@@ -352,7 +367,6 @@ def _write_split(
             rel = shards.shard_relpath(split, copy, index)
             entry = shards.write_shard(root / rel, cols)
             entry["file"] = rel
-            entry["bytes"] = (root / rel).stat().st_size
             entries.append(entry)
             bar.update(len(rows))
         copies.append(entries)

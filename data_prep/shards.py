@@ -8,6 +8,7 @@ Layout of a shard directory::
     train/shard-00000.arrow          dynamic masking: unmasked ``input_ids``
     train/copy-03/shard-00000.arrow  static masking: copy 3 of ``dupe_factor``
     validation/shard-00000.arrow     masked once (``masking.validation_seed``)
+    <split>/documents.txt            ids of the split's documents in packing order
 
 Every copy of a split holds the same sequences in the same order, so row ``i`` names one
 sequence whatever the copy. Columns: ``input_ids`` (list<int32>, always); ``labels``
@@ -64,7 +65,8 @@ def write_shard(path: Path, columns: Dict[str, Any]) -> Dict[str, Any]:
         columns: column name → list of per-row values (list-of-int sequences for
             ``input_ids``/``labels``/``token_type_ids``, ints for sentence labels).
     Returns:
-        The manifest entry ``{"file", "rows", "tokens", "sha256"}`` (``file`` filled by caller).
+        The manifest entry ``{"file", "rows", "tokens", "bytes", "sha256"}`` (``file``
+        filled by the caller); ``bytes`` lets the reader spot a truncated shard cheaply.
     """
     types = {
         "input_ids": pa.list_(pa.int32()),
@@ -84,7 +86,7 @@ def write_shard(path: Path, columns: Dict[str, Any]) -> Dict[str, Any]:
         w.write_table(table)
     os.replace(tmp, path)
     tokens = int(sum(len(x) for x in columns["input_ids"]))
-    return {"rows": table.num_rows, "tokens": tokens, "sha256": sha256_file(path)}
+    return {"rows": table.num_rows, "tokens": tokens, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _list_array(rows: Sequence[Any], t: pa.DataType) -> pa.Array:
@@ -216,6 +218,12 @@ class ShardSet:
         path = self.directory / entry["file"]
         if not path.is_file():
             raise UserError(f"shard {path} is missing; rebuild {self.directory} with `data-prep build`")
+        # A size check is free, so a truncated file is named as such even with verify=False.
+        size = path.stat().st_size
+        if "bytes" in entry and size != entry["bytes"]:
+            raise UserError(
+                f"shard {path} is truncated or overwritten ({size} bytes, the manifest says {entry['bytes']}); rebuild {self.directory}"
+            )
         if verify and sha256_file(path) != entry["sha256"]:
             raise UserError(f"shard {path} is corrupt (sha256 differs from the manifest); rebuild {self.directory}")
         try:

@@ -3,7 +3,12 @@ its special tokens.
 
 Kinds (``tokenizer.kind``):
 - ``bpe``: byte-level BPE with RoBERTa's special tokens ``<s> <pad> </s> <unk> <mask>``
-  (Liu et al. 2019, §4.4; Radford et al. 2019).
+  (Liu et al. 2019, §4.4; Radford et al. 2019). Trained with ``add_prefix_space``: every
+  text is encoded as if a space preceded it, so a sentence-initial word gets the same
+  ``Ġword`` token as mid-text — the pipeline encodes sentence by sentence, and without it
+  every sentence start would use a different token and decoded sequences would lose the
+  space between sentences. The setting is stored in tokenizer.json, so every user of the
+  file (pretraining, fine-tuning) encodes the same way.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ class TokenizerInfo:
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, min_frequency: int, out: Path) -> Path:
     """Train a tokenizer of ``kind`` on ``texts`` and write it to ``out`` (atomically).
 
+    Args:
+        texts: training text (str items; sentences or documents), consumed once.
+        vocab_size: target size including special tokens; a small corpus may yield fewer.
+        min_frequency: a pair needs this many occurrences to be merged.
     Raises UserError for an unknown kind.
     """
     if kind != "bpe":
@@ -100,7 +109,7 @@ def load_tokenizer(path: str | Path, kind: str) -> TokenizerInfo:
         if i is None:
             raise UserError(f"tokenizer {p} has no {token!r} token; it is not a {kind} tokenizer (set tokenizer.kind)")
         ids[role] = i
-    special = sorted(set(ids.values()) | {i for t, i in tok.get_vocab(with_added_tokens=True).items() if _is_added_special(tok, t)})
+    special = sorted(set(ids.values()) | _added_special_ids(tok))
     return TokenizerInfo(
         tokenizer=tok,
         kind=kind,
@@ -114,9 +123,8 @@ def load_tokenizer(path: str | Path, kind: str) -> TokenizerInfo:
     )
 
 
-def _is_added_special(tok: Tokenizer, token: str) -> bool:
-    return False if not hasattr(tok, "get_added_tokens_decoder") else any(
-        a.special and a.content == token for a in tok.get_added_tokens_decoder().values()
-    )
-
-
+def _added_special_ids(tok: Tokenizer) -> set:
+    """Ids of tokens added as special (never masked, never drawn as random replacements)."""
+    if not hasattr(tok, "get_added_tokens_decoder"):
+        return set()
+    return {int(i) for i, a in tok.get_added_tokens_decoder().items() if a.special}
