@@ -52,6 +52,8 @@ def _export(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The `deepspeed` launcher adds --local_rank=N; the trainer reads LOCAL_RANK from the env instead.
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="pretrain one run from a run config")
