@@ -30,7 +30,9 @@ from data_prep.errors import UserError
 class ModelConfig:
     """Encoder shape (read by ``pretrain.model``). Names follow Hugging Face's BertConfig.
 
-    vocab_size: None = taken from the data's tokenizer at run time.
+    vocab_size: None = taken from the data's tokenizer at run time. The presets in
+        configs/model set ``${oc.select:data.tokenizer.vocab_size,N}``: the data's
+        tokenizer size in a run, the published N when the file is read alone.
     hidden_size (H), num_hidden_layers (L), num_attention_heads (A), intermediate_size
         (feed-forward width, 4H in BERT): Devlin et al. 2019 §3, Table in §3 ("BERT-base:
         L=12, H=768, A=12").
