@@ -84,11 +84,28 @@ def build(cfg: DataConfig, force: bool = False) -> Path:
     fp = data_fingerprint(cfg)
     if _is_current(out, fp, cfg, force):
         return out
+    try:
+        manifest = _build_locked(out, cfg, fp, force)
+    except OSError as e:  # unwritable output_dir, disk full: name the file, no traceback
+        raise UserError(f"cannot write {e.filename or out}: {e.strerror or e}; check output_dir and free disk space") from None
+    if manifest is None:
+        return out
+    t = manifest["totals"]
+    print(
+        f"data-prep: built {out}: {manifest['stats']['documents']} documents, {t['sequences']} sequences, "
+        f"{t['tokens']} tokens in {manifest['build']['seconds']:.1f} s",
+        file=sys.stderr,
+    )
+    return out
+
+
+def _build_locked(out: Path, cfg: DataConfig, fp: str, force: bool) -> Optional[Dict[str, Any]]:
+    """Build ``out`` under its lock; None if another process completed it meanwhile."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
         # Another process may have finished this directory while we waited for the lock.
         if _is_current(out, fp, cfg, force):
-            return out
+            return None
         tmp = out.with_name(out.name + ".partial")
         if tmp.exists():
             print(f"data-prep: removing {tmp} left by an interrupted build", file=sys.stderr)
@@ -101,13 +118,7 @@ def build(cfg: DataConfig, force: bool = False) -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    t = manifest["totals"]
-    print(
-        f"data-prep: built {out}: {manifest['stats']['documents']} documents, {t['sequences']} sequences, "
-        f"{t['tokens']} tokens in {manifest['build']['seconds']:.1f} s",
-        file=sys.stderr,
-    )
-    return out
+    return manifest
 
 
 def _check_supported(cfg: DataConfig) -> None:
@@ -185,13 +196,18 @@ def _install(tmp: Path, out: Path) -> None:
 
 def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
     t0 = time.time()
+    stages: Dict[str, float] = {}  # wall seconds per step, for bench/ and profiling
+    lap = _Lap(stages)
     read_stats = ReadStats()
     train_docs, val_docs = _read_and_split(cfg, read_stats)
+    lap("read_split")
     info, tok_source = _tokenizer(tmp, cfg, train_docs)
+    lap("tokenizer")
     n_sent = sum(len(s) for _, s in train_docs) + sum(len(s) for _, s in val_docs)
     with tqdm(total=n_sent, desc="tokenize", unit="sent", dynamic_ncols=True) as bar:
         for docs in (train_docs, val_docs):
             _tokenize(docs, info, bar)
+    lap("tokenize")
     packed: Dict[str, Tuple[List[np.ndarray], PackStats]] = {}
     for split, docs in (("train", train_docs), ("validation", val_docs)):
         order = document_order([d for d, _ in docs], cfg.seed)
@@ -202,6 +218,7 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
     if not packed["train"][0]:
         raise UserError(f"corpus {cfg.corpus} is too small: the training split has no sequence; use a larger corpus")
 
+    lap("pack")
     masker = Masker.from_config(cfg.masking, info.vocab_size, info.mask_id, info.special_ids)
     static = cfg.masking.mode == "static"
     copies = cfg.masking.dupe_factor if static else 1
@@ -217,6 +234,7 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
     for split, docs in (("train", train_docs), ("validation", val_docs)):
         splits[split]["documents"] = len(docs)
         splits[split]["documents_file"] = f"{split}/{DOCUMENTS_FILE}"
+    lap("mask_write")
     splits["train"]["masking"] = (
         {"mode": "static", "seed": cfg.seed, "stream": STREAM_STATIC, "copies": copies}
         if static
@@ -263,9 +281,22 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
         "sentence_splitter": DEFAULT_BACKEND,
         "build": {
             "seconds": round(time.time() - t0, 2),
+            "stage_seconds": {k: round(v, 2) for k, v in stages.items()},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     }
+
+
+class _Lap:
+    """Records the wall time since the previous call under a stage name."""
+
+    def __init__(self, into: Dict[str, float]) -> None:
+        self.into, self.t = into, time.time()
+
+    def __call__(self, stage: str) -> None:
+        now = time.time()
+        self.into[stage] = now - self.t
+        self.t = now
 
 
 def _read_and_split(cfg: DataConfig, stats: ReadStats) -> Tuple[_Docs, _Docs]:

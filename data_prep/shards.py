@@ -154,6 +154,10 @@ class SplitData:
     def num_copies(self) -> int:
         return len(self._copies)
 
+    def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+        """``split[i]`` = ``split.row(i)`` (copy 0), as in a ``datasets.Dataset``."""
+        return self.row(index)
+
     def row(self, index: int, copy: int = 0) -> Dict[str, np.ndarray]:
         """Columns of sequence ``index`` in copy ``copy`` (list columns as numpy views
         ``[seq]``, scalar columns as 0-d values). Raises IndexError out of range."""

@@ -255,3 +255,11 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
         assert p.returncode == 2, p.stderr
         lines = [line for line in p.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+
+
+def test_unwritable_output_dir_is_a_user_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match="cannot write .*a-file") as e:
+        build(small_cfg(blocker / "out", max_documents=30))  # even root cannot mkdir below a file
+    one_line_error(e)
