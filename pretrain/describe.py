@@ -16,6 +16,7 @@ import torch
 
 from data_prep.config import merge_into, parse_overrides, read_yaml
 from data_prep.errors import UserError
+from pretrain.config import ModelConfig
 from pretrain.model import BertForPretraining, build_model, embedding_size, flops_per_token
 
 # The sentence objective each family's paper trains with: BERT §3.1 (NSP), RoBERTa §4.2
@@ -64,16 +65,10 @@ def load_model_config(model: str, overrides: Sequence[str] = ()):
     """ModelConfig of a preset name or configs/model YAML path plus ``key=value``
     overrides (keys of ModelConfig, e.g. ``sharing=attention``). Raises UserError."""
     path = resolve_model(model)
-    cfg = merge_into(_model_schema(), read_yaml(path), parse_overrides(overrides), where=str(path))
+    cfg = merge_into(ModelConfig, read_yaml(path), parse_overrides(overrides), where=str(path))
     if cfg.vocab_size is None:
         raise UserError(f"{path} sets no vocab_size; pass vocab_size=N to count its parameters")
     return cfg
-
-
-def _model_schema():
-    from pretrain.config import ModelConfig
-
-    return ModelConfig
 
 
 def meta_model(cfg, sentence: str) -> BertForPretraining:
