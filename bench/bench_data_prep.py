@@ -7,7 +7,9 @@
 Sentence splitters (``data_prep.sentences.BACKENDS``) on the same line units: speed on a
 sample of the real corpora (300 reuters articles + the first 100 kB of each of the 15
 gutenberg books), agreement between the two, and exact-match accuracy on hand-checked
-tricky cases (abbreviations, initials, decimals, quotes, lower-cased text).
+tricky cases (abbreviations, initials, decimals, quotes, lower-cased text). Then three
+ways of reading line breaks (``data_prep.sentences.line_units`` and two simpler rules)
+over all of nltk-corpora.
 
 Builds: wall time, throughput (tokens of packed sequences per wall second) and peak RSS of
 ``data_prep.build.build`` with the smoke preset's tokenizer settings (byte-level BPE,
@@ -21,12 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -93,6 +96,42 @@ def bench_sentences() -> None:
             print(f"- {name} misses: {' '.join(gold)!r} -> {split(' '.join(gold))}")
 
 
+def _join_paragraph_lines(text: str) -> List[str]:
+    return [" ".join(p.split()) for p in re.split(r"\n[ \t]*\n", text) if p.strip()]
+
+
+def _every_line(text: str) -> List[str]:
+    return [" ".join(line.split()) for line in text.split("\n") if line.strip()]
+
+
+def bench_newlines() -> None:
+    """How line breaks are read decides whether one-sentence-per-line corpora keep their
+    boundaries and whether wrapped prose is cut at every wrap; words in "sentences" of
+    more than 90 words (~120 BPE tokens) are at risk of truncation at max_seq_length 128."""
+    docs = list(read_documents(str(NLTK), ["brown"]))
+    rules = {"join lines of a paragraph": _join_paragraph_lines, "every line is a unit": _every_line, "line_units (chosen)": line_units}
+    split = BACKENDS["blingfire"]
+    print(f"\nLine-break handling, blingfire inside each unit, all nltk-corpora ({len(docs)} documents)\n")
+    print("| rule | sentences | mean words | words in >90-word sentences | gutenberg mean / >90 | reuters mean / >90 | movie_reviews mean / >90 | webtext mean / >90 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rule in rules.items():
+        per: Dict[str, List[int]] = {}
+        for d in docs:
+            c = per.setdefault(d.source, [0, 0, 0])
+            for unit in rule(d.text):
+                for sent in split(unit):
+                    n = len(sent.split())
+                    c[0] += 1
+                    c[1] += n
+                    c[2] += n if n > 90 else 0
+        tot = [sum(c[i] for c in per.values()) for i in range(3)]
+        cell = lambda k: f"{per[k][1] / per[k][0]:.1f} / {100 * per[k][2] / per[k][1]:.1f}%"  # noqa: E731
+        print(
+            f"| {name} | {tot[0]} | {tot[1] / tot[0]:.1f} | {100 * tot[2] / tot[1]:.2f}% | "
+            f"{cell('gutenberg')} | {cell('reuters')} | {cell('movie_reviews')} | {cell('webtext')} |"
+        )
+
+
 _CHILD = r"""
 import json, resource, sys, time
 from data_prep.build import build
@@ -148,6 +187,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, load average {load} (other jobs share the cores); python {sys.version.split()[0]}")
     if (args.sentences or both) and NLTK.is_dir():
         bench_sentences()
+        bench_newlines()
     if args.builds or both:
         bench_builds()
 

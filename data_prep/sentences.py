@@ -13,8 +13,8 @@ Two steps:
 2. **Sentences** inside each joined unit, by a maintained library splitter (``BACKENDS``):
    ``blingfire`` (the default; C++) or ``pysbd`` (rule-based, pure Python). Measured on
    556k words of reuters + gutenberg (bench/data_prep.md, ``python
-   bench/bench_data_prep.py --sentences``): blingfire ~37x faster (670k vs 18k words/s;
-   pysbd would add ~6 minutes to the 7M-word nltk build), 90% identical sentences, 17/20
+   bench/bench_data_prep.py --sentences``): blingfire ~33x faster (536k vs 16k words/s;
+   pysbd would add ~7 minutes to the 7M-word nltk build), 90% identical sentences, 17/20
    vs 19/20 hand-checked tricky cases. blingfire's misses (a split after a quoted
    question, none before a lower-case sentence or after "data.txt.") cost little here:
    packing joins contiguous sentences anyway, and lower-cased one-sentence-per-line text
