@@ -159,3 +159,19 @@ def test_dynamic_training_data_is_unmasked_same_sequences(built):
     dyn = originals(d)
     assert not any((row == info.mask_id).any() for row in dyn)
     assert all(np.array_equal(a, b) for a, b in zip(dyn, originals(s, 0)))
+
+
+def test_inspect_reports_rates_of_masked_splits_only(built):
+    import io
+    import math
+
+    from data_prep.inspect import inspect
+
+    buf = io.StringIO()
+    report = inspect(built["dynamic"].directory, num_examples=1, out=buf)
+    assert math.isnan(report["train"]["mask_rate"]) and report["train"]["copies"] == 1
+    assert abs(report["validation"]["mask_rate"] - 0.15) < 0.02
+    text = buf.getvalue()
+    assert "unmasked (masked by the trainer's collator)" in text and "[MASK:" not in text.split("examples from")[1]
+    static = inspect(built["static"].directory, num_examples=0, out=io.StringIO())
+    assert static["validation"] == report["validation"]
