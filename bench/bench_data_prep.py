@@ -125,7 +125,10 @@ def bench_newlines() -> None:
                     c[1] += n
                     c[2] += n if n > 90 else 0
         tot = [sum(c[i] for c in per.values()) for i in range(3)]
-        cell = lambda k: f"{per[k][1] / per[k][0]:.1f} / {100 * per[k][2] / per[k][1]:.1f}%"  # noqa: E731
+
+        def cell(k: str, per: Dict[str, List[int]] = per) -> str:
+            return f"{per[k][1] / per[k][0]:.1f} / {100 * per[k][2] / per[k][1]:.1f}%"
+
         print(
             f"| {name} | {tot[0]} | {tot[1] / tot[0]:.1f} | {100 * tot[2] / tot[1]:.2f}% | "
             f"{cell('gutenberg')} | {cell('reuters')} | {cell('movie_reviews')} | {cell('webtext')} |"

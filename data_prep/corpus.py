@@ -31,14 +31,13 @@ and non-corpus files skipped, undecodable bytes replaced by U+FFFD (never a cras
 from __future__ import annotations
 
 import glob as globlib
-import io
 import json
 import re
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from data_prep.errors import UserError
 
@@ -132,7 +131,7 @@ def read_documents(
 
 
 # A source is (name, thunk producing (id, text) pairs); thunks open files lazily.
-_Source = tuple
+_Source = Tuple[str, Callable[[], Iterable[Tuple[str, str]]]]
 
 
 def _iterate(spec, sources, strip, max_documents, stats) -> Iterator[Document]:
@@ -315,7 +314,7 @@ def _parquet(path: Path, label: str) -> Iterator[tuple]:
     for batch in pf.iter_batches(columns=cols, batch_size=4096):
         d = batch.to_pydict()
         ids = d.get("id") or range(row, row + batch.num_rows)
-        for i, text in zip(ids, d["text"]):
+        for i, text in zip(ids, d["text"], strict=True):
             yield f"{label}:{i}", text or ""
         row += batch.num_rows
 

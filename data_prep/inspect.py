@@ -109,7 +109,7 @@ def histogram(lengths: np.ndarray, bins: int = HIST_BINS) -> List[tuple]:
     lo, hi = int(lengths.min()), int(lengths.max())
     edges = np.unique(np.linspace(lo, hi + 1, num=bins + 1).astype(int))
     counts, _ = np.histogram(lengths, bins=edges)
-    return [(int(a), int(b) - 1, int(c)) for a, b, c in zip(edges[:-1], edges[1:], counts)]
+    return [(int(a), int(b) - 1, int(c)) for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)]
 
 
 def mask_rates(sd: SplitData, info: TokenizerInfo, copy: int = 0) -> Dict[str, float]:

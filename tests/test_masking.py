@@ -88,7 +88,7 @@ def test_masker_is_a_function_of_seed_stream_round_index():
     ids = np.arange(5, 205, dtype=np.int32)
     a = masker(ids, sequence_rng(3, STREAM_STATIC, 1, 9))
     b = masker(ids, sequence_rng(3, STREAM_STATIC, 1, 9))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     for other in (sequence_rng(3, STREAM_STATIC, 2, 9), sequence_rng(3, STREAM_VALIDATION, 1, 9), sequence_rng(3, STREAM_STATIC, 1, 10)):
         assert not np.array_equal(a[1], masker(ids, other)[1])
 
@@ -118,7 +118,7 @@ def test_static_copies_follow_the_recorded_rng_and_differ(built):
     train = ds["train"]
     assert train.num_copies == 2 and train.masked
     o0, o1 = originals(train, 0), originals(train, 1)
-    assert all(np.array_equal(a, b) for a, b in zip(o0, o1))  # same sequences in every copy
+    assert all(np.array_equal(a, b) for a, b in zip(o0, o1, strict=True))  # same sequences in every copy
     differ = sum(not np.array_equal(train.row(i, 0)["labels"], train.row(i, 1)["labels"]) for i in range(len(train)))
     assert differ > 0.95 * len(train)
     seed = ds.manifest["data_config"]["seed"]
@@ -158,7 +158,7 @@ def test_dynamic_training_data_is_unmasked_same_sequences(built):
     info = load_tokenizer(built["dynamic"].tokenizer_path, "bpe")
     dyn = originals(d)
     assert not any((row == info.mask_id).any() for row in dyn)
-    assert all(np.array_equal(a, b) for a, b in zip(dyn, originals(s, 0)))
+    assert all(np.array_equal(a, b) for a, b in zip(dyn, originals(s, 0), strict=True))
 
 
 def test_inspect_reports_rates_of_masked_splits_only(built):
