@@ -158,8 +158,27 @@ def _is_current(out: Path, fp: str, cfg: DataConfig, force: bool) -> bool:
         src = Path(cfg.tokenizer.path)
         if src.is_file() and shards.sha256_file(src) != m["tokenizer"]["sha256"]:
             raise UserError(f"tokenizer.path {src} changed since {out} was built; rebuild with --force")
+    damaged = _first_damaged(out, m)
+    if damaged:
+        print(f"data-prep: {out} is damaged ({damaged}); rebuilding it", file=sys.stderr)
+        return False
     print(f"data-prep: {out} is up to date (fingerprint {fp})", file=sys.stderr)
     return True
+
+
+def _first_damaged(out: Path, manifest: Dict[str, Any]) -> Optional[str]:
+    """The first file of ``manifest`` that is missing or has another size, else None.
+    Costs one stat per file; content is checked (sha256) by ``shards.ShardSet``."""
+    entries = [e for sp in manifest.get("splits", {}).values() for c in sp.get("copies", []) for e in c]
+    for e in entries:
+        f = out / e["file"]
+        if not f.is_file():
+            return f"{e['file']} missing"
+        if "bytes" in e and f.stat().st_size != e["bytes"]:
+            return f"{e['file']} has {f.stat().st_size} bytes, not {e['bytes']}"
+    if not (out / shards.TOKENIZER_FILE).is_file():
+        return f"{shards.TOKENIZER_FILE} missing"
+    return None
 
 
 @contextmanager

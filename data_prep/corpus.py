@@ -223,7 +223,7 @@ def _file_source(path: Path, label: str, stats: ReadStats) -> _Source:
     suffix = path.suffix.lower()
     readers: Dict[str, Callable[[], Iterable[tuple]]] = {
         ".zip": lambda: _zip(path, label, stats),
-        ".jsonl": lambda: _jsonl(path, label),
+        ".jsonl": lambda: _jsonl(path, label, stats),
         ".parquet": lambda: _parquet(path, label),
         ".txt": lambda: _text_file(path, label, stats),
         "": lambda: _text_file(path, label, stats),
@@ -281,13 +281,14 @@ def split_text_file(text: str) -> List[str]:
     return [d for d in ("\n".join(ls) for ls in docs) if d.strip()]
 
 
-def _jsonl(path: Path, label: str) -> Iterator[tuple]:
+def _jsonl(path: Path, label: str, stats: ReadStats) -> Iterator[tuple]:
     try:
-        f = open(path, encoding="utf-8", errors="replace")
+        f = open(path, "rb")
     except OSError as e:
         raise UserError(f"cannot read corpus file {path}: {e.strerror}") from None
     with f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, raw in enumerate(f, 1):
+            line = decode_bytes(raw, stats)
             if not line.strip():
                 continue
             try:

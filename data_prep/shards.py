@@ -114,10 +114,10 @@ def read_manifest(directory: Path) -> Dict[str, Any]:
     try:
         m = json.loads(f.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"{f} is not valid JSON ({e}); rebuild the shard directory") from None
+        raise UserError(f"{f} is not valid JSON ({e}); rebuild it with `data-prep build --force`") from None
     if m.get("format_version") != FORMAT_VERSION:
         raise UserError(
-            f"{f} has format_version {m.get('format_version')}, this code reads {FORMAT_VERSION}; rebuild with `data-prep build`"
+            f"{f} has format_version {m.get('format_version')}, this code reads {FORMAT_VERSION}; rebuild with `data-prep build --force`"
         )
     return m
 
@@ -196,9 +196,9 @@ class ShardSet:
         tok = self.directory / TOKENIZER_FILE
         recorded = self.manifest["tokenizer"]["sha256"]
         if not tok.is_file():
-            raise UserError(f"{tok} is missing; rebuild {self.directory} with `data-prep build`")
+            raise UserError(f"{tok} is missing; rebuild {self.directory} with `data-prep build --force`")
         if verify and sha256_file(tok) != recorded:
-            raise UserError(f"{tok} does not match the sha256 in {self.directory / MANIFEST}; rebuild the shards")
+            raise UserError(f"{tok} does not match the sha256 in {self.directory / MANIFEST}; rebuild with `data-prep build --force`")
         if expect_tokenizer_sha256 and expect_tokenizer_sha256 != recorded:
             raise UserError(
                 f"{self.directory} was made with another tokenizer (sha256 {recorded[:12]}…, expected "
@@ -221,22 +221,22 @@ class ShardSet:
     def _open(self, entry: Dict[str, Any], verify: bool) -> _Shard:
         path = self.directory / entry["file"]
         if not path.is_file():
-            raise UserError(f"shard {path} is missing; rebuild {self.directory} with `data-prep build`")
+            raise UserError(f"shard {path} is missing; rebuild {self.directory} with `data-prep build --force`")
         # A size check is free, so a truncated file is named as such even with verify=False.
         size = path.stat().st_size
         if "bytes" in entry and size != entry["bytes"]:
             raise UserError(
-                f"shard {path} is truncated or overwritten ({size} bytes, the manifest says {entry['bytes']}); rebuild {self.directory}"
+                f"shard {path} is truncated or overwritten ({size} bytes, the manifest says {entry['bytes']}); rebuild {self.directory} with `data-prep build --force`"
             )
         if verify and sha256_file(path) != entry["sha256"]:
-            raise UserError(f"shard {path} is corrupt (sha256 differs from the manifest); rebuild {self.directory}")
+            raise UserError(f"shard {path} is corrupt (sha256 differs from the manifest); rebuild {self.directory} with `data-prep build --force`")
         try:
             table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
         except (pa.ArrowInvalid, OSError) as e:
-            raise UserError(f"shard {path} is unreadable ({str(e).splitlines()[0]}); rebuild {self.directory}") from None
+            raise UserError(f"shard {path} is unreadable ({str(e).splitlines()[0]}); rebuild {self.directory} with `data-prep build --force`") from None
         if table.num_rows != entry["rows"]:
             raise UserError(
-                f"shard {path} has {table.num_rows} rows, the manifest says {entry['rows']}; rebuild {self.directory}"
+                f"shard {path} has {table.num_rows} rows, the manifest says {entry['rows']}; rebuild {self.directory} with `data-prep build --force`"
             )
         offsets, values, scalars = {}, {}, {}
         for name in table.column_names:

@@ -76,6 +76,10 @@ def test_jsonl_rows_and_errors(tmp_path):
     f.write_text(json.dumps({"text": "one", "id": "a"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
     docs, _ = read(f)
     assert [(x.id, x.text) for x in docs] == [("c.jsonl:a", "one"), ("c.jsonl:3", "two")]
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"text": "caf\xe9"}\n')
+    docs, st = read(latin)
+    assert docs[0].text == "caf\ufffd" and st.replaced_characters == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(UserError, match=r"bad.jsonl:1 has no string 'text'"):

@@ -263,3 +263,13 @@ def test_unwritable_output_dir_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot write .*a-file") as e:
         build(small_cfg(blocker / "out", max_documents=30))  # even root cannot mkdir below a file
     one_line_error(e)
+
+
+def test_rerun_rebuilds_a_directory_with_a_missing_or_cut_shard(tmp_path, capsys):
+    out = build(small_cfg(tmp_path / "d", max_documents=30))
+    shard = out / "validation" / "shard-00000.arrow"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:100])
+    assert build(small_cfg(tmp_path / "d", max_documents=30)) == out
+    assert "damaged" in capsys.readouterr().err
+    assert shard.read_bytes() == good and len(ShardSet(out)["validation"]) > 0
