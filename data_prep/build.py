@@ -51,6 +51,11 @@ from data_prep.masking import STREAM_STATIC, STREAM_VALIDATION, Masker, sequence
 from data_prep.sentences import DEFAULT_BACKEND, split_sentences
 from data_prep.tokenizer import SPECIAL_TOKENS, TokenizerInfo, load_tokenizer, train_tokenizer
 
+# Bumped whenever the code changes the bytes a config builds (sentence rules, packing,
+# tokenizer settings): the fingerprint covers the config only, so a directory built by
+# other code is refused instead of being reported up to date.
+PIPELINE_VERSION = 1
+
 # Formats this module can pack; the pair formats (BERT's NSP, ALBERT's SOP) come later.
 SUPPORTED_FORMATS = ("full_sentences",)
 # Ids of a split's documents in packing order, one per line: which text went where.
@@ -153,6 +158,11 @@ def _is_current(out: Path, fp: str, cfg: DataConfig, force: bool) -> bool:
         raise UserError(
             f"{out} holds data of another config (fingerprint {m.get('fingerprint')}, this config {fp}); "
             "rebuild with --force or set another output_dir"
+        )
+    if m.get("pipeline_version") != PIPELINE_VERSION:
+        raise UserError(
+            f"{out} was built by another data-prep version (pipeline {m.get('pipeline_version')}, this is "
+            f"{PIPELINE_VERSION}); rebuild with --force or set another output_dir"
         )
     if cfg.tokenizer.path:
         src = Path(cfg.tokenizer.path)
@@ -265,6 +275,7 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
     tok_file = tmp / shards.TOKENIZER_FILE
     return {
         "format_version": shards.FORMAT_VERSION,
+        "pipeline_version": PIPELINE_VERSION,
         "fingerprint": fp,
         "data_config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
         "tokenizer": {

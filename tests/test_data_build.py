@@ -148,6 +148,10 @@ def test_other_config_in_same_dir_refused_then_forced(tmp_path):
     with pytest.raises(UserError, match="--force") as e:
         build(other)
     one_line_error(e)
+    m = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps(dict(m, pipeline_version=0)))
+    with pytest.raises(UserError, match="another data-prep version"):
+        build(small_cfg(out, max_documents=40))  # same config, built by older code
     assert build(other, force=True) == out
     assert json.loads((out / MANIFEST).read_text())["fingerprint"] == data_fingerprint(other)
     assert not (tmp_path / "d.old").exists() and not (tmp_path / "d.partial").exists()
