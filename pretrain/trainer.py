@@ -273,52 +273,55 @@ def train(cfg, resume: bool = False) -> Dict[str, Any]:
     )
     # Dropout differs between ranks; init (above) and data order do not.
     torch.manual_seed(int(np.random.SeedSequence([t.seed, world.rank]).generate_state(1)[0]))
-
-    masker = Masker.from_config(cfg.data.masking, tok.vocab_size, tok.mask_id, tok.special_ids)
-    collate = Collator(train_split, tok.pad_id, masker, seed=t.seed)
-    collate_val = Collator(val_split, tok.pad_id)
-    # DeepSpeed reports the gradient norm from its own optimizer wrappers (bf16/fp16/ZeRO);
-    # for plain fp32 without ZeRO the grads sit in .grad at the boundary and we measure them.
-    own_grad_norm = t.precision == "fp32" and t.zero_stage == 0
-
-    # ---- resume
-    step, tokens_seen, wall_prior = 0, 0, 0.0
-    window = {"steps": 0, "tokens": 0, "losses": {}, "start_time_s": 0.0}
-    last_eval: Optional[Dict[str, Any]] = None
-    if ckpt is not None:
-        state = checkpoint.load(engine, ckpt, world)
-        step, tokens_seen, wall_prior = state["step"], state["tokens_seen"], state["wall_time_s"]
-        window, last_eval = state["window"], state.get("last_eval")
-        if world.is_main:
-            print(f"resumed {run} from {ckpt.name} (step {step})")
-    log = MetricsLog(run, world.is_main, resume_step=step if ckpt is not None else None)
-
-    def wall() -> float:
-        return wall_prior + (time.time() - segment_start)
-
-    def client_state() -> Dict[str, Any]:
-        return {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "wall_time_s": wall(),
-            "window": window,
-            "last_eval": last_eval,
-            "config": cfg_dict,
-            "fingerprint": checkpoint.config_fingerprint(cfg_dict),
-            "world_size": world.size,
-        }
-
-    def run_eval() -> Dict[str, Any]:
-        m = evaluate(engine, collate_val, t.micro_batch_size, world.rank, world.size, t.eval_max_batches)
-        rec = {"kind": "eval", "step": step, "epoch": step * t.global_batch_size / len(train_split),
-               "tokens_seen": tokens_seen, **m, "time_s": wall()}
-        log.write(rec)
-        return rec
-
-    # ---- loop
-    segment_start = time.time()
-    bar = tqdm(total=t.max_steps, initial=step, unit="step", disable=not world.is_main, dynamic_ncols=True, desc=cfg.name)
+    log = bar = None
     try:
+        masker = Masker.from_config(cfg.data.masking, tok.vocab_size, tok.mask_id, tok.special_ids)
+        collate = Collator(train_split, tok.pad_id, masker, seed=t.seed)
+        collate_val = Collator(val_split, tok.pad_id)
+        # DeepSpeed reports the gradient norm from its own optimizer wrappers (bf16/fp16/ZeRO);
+        # for plain fp32 without ZeRO the grads sit in .grad at the boundary and we measure them.
+        own_grad_norm = t.precision == "fp32" and t.zero_stage == 0
+
+        # ---- resume
+        step, tokens_seen, wall_prior = 0, 0, 0.0
+        window = {"steps": 0, "tokens": 0, "losses": {}, "start_time_s": 0.0}
+        last_eval: Optional[Dict[str, Any]] = None
+        if ckpt is not None:
+            state = checkpoint.load(engine, ckpt, world)
+            step, tokens_seen, wall_prior = state["step"], state["tokens_seen"], state["wall_time_s"]
+            window, last_eval = state["window"], state.get("last_eval")
+            if world.is_main:
+                print(f"resumed {run} from {ckpt.name} (step {step})")
+        log = MetricsLog(run, world.is_main, resume_step=step if ckpt is not None else None)
+
+        def wall() -> float:
+            return wall_prior + (time.time() - segment_start)
+
+        def client_state() -> Dict[str, Any]:
+            return {
+                "step": step,
+                "tokens_seen": tokens_seen,
+                "wall_time_s": wall(),
+                "window": window,
+                "last_eval": last_eval,
+                "config": cfg_dict,
+                "fingerprint": checkpoint.config_fingerprint(cfg_dict),
+                "world_size": world.size,
+            }
+
+        def run_eval() -> Dict[str, Any]:
+            m = evaluate(engine, collate_val, t.micro_batch_size, world.rank, world.size, t.eval_max_batches)
+            rec = {"kind": "eval", "step": step, "epoch": step * t.global_batch_size / len(train_split),
+                   "tokens_seen": tokens_seen, **m, "time_s": wall()}
+            log.write(rec)
+            if world.is_main:
+                bar.write(f"step {step}: eval mlm_loss {m['mlm_loss']:.4f}  perplexity {m['perplexity']:.2f}  "
+                          f"accuracy {m['mlm_accuracy']:.4f}")
+            return rec
+
+        # ---- loop
+        segment_start = time.time()
+        bar = tqdm(total=t.max_steps, initial=step, unit="step", disable=not world.is_main, dynamic_ncols=True, desc=cfg.name)
         while step < t.max_steps:
             epoch, rows = sampler.global_batch(step)
             lr = engine.get_lr()[0]
@@ -382,8 +385,10 @@ def train(cfg, resume: bool = False) -> Dict[str, Any]:
             write_json_atomic(run / SUMMARY, summary)
         return summary
     finally:
-        bar.close()
-        log.close()
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
         engine.destroy()
         del engine
         gc.collect()

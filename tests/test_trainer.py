@@ -204,3 +204,21 @@ def test_load_model_state_gives_the_trained_weights(short_run):
     raw = torch.load(run / "checkpoints" / "step-0000024" / checkpoint.MODEL_STATES, weights_only=False)["module"]
     for k, v in raw.items():
         assert torch.equal(sd[k], v.float()), k
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_bf16_run_exports_fp32_master_weights(tmp_path: Path, data: Path, zero_stage: int):
+    run = tmp_path / "bf16"
+    cfg = tiny_cfg(run, data, "train.max_steps=4", "train.schedule.warmup_steps=1", "train.precision=bf16",
+                   f"train.zero_stage={zero_stage}", "train.checkpoint_every=4")
+    summary = train(cfg)
+    assert math.isfinite(summary["final_eval"]["mlm_loss"])
+    assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in rundir.read_metrics(run, "train"))
+    _, sd = checkpoint.load_model_state(run)
+    raw = torch.load(run / "checkpoints" / "step-0000004" / checkpoint.MODEL_STATES, weights_only=False)["module"]
+    assert all(v.dtype == torch.float32 for v in sd.values())
+    for k, v in raw.items():
+        assert v.dtype == torch.bfloat16
+        # the module holds the master weights rounded to bf16
+        assert torch.equal(sd[k].to(torch.bfloat16), v), k
+    assert any(not torch.equal(sd[k], raw[k].float()) for k in raw)  # and the masters keep more bits
