@@ -39,9 +39,20 @@ def inspect(directory: str | Path, num_examples: int = 3, split: str = "train", 
     Raises:
         UserError: not a shard directory, a corrupt shard, or an unknown ``split``.
     """
+    import os
     import sys
 
-    out = out or sys.stdout
+    if out is not None:
+        return _report(directory, num_examples, split, out)
+    try:
+        return _report(directory, num_examples, split, sys.stdout)
+    except BrokenPipeError:
+        # `data-prep inspect DIR | head`: the reader left; stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return {}
+
+
+def _report(directory: str | Path, num_examples: int, split: str, out: TextIO) -> Dict[str, Dict[str, float]]:
     ds = ShardSet(directory)
     m = ds.manifest
     info = load_tokenizer(ds.tokenizer_path, m["tokenizer"]["kind"])
