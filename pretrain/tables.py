@@ -57,7 +57,7 @@ OUR_COLUMNS: List[tuple] = [
     ("masked-token accuracy (%)", "accuracy_pct", "{:.2f}"),
     ("tokens seen", "tokens_seen", "{:,}"),
     ("epochs", "epochs", "{:.2f}"),
-    ("wall time (min)", "wall_min", "{:.1f}"),
+    ("wall time (min)", "wall_min", "{:.2f}"),
 ]
 PAPER_SUFFIX = " (paper)"
 

@@ -53,6 +53,26 @@ def test_repo_ablation_loads_and_arms_differ_only_in_masking(tmp_path: Path):
     check_fair(cfgs)
 
 
+def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
+    """The per-arm `pretrain train` line in the table must reproduce the arm exactly."""
+    import shlex
+
+    from pretrain.ablation import AblationRecord, arm_command
+    from pretrain.config import load_run_config, to_dict
+
+    arms = {"a": {"data": {"masking": {"mode": "static", "mlm_probability": 0.2}}, "train": {"optimizer": {"betas": [0.9, 0.99]}}},
+            "b": {}}
+    p = _ablation(tmp_path, arms=arms, paper={"source": "x", "columns": [], "rows": {}})
+    overrides = ["train.max_steps=30", "data.max_documents=5"]
+    abl, cfgs = compose_arms(p, "smoke", overrides, "runs")
+    rec = OmegaConf.structured(AblationRecord)
+    rec.ablation, rec.source, rec.preset, rec.overrides = abl, str(p), "smoke", overrides
+    for arm in arms:
+        argv = shlex.split(arm_command(rec, arm))
+        assert argv[:2] == ["pretrain", "train"] and argv[3] == "--preset"
+        assert to_dict(load_run_config(argv[2], argv[4], argv[5:])) == to_dict(cfgs[arm])
+
+
 def test_unknown_key_fails_at_load(tmp_path: Path):
     with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, name, paper, title"):
         load_ablation(_ablation(tmp_path, extra="bogus: 1\n"))

@@ -112,7 +112,7 @@ def test_values_round_trip_into_csv_and_md(fabricated: Path):
     assert md.startswith("# Toy ablation toy\n")
     assert "| SQuAD 2.0 F1 (paper) | MNLI-m acc (paper) |" in md
     row_a = next(line for line in md.splitlines() if line.startswith("| `a` |"))
-    for s in ("done", "6.1235", "456.79", "9.88", "81,920", "2.51", "1.6", "78.3", "84.3"):
+    for s in ("done", "6.1235", "456.79", "9.88", "81,920", "2.51", "1.59", "78.3", "84.3"):
         assert f"| {s} |" in row_a + " |", (s, row_a)
     assert "| `b` | unfinished, step 10/20 | 7.0500 |" in md
     assert "| `c` | not run | — |" in md
