@@ -163,9 +163,10 @@ def compose_arms(
 def check_fair(cfgs: Dict[str, RunConfig]) -> None:
     """The arms of an ablation must differ only in the recipe choice under study.
 
-    Checks the token budget (train.max_steps × train.global_batch_size × data.max_seq_length
-    — RoBERTa §4 compares recipes at equal tokens seen) and the seeds (train.seed,
-    data.seed). Raises UserError listing every arm's value when they differ.
+    Checks the token budget, train.max_steps × train.global_batch_size × data.max_seq_length
+    (RoBERTa §4.3, Table 3 compares batch sizes at equal steps × batch: 256×1M, 2K×125K,
+    8K×31K), and the seeds (train.seed, data.seed). Raises UserError listing every arm's
+    value when they differ.
     """
     budgets = {
         a: (c.train.max_steps, c.train.global_batch_size, c.data.max_seq_length) for a, c in cfgs.items()
@@ -286,13 +287,12 @@ def run_ablation(
 ) -> List[Path]:
     """Run every arm of the ablation at ``path`` under ``preset`` and write its table.
 
-    Steps: compose and check all arms, including the trainer's config checks (UserError,
-    nothing trained, no run directory made);
-    refuse a runs directory recorded with a different definition/preset/overrides; prepare
-    data once per distinct data config and check the validation data are identical; write
-    ``runs_root/<name>/ablation.yaml``; train each arm (skip ``done``, resume ``partial``)
-    and rewrite the table after each. Returns the written table/plot paths
-    (``results_dir/<name>.md``, ``.csv``, ``.png``).
+    Steps: compose and check all arms, including the trainer's config checks (UserError:
+    nothing built or trained, no run directory made); refuse a runs directory recorded with
+    other arms/preset/overrides; prepare data once per distinct data config and check the
+    validation data are identical; write ``runs_root/<name>/ablation.yaml``; train each arm
+    (skip ``done``, resume ``partial``) and rewrite the table after each. Returns the
+    written paths (``results_dir/<name>.md``, ``.csv``, ``.png``).
     """
     from pretrain.tables import write_ablation_table, write_text_atomic
 
@@ -309,7 +309,7 @@ def run_ablation(
     abl_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(abl_dir / rundir.ABLATION, OmegaConf.to_yaml(rec))
 
-    from pretrain.trainer import train  # heavy (torch, DeepSpeed): only once all checks pass
+    from pretrain.trainer import train  # imported here: `pretrain tables` imports this module, keep it light
 
     written: List[Path] = []
     n = len(cfgs)
