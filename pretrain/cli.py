@@ -50,6 +50,20 @@ def _export(args: argparse.Namespace) -> None:
     print(export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.drop_sentence_head))
 
 
+def _submit(args: argparse.Namespace) -> None:
+    from pretrain.submit import submit
+
+    flags = {k: getattr(args, k) for k in ("nodes", "gpus_per_node", "procs_per_node", "cpus_per_task", "partition",
+                                           "time", "account", "qos", "launcher", "signal_seconds")}
+    submit(args.target, args.preset, args.overrides, flags, args.site, args.runs, args.results, args.dry_run)
+
+
+def _status(args: argparse.Namespace) -> None:
+    from pretrain.slurm_status import print_status
+
+    print_status(args.target, args.runs)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The `deepspeed` launcher adds --local_rank=N; the trainer reads LOCAL_RANK from the env instead.
@@ -91,6 +105,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     x.add_argument("--tokenizer", help="tokenizer.json to ship (default: the one of the run's shards)")
     x.add_argument("--drop-sentence-head", action="store_true", help="leave out the NSP/SOP head (RoBERTa has no class for it)")
     x.set_defaults(fn=_export)
+
+    s = sub.add_parser("submit", help="run a run config or an ablation as Slurm jobs (see slurm/README.md)")
+    s.add_argument("target", help="run config or ablation YAML")
+    s.add_argument("overrides", nargs="*", help="key=value overrides of the run config (every arm's)")
+    s.add_argument("--preset", help="scale preset (required for an ablation)")
+    s.add_argument("--nodes", type=int, help="nodes per run (default 1)")
+    s.add_argument("--gpus-per-node", type=int, help="GPUs per node, one process each (default 0: CPU job)")
+    s.add_argument("--procs-per-node", type=int, help="processes per node of a CPU job (default 1)")
+    s.add_argument("--cpus-per-task", type=int, help="CPUs per node for its processes")
+    s.add_argument("--partition")
+    s.add_argument("--time", help="time limit, e.g. 2-00:00:00")
+    s.add_argument("--account")
+    s.add_argument("--qos")
+    s.add_argument("--launcher", choices=["torchrun", "deepspeed"], help="per-node launcher (default torchrun)")
+    s.add_argument("--signal-seconds", type=int, help="USR1 this long before the time limit (default 300)")
+    s.add_argument("--site", help="site file (default slurm/site.yaml if present)")
+    s.add_argument("--runs", default="runs", help="root of run directories (ablations)")
+    s.add_argument("--results", default="results", help="where the tables job writes (ablations)")
+    s.add_argument("--dry-run", action="store_true", help="print the job scripts instead of submitting")
+    s.set_defaults(fn=_submit)
+
+    st = sub.add_parser("status", help="pending/running/requeued/done/failed per run of a submission")
+    st.add_argument("target", help="ablation directory (runs/NAME), run directory or ablation YAML")
+    st.add_argument("--runs", default="runs", help="root of run directories (for an ablation YAML)")
+    st.set_defaults(fn=_status)
 
     args, extra = p.parse_known_args(argv)
     # argparse stops filling a nargs="*" positional at the first option, so key=value pairs
