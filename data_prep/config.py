@@ -32,8 +32,11 @@ class TokenizerConfig:
     kind: ``bpe`` = byte-level BPE with RoBERTa's special tokens (Liu et al. 2019, §4.4);
         ``wordpiece`` = lower-cased WordPiece with BERT's (Devlin et al. 2019, §3);
         ``unigram`` = SentencePiece-style unigram with ALBERT's (Lan et al. 2020, §4.1).
-    vocab_size: target vocabulary size when training (50265 for RoBERTa at paper scale).
-    path: an existing tokenizer.json to use instead of training one.
+    vocab_size: target vocabulary size when training, special tokens included (paper
+        scale: 30522 BERT, 50265 RoBERTa, 30000 ALBERT).
+    path: an existing tokenizer.json to use instead of training one, or ``hf:NAME`` for a
+        pretrained tokenizer from the Hugging Face hub (needs internet; its special tokens
+        must be the kind's).
     min_frequency: minimum pair/token count for a merge when training.
     """
 
@@ -56,6 +59,14 @@ class MaskingConfig:
         the mask token / by a random token; the rest stay unchanged (BERT §3.1: 0.8 / 0.1).
     validation_seed: seed of the single fixed mask of the validation split, shared by
         every arm of an ablation so all arms are scored on the same positions.
+    unit: what is chosen for prediction: ``token`` = single tokens (BERT §3.1);
+        ``whole_word`` = all tokens of a word together (BERT's later whole-word-masking
+        release); ``ngram`` = spans of 1..``max_ngram`` whole words, length n drawn with
+        p(n) ∝ 1/n (ALBERT, Lan et al. 2020, §4.1). Words come from the tokenizer's
+        pre-tokenizer (``data_prep.words``).
+    max_ngram: longest n-gram for ``unit=ngram`` (ALBERT: 3).
+    max_predictions_per_seq: cap on predicted tokens per sequence (BERT's reference: 20 at
+        length 128, 80 at 512; ALBERT: 20 at 512); None = no cap.
     """
 
     mode: str = "dynamic"
@@ -64,6 +75,9 @@ class MaskingConfig:
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
     validation_seed: int = 4242
+    unit: str = "token"
+    max_ngram: int = 3
+    max_predictions_per_seq: Optional[int] = None
 
 
 @dataclass
@@ -105,7 +119,12 @@ def check_data_config(cfg: DataConfig) -> None:
     _choice("sentence_objective", cfg.sentence_objective, SENTENCE_OBJECTIVES)
     _choice("tokenizer.kind", cfg.tokenizer.kind, TOKENIZER_KINDS)
     _choice("masking.mode", cfg.masking.mode, MASKING_MODES)
+    _choice("masking.unit", cfg.masking.unit, MASKING_UNITS)
     m = cfg.masking
+    if m.max_ngram < 1:
+        raise UserError(f"masking.max_ngram={m.max_ngram} must be >= 1")
+    if m.max_predictions_per_seq is not None and m.max_predictions_per_seq < 1:
+        raise UserError(f"masking.max_predictions_per_seq={m.max_predictions_per_seq} must be >= 1 (or null for no cap)")
     if not 0.0 < m.mlm_probability < 1.0:
         raise UserError(f"masking.mlm_probability={m.mlm_probability} must be in (0, 1)")
     if m.mask_replace_prob < 0 or m.random_replace_prob < 0 or m.mask_replace_prob + m.random_replace_prob > 1:

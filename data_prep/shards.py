@@ -72,6 +72,7 @@ def write_shard(path: Path, columns: Dict[str, Any]) -> Dict[str, Any]:
         "input_ids": pa.list_(pa.int32()),
         "labels": pa.list_(pa.int32()),
         "token_type_ids": pa.list_(pa.int8()),
+        "word_starts": pa.list_(pa.int8()),
         "next_sentence_label": pa.int8(),
         "sentence_order_label": pa.int8(),
     }

@@ -1,7 +1,15 @@
-"""Tokenizers: train one with the ``tokenizers`` library or load a tokenizer.json, and know
-its special tokens.
+"""Tokenizers: train one with the ``tokenizers`` library, or load a tokenizer.json or a
+pretrained tokenizer by name, and know its special tokens.
 
 Kinds (``tokenizer.kind``):
+
+- ``wordpiece``: BERT's tokenizer (Devlin et al. 2019, §3 "We use WordPiece embeddings
+  (Wu et al., 2016) with a 30,000 token vocabulary"; the released uncased vocabulary has
+  30522 entries). Lower-cased with accents stripped (``BertNormalizer``), split on
+  whitespace and punctuation (``BertPreTokenizer``), sub-words continued with ``##``.
+  Special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` with ``[PAD]`` = 0 as in BERT's
+  vocabulary; the saved post-processor adds ``[CLS] A [SEP] B [SEP]`` with segment ids
+  0/0/0/1/1 for users of the file (the pipeline places special tokens itself).
 - ``bpe``: byte-level BPE with RoBERTa's special tokens ``<s> <pad> </s> <unk> <mask>``
   (Liu et al. 2019, §4.4; Radford et al. 2019). Trained with ``add_prefix_space``: every
   text is encoded as if a space preceded it, so a sentence-initial word gets the same
@@ -9,6 +17,16 @@ Kinds (``tokenizer.kind``):
   every sentence start would use a different token and decoded sequences would lose the
   space between sentences. The setting is stored in tokenizer.json, so every user of the
   file (pretraining, fine-tuning) encodes the same way.
+- ``unigram``: ALBERT's SentencePiece-style tokenizer (Lan et al. 2020, §4.1: "a
+  vocabulary size of 30,000 … tokenized using SentencePiece (Kudo & Richardson, 2018)"):
+  a unigram language model trained with ``UnigramTrainer``; text normalized as ALBERT's
+  ``preprocess_text`` does (```` `` ```` and ``''`` → ``"``, NFKD with combining marks
+  removed, lower-cased, whitespace runs collapsed) and split into words at spaces, each
+  space becoming ``▁`` at the start of the next word (``Metaspace``). Special tokens with
+  ALBERT's ids: ``<pad>``=0 ``<unk>``=1 ``[CLS]``=2 ``[SEP]``=3 ``[MASK]``=4.
+
+Round trip: ``decode(encode(x)) == normalize(x)`` for text without unknown characters,
+where ``TokenizerInfo.normalize`` is the text as the tokenizer sees it (see there).
 """
 
 from __future__ import annotations
@@ -25,16 +43,23 @@ from data_prep.errors import UserError
 
 # Role → token string for each kind; the order is the id order when training.
 SPECIAL_TOKENS: Dict[str, Dict[str, str]] = {
+    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
     "bpe": {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"},
+    "unigram": {"pad": "<pad>", "unk": "<unk>", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
 }
+
+# ``tokenizer.path`` prefix naming a pretrained tokenizer on the Hugging Face hub.
+HF_PREFIX = "hf:"
 
 
 @dataclass(frozen=True)
 class TokenizerInfo:
     """A loaded tokenizer and the ids the pipeline needs.
 
-    ``cls_id``/``sep_id`` open and close a sequence (``<s>``/``</s>`` in RoBERTa); ``sep_id``
-    also separates documents and segments; ``special_ids`` (int64 ``[k]``) are never masked.
+    ``cls_id``/``sep_id`` open and close a sequence (``[CLS]``/``[SEP]`` in BERT and ALBERT,
+    ``<s>``/``</s>`` in RoBERTa); ``sep_id`` also separates documents and segments;
+    ``special_ids`` (int64 ``[k]``, sorted) are never masked and never drawn as random
+    replacements.
     """
 
     tokenizer: Tokenizer
@@ -48,27 +73,98 @@ class TokenizerInfo:
     special_ids: np.ndarray
 
     def encode_batch(self, texts: List[str]) -> List[List[int]]:
-        """Token ids of each text, without special tokens."""
+        """Token ids of each text, without special tokens (``data_prep.words.encode_with_words``
+        also returns word starts)."""
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``ids`` through the tokenizer's decoder (``##`` joined for wordpiece,
+        bytes for bpe, ``▁`` → space for unigram)."""
         return self.tokenizer.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
+
+    def normalize(self, text: str) -> str:
+        """``text`` as the tokenizer represents it: what ``decode(encode(text))`` returns
+        when no character is unknown to the vocabulary.
+
+        It is the normalizer's output cut into the pre-tokenizer's words and joined back by
+        the decoder, so it depends on the normalizer, pre-tokenizer and decoder only, never
+        on the learned vocabulary; per kind:
+
+        - ``wordpiece``: lower-cased, accents stripped, words and punctuation joined by one
+          space, then the WordPiece decoder's clean-up (no space before ``. , ! ?`` and in
+          ``n't 's 've 're 'm``), as BERT's decoder does.
+        - ``bpe``: ``text`` unchanged after the prefix space (byte-level BPE is lossless).
+        - ``unigram``: ALBERT's normalization (see the module docstring) with whitespace
+          runs collapsed to one space and stripped.
+        """
+        tok = self.tokenizer
+        normalized = tok.normalizer.normalize_str(text) if tok.normalizer is not None else text
+        if tok.pre_tokenizer is None:
+            return normalized
+        words = [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(normalized)]
+        return tok.decoder.decode(words) if tok.decoder is not None else "".join(words)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the tokenizer to ``path`` as tokenizer.json, atomically (temp + rename)."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        self.tokenizer.save(str(tmp))
+        os.replace(tmp, out)
+        return out
 
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, min_frequency: int, out: Path) -> Path:
     """Train a tokenizer of ``kind`` on ``texts`` and write it to ``out`` (atomically).
 
     Args:
+        kind: ``wordpiece``, ``bpe`` or ``unigram`` (see the module docstring).
         texts: training text (str items; sentences or documents), consumed once.
         vocab_size: target size including special tokens; a small corpus may yield fewer.
-        min_frequency: a pair needs this many occurrences to be merged.
-    Raises UserError for an unknown kind.
+        min_frequency: a pair needs this many occurrences to be merged (wordpiece, bpe;
+            the unigram trainer prunes by likelihood instead and ignores it).
+    Returns:
+        ``out``.
+    Raises:
+        UserError: unknown kind, or ``vocab_size`` too small for the special tokens.
     """
-    if kind != "bpe":
-        raise UserError(f"tokenizer.kind={kind!r} is not supported yet; use bpe")
-    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+    if kind not in SPECIAL_TOKENS:
+        raise UserError(f"tokenizer.kind={kind!r} is not one of: {', '.join(SPECIAL_TOKENS)}")
+    specials = list(SPECIAL_TOKENS[kind].values())
+    if vocab_size <= len(specials):
+        raise UserError(f"tokenizer.vocab_size={vocab_size} must exceed the {len(specials)} special tokens")
+    tok, trainer = _BUILDERS[kind](vocab_size, min_frequency, specials)
+    tok.train_from_iterator(texts, trainer=trainer)
+    _set_post_processor(tok, kind)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tok.save(str(tmp))
+    os.replace(tmp, out)
+    return out
 
-    specials = list(SPECIAL_TOKENS["bpe"].values())
+
+def _wordpiece(vocab_size: int, min_frequency: int, specials: List[str]):
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["wordpiece"]["unk"], continuing_subword_prefix="##"))
+    # strip_accents=None follows lowercase, as in BERT's uncased BasicTokenizer.
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    return tok, trainer
+
+
+def _bpe(vocab_size: int, min_frequency: int, specials: List[str]):
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
@@ -79,35 +175,88 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, min_freque
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, out)
-    return out
+    return tok, trainer
+
+
+def _unigram(vocab_size: int, min_frequency: int, specials: List[str]):
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    # ALBERT's tokenization.preprocess_text (quotes, NFKD without combining marks,
+    # lower case, whitespace collapsed) as one normalizer, so every user of the file
+    # normalizes the same way without ALBERT's Python code.
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace("``", '"'),
+            normalizers.Replace("''", '"'),
+            normalizers.NFKD(),
+            normalizers.StripAccents(),
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+        ]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        unk_token=SPECIAL_TOKENS["unigram"]["unk"],
+        show_progress=False,
+    )
+    return tok, trainer
+
+
+_BUILDERS = {"wordpiece": _wordpiece, "bpe": _bpe, "unigram": _unigram}
+
+
+def _set_post_processor(tok: Tokenizer, kind: str) -> None:
+    """The single/pair templates of the kind's model, for users of tokenizer.json."""
+    from tokenizers import processors
+
+    roles = SPECIAL_TOKENS[kind]
+    cls, sep = roles["cls"], roles["sep"]
+    if kind == "bpe":
+        tok.post_processor = processors.RobertaProcessing((sep, tok.token_to_id(sep)), (cls, tok.token_to_id(cls)))
+        return
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
+    )
 
 
 def load_tokenizer(path: str | Path, kind: str) -> TokenizerInfo:
-    """Load ``path`` (a tokenizer.json) and resolve its special-token ids for ``kind``.
+    """Load a tokenizer and resolve its special-token ids for ``kind``.
 
-    Raises UserError if the file is missing/unreadable or lacks one of the kind's special tokens.
+    Args:
+        path: a tokenizer.json file, or ``hf:NAME`` for a pretrained tokenizer from the
+            Hugging Face hub (``tokenizers.Tokenizer.from_pretrained``, falling back to the
+            fast tokenizer of ``transformers.AutoTokenizer``; needs internet).
+        kind: ``wordpiece``, ``bpe`` or ``unigram``.
+    Raises:
+        UserError: unknown kind; file missing/unreadable; hub name not loadable; the
+            tokenizer lacks one of the kind's special tokens.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"tokenizer file not found: {p}")
-    try:
-        tok = Tokenizer.from_file(str(p))
-    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise UserError(f"cannot load tokenizer {p}: {str(e).splitlines()[0]}") from None
     roles = SPECIAL_TOKENS.get(kind)
     if roles is None:
         raise UserError(f"tokenizer.kind={kind!r} is not one of: {', '.join(SPECIAL_TOKENS)}")
+    where = str(path)
+    if where.startswith(HF_PREFIX):
+        tok = _from_hub(where[len(HF_PREFIX):])
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"tokenizer file not found: {p}; point tokenizer.path at a tokenizer.json (or hf:NAME)")
+        try:
+            tok = Tokenizer.from_file(str(p))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise UserError(f"cannot load tokenizer {p}: {str(e).splitlines()[0]}") from None
     ids = {}
     for role, token in roles.items():
         i = tok.token_to_id(token)
         if i is None:
-            raise UserError(f"tokenizer {p} has no {token!r} token; it is not a {kind} tokenizer (set tokenizer.kind)")
+            raise UserError(f"tokenizer {where} has no {token!r} token; it is not a {kind} tokenizer (set tokenizer.kind)")
         ids[role] = i
     special = sorted(set(ids.values()) | _added_special_ids(tok))
     return TokenizerInfo(
@@ -121,6 +270,22 @@ def load_tokenizer(path: str | Path, kind: str) -> TokenizerInfo:
         unk_id=ids["unk"],
         special_ids=np.asarray(special, dtype=np.int64),
     )
+
+
+def _from_hub(name: str) -> Tokenizer:
+    """``tokenizers.Tokenizer`` of hub model ``name``; UserError (one line) if unavailable."""
+    if not name:
+        raise UserError("tokenizer.path=hf: needs a model name, e.g. hf:bert-base-uncased")
+    try:
+        return Tokenizer.from_pretrained(name)
+    except Exception as first:  # no tokenizer.json on the hub, or no network
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(name, use_fast=True).backend_tokenizer
+        except Exception:
+            msg = str(first).strip().splitlines()[0] if str(first).strip() else type(first).__name__
+            raise UserError(f"cannot load tokenizer hf:{name}: {msg}; check the name and the network, or use a tokenizer.json") from None
 
 
 def _added_special_ids(tok: Tokenizer) -> set:

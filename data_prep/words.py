@@ -1,0 +1,73 @@
+"""Word boundaries of token sequences, for whole-word and n-gram masking.
+
+A word is what the tokenizer's pre-tokenizer cuts the normalized text into, read from
+``Encoding.word_ids`` — never from token spellings such as ``##`` — so one rule serves all
+three tokenizers:
+
+- ``wordpiece``: ``BertPreTokenizer`` words: whitespace-separated, every punctuation
+  character a word of its own (as BERT's ``BasicTokenizer``, which its whole-word masking
+  release used: "don't" is the three words ``don ' t``);
+- ``bpe``: byte-level words, each including its leading space (``Ġword``); a
+  contraction or digit run split off by GPT-2's regex is its own word;
+- ``unigram``: ``Metaspace`` words, starting at ``▁`` (ALBERT's ``_is_start_piece_sp``
+  looks at the same marker, plus punctuation; here punctuation inside a ``▁`` word stays in
+  the word).
+
+Shard column ``word_starts`` (list<int8>, aligned with ``input_ids``): 1 where a token
+begins a word, else 0. Special tokens (``[CLS]``, ``[SEP]``, document separators) are words
+of their own and are never masked; ``masking.Masker`` also forces a word start at and
+after every special token, so a pair truncated from the front (its first token a word's
+continuation) still masks consistently.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from data_prep.tokenizer import TokenizerInfo
+
+
+def word_starts_from_word_ids(word_ids: Sequence[Optional[int]]) -> np.ndarray:
+    """int8 ``[n]``: 1 where the token's word index differs from the previous token's.
+
+    ``word_ids`` is ``Encoding.word_ids``: the pre-tokenizer word of each token, None for a
+    special token (each None is a word of its own). The first token always starts a word.
+    """
+    n = len(word_ids)
+    if n == 0:
+        return np.zeros(0, dtype=np.int8)
+    # None (special tokens) → -1 - position: never equal to a neighbour, so a word alone.
+    w = np.fromiter((-1 - i if x is None else x for i, x in enumerate(word_ids)), dtype=np.int64, count=n)
+    starts = np.empty(n, dtype=np.int8)
+    starts[0] = 1
+    starts[1:] = w[1:] != w[:-1]
+    return starts
+
+
+def encode_with_words(info: TokenizerInfo, texts: List[str]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Encode ``texts`` (no special tokens added) with their word starts.
+
+    Args:
+        info: the loaded tokenizer.
+        texts: sentences (or any text); encoded in one ``encode_batch`` call (Rust threads).
+    Returns:
+        Per text ``(ids, word_starts)``: int32 ``[n]`` token ids and int8 ``[n]`` (1 where a
+        token begins a word, the first token always). Concatenating the pairs of consecutive
+        sentences keeps the words right: every sentence starts with a new word.
+    """
+    out = []
+    for e in info.tokenizer.encode_batch(texts, add_special_tokens=False):
+        out.append((np.asarray(e.ids, dtype=np.int32), word_starts_from_word_ids(e.word_ids)))
+    return out
+
+
+def word_index(word_starts: np.ndarray) -> np.ndarray:
+    """int64 ``[n]``: the word number of every token (0 for the first word), from int8/bool
+    ``word_starts`` ``[n]``. A sequence that begins mid-word counts that part as word 0."""
+    ws = np.asarray(word_starts).astype(bool)
+    if ws.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.cumsum(ws, dtype=np.int64) - 1
+    return idx if ws[0] else idx + 1
