@@ -23,6 +23,8 @@ SENTENCE_OBJECTIVES = ("none", "nsp", "sop")
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
 MASKING_MODES = ("static", "dynamic")
 MASKING_UNITS = ("token", "whole_word", "ngram")
+# How the trainer batches DOC-SENTENCES rows (read by pretrain.batching; data bytes unchanged).
+DOC_SENTENCES_BATCHING = ("tokens", "sequences")
 
 
 @dataclass
@@ -93,7 +95,20 @@ class DataConfig:
     validation_fraction: share of documents (by a stable hash of the document id) held out.
     format / sentence_objective: input format and sentence-level task (RoBERTa §4.2).
     max_seq_length: tokens per sequence including special tokens (BERT/RoBERTa: 512).
-    rows_per_shard: sequences per shard file.
+    short_seq_prob: share of SEGMENT-PAIR chunks given a random shorter target length in
+        [2, max_seq_length - 3] (Devlin et al. 2019, appendix A.2; BERT's reference: 0.1);
+        read by ``data_prep.instances``.
+    rows_per_shard: most sequences per shard file; a chunk with more rows writes several.
+    chunk_documents: documents per chunk (``data_prep.build``): the unit of streaming,
+        parallel work and resuming, the window in which documents are shuffled and
+        FULL-SENTENCES crosses documents, and the pool NotNext segments are drawn from.
+        Memory is bounded by it, not by the corpus size. A split's last chunk takes a
+        lone remaining document, so every chunk of a split with >= 2 documents has >= 2.
+    doc_sentences_batching: how the trainer batches ``format=doc_sentences`` rows, whose
+        lengths vary: ``tokens`` = a variable number of rows with about
+        ``global_batch_size x max_seq_length`` tokens per step (RoBERTa, Liu et al. 2019,
+        §4.2); ``sequences`` = ``global_batch_size`` rows padded to the longest. Packing
+        short rows together is FULL-SENTENCES (use that format). Does not change the data.
     seed: seed of everything random in data prep except the validation mask.
     output_dir: where shards go; None = ``data-cache/<fingerprint>`` in the working dir.
     """
@@ -108,6 +123,9 @@ class DataConfig:
     max_seq_length: int = 128
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     rows_per_shard: int = 16384
+    short_seq_prob: float = 0.1
+    chunk_documents: int = 1000
+    doc_sentences_batching: str = "tokens"
     num_workers: int = 1
     seed: int = 12345
     output_dir: Optional[str] = None
@@ -141,14 +159,21 @@ def check_data_config(cfg: DataConfig) -> None:
         raise UserError(
             f"format={cfg.format} needs sentence_objective={need}, got {cfg.sentence_objective}"
         )
+    _choice("doc_sentences_batching", cfg.doc_sentences_batching, DOC_SENTENCES_BATCHING)
+    if not 0.0 <= cfg.short_seq_prob <= 1.0:
+        raise UserError(f"short_seq_prob={cfg.short_seq_prob} must be in [0, 1]")
+    if cfg.chunk_documents < 2:
+        raise UserError(f"chunk_documents={cfg.chunk_documents} must be >= 2 (NotNext segments come from another document of the chunk)")
+    if cfg.num_workers < 1:
+        raise UserError(f"num_workers={cfg.num_workers} must be >= 1")
 
 
 def data_fingerprint(cfg: DataConfig) -> str:
-    """16 hex digits identifying the data a config builds (``output_dir`` and
-    ``num_workers`` excluded: they do not change the bytes)."""
+    """16 hex digits identifying the data a config builds (``output_dir``, ``num_workers``
+    and ``doc_sentences_batching`` excluded: they do not change the bytes)."""
     d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    d.pop("output_dir", None)
-    d.pop("num_workers", None)
+    for key in ("output_dir", "num_workers", "doc_sentences_batching"):
+        d.pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
