@@ -53,9 +53,11 @@ def _prepare_env() -> None:
 
 
 def set_threads(local_size: int) -> None:
-    """Split the cores this process may use between the ranks on the node, unless
-    OMP_NUM_THREADS pins a count (torch already applied it; torchrun sets 1 per rank)."""
-    if "OMP_NUM_THREADS" in os.environ:
+    """Intra-op threads: OMP_NUM_THREADS when set (torchrun sets 1 per rank), else the cores
+    this process may use split evenly between the ``local_size`` ranks on the node."""
+    pinned = os.environ.get("OMP_NUM_THREADS", "")
+    if pinned.isdigit() and int(pinned) > 0:
+        torch.set_num_threads(int(pinned))
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, cores // max(1, local_size)))

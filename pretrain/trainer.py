@@ -24,9 +24,12 @@ import json
 import logging
 import os
 import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -45,6 +48,20 @@ from pretrain.optim import build_scheduler, param_groups, schedule_fn
 from pretrain.rundir import CONFIG, METRICS, SUMMARY, TENSORBOARD, write_json_atomic
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: slurm/templates/train.sbatch.j2 requeues the job on it
+
+
+class Preempted(SystemExit):
+    """Raised by ``train`` after SIGUSR1 (Slurm's warning before the time limit): the run
+    saved a checkpoint at the end of the step in progress and stops; ``--resume`` goes on.
+    A SystemExit, so the process (a single run or a whole ablation) exits with code 75."""
+
+    def __init__(self, run: Path, step: int) -> None:
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.run, self.step = run, step
+
+    def __str__(self) -> str:
+        return f"{self.run}: stopped on SIGUSR1 after step {self.step}, checkpoint saved; rerun with --resume"
 
 
 def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -193,6 +210,21 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def _stop_on_usr1() -> Iterator[threading.Event]:
+    """An Event that SIGUSR1 sets while the block runs (Slurm's warning before the time
+    limit, ``--signal=B:USR1@S``); the previous handler comes back afterwards."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
+        yield stop
+        return
+    previous = signal.signal(signal.SIGUSR1, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def train(cfg, resume: bool = False) -> Dict[str, Any]:
     """Pretrain ``cfg`` (a RunConfig) to ``train.max_steps`` and return its summary.
 
@@ -200,12 +232,21 @@ def train(cfg, resume: bool = False) -> Dict[str, Any]:
     fresh, saying so, if there is none); the result — losses, eval metrics, weights — is
     bit-identical to an uninterrupted run in fp32 on CPU. Callable repeatedly in one process.
 
+    SIGUSR1 at any time makes the run save a checkpoint after the step in progress and
+    raise ``Preempted`` (exit code 75).
+
     Returns:
         The summary dict written to summary.json (see ``pretrain.rundir``).
     Raises:
         UserError: anything wrong with the config, data, or run directory — all checked
             before the first step.
+        Preempted: stopped by SIGUSR1 (a checkpoint of the last finished step exists).
     """
+    with _stop_on_usr1() as stop_requested:
+        return _train(cfg, resume, stop_requested)
+
+
+def _train(cfg, resume: bool, stop_requested: threading.Event) -> Dict[str, Any]:
     world = distributed.init()
     distributed.set_threads(world.local_size)
     import deepspeed
@@ -345,9 +386,12 @@ def train(cfg, resume: bool = False) -> Dict[str, Any]:
             tokens_seen += int(train_lengths[rows].sum())
             # Step loss = mean over every micro batch of every rank (what was optimised).
             keys = sorted(sums)
-            reduced = distributed.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [len(pieces)], dtype=torch.float64))
-            for k, v in zip(keys, reduced[:-1].tolist()):
-                window["losses"][k] = window["losses"].get(k, 0.0) + v / reduced[-1].item()
+            # The stop flag rides along, so every rank stops after the same step.
+            reduced = distributed.all_reduce_sum(torch.tensor(
+                [sums[k] for k in keys] + [len(pieces), float(stop_requested.is_set())], dtype=torch.float64))
+            n_micro, stop = reduced[-2].item(), reduced[-1].item() > 0
+            for k, v in zip(keys, reduced[:-2].tolist()):
+                window["losses"][k] = window["losses"].get(k, 0.0) + v / n_micro
             window["steps"] += 1
             window["tokens"] += int(train_lengths[rows].sum())
             bar.update(1)
@@ -364,8 +408,13 @@ def train(cfg, resume: bool = False) -> Dict[str, Any]:
                 window = {"steps": 0, "tokens": 0, "losses": {}, "start_time_s": now}
             if step % t.eval_every == 0 or step == t.max_steps:
                 last_eval = run_eval()
-            if step % t.checkpoint_every == 0 or step == t.max_steps:
+            if stop or step % t.checkpoint_every == 0 or step == t.max_steps:
                 checkpoint.save(engine, run, step, client_state(), t.keep_checkpoints, world)
+            if stop and step < t.max_steps:
+                bar.close()
+                if world.is_main:
+                    print(f"SIGUSR1: checkpoint {checkpoint.tag(step)} saved; resume with --resume")
+                raise Preempted(run, step)
         bar.close()
 
         if last_eval is None or last_eval["step"] != step:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,18 +18,19 @@ import torch
 from data_prep.build import build
 from pretrain import checkpoint, rundir
 from pretrain.config import load_run_config
-from pretrain.trainer import train
+from pretrain.trainer import PREEMPTED_EXIT_CODE, Preempted, train
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
 
-# Dynamic masking with several epochs (the masks depend on the epoch), gradient
+# Dynamic masking with several epochs (the masks depend on the epoch), log windows that
+# straddle checkpoints (log every 3, checkpoint every 4), gradient
 # accumulation (16 = 2 × 8) and dropout on: everything a resume has to restore.
 OVERRIDES = [
     "model.vocab_size=null", "model.hidden_size=64", "model.num_hidden_layers=2", "model.num_attention_heads=2",
     "model.intermediate_size=128", "data.max_documents=8", "data.max_seq_length=64", "data.tokenizer.vocab_size=800",
-    "data.masking.mode=dynamic", "train.global_batch_size=16", "train.micro_batch_size=8", "train.max_steps=16",
-    "train.schedule.warmup_steps=3", "train.log_every=1", "train.eval_every=4", "train.checkpoint_every=4",
+    "data.masking.mode=dynamic", "train.global_batch_size=16", "train.micro_batch_size=8", "train.max_steps=24",
+    "train.schedule.warmup_steps=3", "train.log_every=3", "train.eval_every=4", "train.checkpoint_every=4",
     "train.keep_checkpoints=3", "train.precision=fp32",
 ]
 # Only these may differ between the two runs' metric lines.
@@ -51,7 +53,19 @@ def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 18
         if time.time() - t0 > timeout:
             proc.kill()
             raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.02)
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain little from a second thread, and OpenMP threads spin badly when the
+    suite shares the cores with other jobs; train() honours OMP_NUM_THREADS."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +75,25 @@ def data(tmp_path_factory) -> Path:
     return out
 
 
-def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, data: Path):
-    straight = tmp_path / "straight"
-    expected = train(load_run_config(RECIPE, "smoke", _overrides(straight, data)))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data: Path):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    return run, train(load_run_config(RECIPE, "smoke", _overrides(run, data)))
 
+
+def _assert_same_run(run: Path, summary, reference: Path, expected) -> None:
+    a, b = rundir.read_metrics(reference), rundir.read_metrics(run)
+    assert [(r["kind"], r["step"]) for r in b] == [(r["kind"], r["step"]) for r in a]
+    assert _strip(b) == _strip(a)  # losses, lr, grad norms, eval metrics: bit-identical
+    assert summary["final_eval"] == expected["final_eval"]
+    assert summary["tokens_seen"] == expected["tokens_seen"] and summary["epochs"] == expected["epochs"]
+    _, w_ref = checkpoint.load_model_state(reference)
+    _, w_run = checkpoint.load_model_state(run)
+    assert all(torch.equal(w_ref[k], w_run[k]) for k in w_ref)
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, data: Path, uninterrupted):
+    straight, expected = uninterrupted
     killed = tmp_path / "killed"
     # This process set RANK/MASTER_PORT/... for its own world of one; the child must pick its own.
     launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
@@ -81,7 +110,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, data: P
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / rundir.SUMMARY).exists(), "the subprocess finished before it was killed"
     stopped_at = int(checkpoint.latest(killed).name.split("-")[1])
-    assert 4 <= stopped_at < 16
+    assert 4 <= stopped_at < 24
 
     # A checkpoint cut off mid-save (never renamed, never named by `latest`) must be ignored.
     half = killed / "checkpoints" / ".tmp-step-0000099"
@@ -89,24 +118,40 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, data: P
     (half / checkpoint.MODEL_STATES).write_bytes(b"truncated")
 
     resumed = train(load_run_config(RECIPE, "smoke", _overrides(killed, data)), resume=True)
-
-    a, b = rundir.read_metrics(straight), rundir.read_metrics(killed)
-    assert [(r["kind"], r["step"]) for r in b] == [(r["kind"], r["step"]) for r in a]
-    assert _strip(b) == _strip(a)  # losses, lr, grad norms, eval metrics: bit-identical
-    assert resumed["final_eval"] == expected["final_eval"]
-    assert resumed["tokens_seen"] == expected["tokens_seen"] and resumed["epochs"] == expected["epochs"]
+    _assert_same_run(killed, resumed, straight, expected)
     assert resumed["wall_time_s"] > 0
 
-    _, w_straight = checkpoint.load_model_state(straight)
-    _, w_resumed = checkpoint.load_model_state(killed)
-    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+
+def test_sigusr1_checkpoints_the_current_step_and_exits_75(tmp_path: Path, data: Path, uninterrupted):
+    straight, expected = uninterrupted
+    run = tmp_path / "preempted"
+    first = run / "checkpoints" / checkpoint.LATEST
+
+    def warn_like_slurm():  # USR1 once the first checkpoint exists: mid log window, off the cadence
+        while not first.is_file():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=warn_like_slurm, daemon=True).start()
+    with pytest.raises(Preempted) as stopped:
+        train(load_run_config(RECIPE, "smoke", _overrides(run, data)))
+    assert stopped.value.code == PREEMPTED_EXIT_CODE == 75
+    at = stopped.value.step
+    assert 4 <= at < 24 and checkpoint.latest(run).name == checkpoint.tag(at)
+    assert 0 <= at - max(r["step"] for r in rundir.read_metrics(run)) < 3  # nothing past the stop; log every 3
+    assert not (run / rundir.SUMMARY).exists()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler removed again
+
+    resumed = train(load_run_config(RECIPE, "smoke", _overrides(run, data)), resume=True)
+    _assert_same_run(run, resumed, straight, expected)
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, data: Path, capsys):
-    cfg = load_run_config(RECIPE, "smoke", _overrides(tmp_path / "fresh", data) + ["train.max_steps=4", "train.eval_every=2"])
+    cfg = load_run_config(RECIPE, "smoke", _overrides(tmp_path / "fresh", data) + ["train.max_steps=4", "train.eval_every=2", "train.log_every=1"])
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh" / rundir.METRICS).write_text('{"kind": "train", "step": 3, "loss": 1.0}\n')  # stale
     summary = train(cfg, resume=True)
     assert "starting fresh" in capsys.readouterr().out
     assert summary["steps"] == 4
-    assert [r["step"] for r in rundir.read_metrics(tmp_path / "fresh", "train")] == [1, 2, 3, 4]
+    lines = rundir.read_metrics(tmp_path / "fresh", "train")
+    assert [r["step"] for r in lines] == [1, 2, 3, 4] and lines[2]["loss"] != 1.0
