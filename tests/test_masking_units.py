@@ -231,3 +231,16 @@ def test_config_checks_masking_keys():
             check_data_config(DataConfig(masking=bad))
     masker = Masker.from_config(MaskingConfig(unit="ngram", max_ngram=2, max_predictions_per_seq=20), VOCAB, MASK, SPECIAL)
     assert (masker.unit, masker.max_ngram, masker.max_predictions_per_seq) == ("ngram", 2, 20)
+
+
+def test_recipe_data_configs(configs_dir):
+    """configs/data/{bert,albert}.yaml load, validate, and hold each paper's choices."""
+    from data_prep.config import load_data_config
+
+    bert = load_data_config(configs_dir / "data" / "bert.yaml")
+    assert (bert.tokenizer.kind, bert.tokenizer.vocab_size, bert.format, bert.sentence_objective) == ("wordpiece", 30522, "segment_pair", "nsp")
+    assert (bert.max_seq_length, bert.short_seq_prob, bert.masking.mode, bert.masking.dupe_factor) == (512, 0.1, "static", 10)
+    assert (bert.masking.unit, bert.masking.max_predictions_per_seq) == ("token", 80)
+    albert = load_data_config(configs_dir / "data" / "albert.yaml")
+    assert (albert.tokenizer.kind, albert.tokenizer.vocab_size, albert.format, albert.sentence_objective) == ("unigram", 30000, "segment_pair", "sop")
+    assert (albert.max_seq_length, albert.masking.unit, albert.masking.max_ngram, albert.masking.max_predictions_per_seq) == (512, "ngram", 3, 20)
