@@ -38,8 +38,11 @@ def word_starts_from_word_ids(word_ids: Sequence[Optional[int]]) -> np.ndarray:
     n = len(word_ids)
     if n == 0:
         return np.zeros(0, dtype=np.int8)
-    # None (special tokens) → -1 - position: never equal to a neighbour, so a word alone.
-    w = np.fromiter((-1 - i if x is None else x for i, x in enumerate(word_ids)), dtype=np.int64, count=n)
+    if None in word_ids:
+        # None (special tokens) → -1 - position: never equal to a neighbour, so a word alone.
+        w = np.fromiter((-1 - i if x is None else x for i, x in enumerate(word_ids)), dtype=np.int64, count=n)
+    else:  # the pipeline's case (no special tokens added): one C-level conversion
+        w = np.array(word_ids, dtype=np.int64)
     starts = np.empty(n, dtype=np.int8)
     starts[0] = 1
     starts[1:] = w[1:] != w[:-1]
