@@ -220,12 +220,12 @@ class Masker:
         budget = self.num_predictions(int(maskable.sum()))
         if budget == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        first, length, run_end = _words(ws, maskable)
+        first, length = _words(ws, maskable)
         if self.unit == "whole_word":
             order = rng.permutation(first.size)
             take = order[_fit_in_order(length[order], budget)]
             return _expand(first[take], length[take]), np.ones(take.size, dtype=np.int64)
-        return self._ngrams(first, length, run_end, budget, rng)
+        return self._ngrams(first, length, _run_ends(first, length), budget, rng)
 
     def _ngrams(
         self, first: np.ndarray, length: np.ndarray, run_end: np.ndarray, budget: int, rng: np.random.Generator
@@ -263,27 +263,31 @@ class Masker:
         )
 
 
-def _words(word_starts: np.ndarray, maskable: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Maskable words of one sequence.
+def _words(word_starts: np.ndarray, maskable: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Maskable words of one sequence: int64 ``[w]`` first positions and token lengths.
 
     A word starts where ``word_starts`` says, and also at every special token and the token
     after it (special tokens are words of their own and never inside a word).
-    Returns int64 ``[w]`` arrays: first position, token length, and for each word the index
-    (exclusive) where its run of adjacent maskable words ends (the next special token).
     """
-    starts = word_starts.astype(bool) | ~maskable
-    starts[1:] |= ~maskable[:-1]
+    starts = word_starts.astype(bool)
+    special = ~maskable
+    starts |= special
+    starts[1:] |= special[:-1]
     starts[0] = True
     first_all = np.flatnonzero(starts)
-    length_all = np.diff(np.append(first_all, starts.size))
+    length_all = np.empty_like(first_all)
+    length_all[:-1] = first_all[1:] - first_all[:-1]
+    length_all[-1] = starts.size - first_all[-1]
     keep = maskable[first_all]
-    first, length = first_all[keep], length_all[keep]
-    # Runs of maskable words: a word is adjacent to the next if no special token lies between.
-    adjacent = first[:-1] + length[:-1] == first[1:]
-    run_id = np.concatenate([[0], np.cumsum(~adjacent)])
-    run_last = np.flatnonzero(np.append(run_id[1:] != run_id[:-1], True))  # last word of each run
-    run_end = run_last[run_id] + 1
-    return first.astype(np.int64), length.astype(np.int64), run_end.astype(np.int64)
+    return first_all[keep], length_all[keep]
+
+
+def _run_ends(first: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """int64 ``[w]``: for each maskable word, the index (exclusive) of the end of its run of
+    adjacent maskable words — where the next special token interrupts the text."""
+    gap = np.flatnonzero(first[:-1] + length[:-1] != first[1:])  # last word before a special token
+    run_last = np.append(gap, first.size - 1)
+    return run_last[np.searchsorted(run_last, np.arange(first.size))] + 1
 
 
 def _fit_in_order(lengths: np.ndarray, budget: int) -> np.ndarray:
