@@ -13,7 +13,8 @@ each with its own mask) reads copy ``epoch % num_copies``, so a sequence shows t
 mask in every epoch that reads the same copy — with 40 epochs and dupe_factor 10, each mask
 is seen 4 times, as in RoBERTa's description of BERT (Liu et al. 2019, §4.1). Dynamically
 masked data (RoBERTa §4.1) is masked here with ``sequence_rng(seed, STREAM_DYNAMIC, epoch,
-row)``: a fresh mask every epoch, identical for the same (seed, epoch, row).
+row)``: a fresh mask every epoch, identical for the same (seed, epoch, row), in the unit
+``data.masking.unit`` asks for (the shards' ``word_starts`` column marks the words).
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ class Collator:
             out = {"input_ids": r["input_ids"], "labels": r["labels"]}
         else:
             r = self.split.row(int(row))
-            ids, labels = self.masker(r["input_ids"], sequence_rng(self.seed, STREAM_DYNAMIC, int(epoch), int(row)))
+            rng = sequence_rng(self.seed, STREAM_DYNAMIC, int(epoch), int(row))
+            # word_starts (if the shards have it) lets whole-word / n-gram units find words
+            ids, labels = self.masker(r["input_ids"], rng, r.get("word_starts"))
             out = {"input_ids": ids, "labels": labels}
         if "token_type_ids" in r:
             out["token_type_ids"] = r["token_type_ids"]

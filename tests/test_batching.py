@@ -20,12 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
 
 
-def _shards(out: Path, mode: str):
+def _shards(out: Path, mode: str, *extra: str):
     cfg = load_run_config(
         RECIPE,
         "smoke",
         [f"data.masking.mode={mode}", "data.max_documents=12", "data.max_seq_length=64",
-         "data.tokenizer.vocab_size=600", f"data.output_dir={out}"],
+         "data.tokenizer.vocab_size=600", f"data.output_dir={out}", *extra],
     )
     s = ShardSet(build(cfg.data))
     tok = load_tokenizer(s.tokenizer_path, cfg.data.tokenizer.kind)
@@ -130,6 +130,27 @@ def test_dynamic_masks_differ_across_epochs_and_repeat_for_same_seed_epoch_row(d
     labelled = (e0["labels"] != IGNORE_INDEX).sum().item()
     maskable = sum(int(masker.maskable(train.row(int(r))["input_ids"]).sum()) for r in rows)
     assert abs(labelled / maskable - cfg.data.masking.mlm_probability) < 0.03
+
+
+def _words_cut(batch, split) -> int:
+    """How many words have some but not all of their tokens labelled."""
+    cut = 0
+    for i in range(len(batch["labels"])):
+        word_id = np.cumsum(split.row(i)["word_starts"].astype(bool))  # tokens of one word share an id
+        chosen = (batch["labels"][i, : len(word_id)] != IGNORE_INDEX).numpy()
+        cut += sum(int(not chosen[word_id == w].all()) for w in np.unique(word_id[chosen]))
+    return cut
+
+
+def test_dynamic_whole_word_masks_take_words_whole(tmp_path: Path):
+    cfg, s, tok = _shards(tmp_path / "ww", "dynamic", "data.masking.unit=whole_word")
+    train, rows = s["train"], np.arange(len(s["train"]))
+    whole = Masker.from_config(cfg.data.masking, tok.vocab_size, tok.mask_id, tok.special_ids)
+    b = Collator(train, tok.pad_id, whole, seed=5)(rows, epoch=3)
+    assert (b["labels"] != IGNORE_INDEX).sum() > 0 and _words_cut(b, train) == 0
+    # token masking of the same rows does cut words (so the check above can fail)
+    token = Masker(tok.vocab_size, tok.mask_id, tok.special_ids)
+    assert _words_cut(Collator(train, tok.pad_id, token, seed=5)(rows, epoch=3), train) > 0
 
 
 def test_padding_attention_mask_and_dtypes(dynamic):
