@@ -12,19 +12,18 @@ on, and in the end from the run directory alone.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, TextIO
+from typing import List, Optional, TextIO
 
 from data_prep.config import read_yaml
 from data_prep.errors import UserError
 from pretrain import rundir
 
-SLURM_DIR = "slurm"
+SLURM_DIR = "slurm"  # below a run directory or an ablation directory: scripts, logs, jobs.json
 JOBS = "jobs.json"
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}

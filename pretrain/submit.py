@@ -25,7 +25,6 @@ resolved ``config.yaml`` goes to its run directory, and an ablation's ``ablation
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -43,12 +42,11 @@ from data_prep.config import data_fingerprint, merge_into, read_yaml
 from data_prep.errors import UserError
 from pretrain import rundir
 from pretrain.config import RunConfig, load_run_config, run_dir, to_dict, to_yaml
+from pretrain.slurm_status import JOBS, SLURM_DIR, queued_jobs
 
 LAUNCHERS = ("torchrun", "deepspeed")
 DEFAULT_SITE = Path("slurm") / "site.yaml"
 TEMPLATES = Path(__file__).resolve().parents[1] / "slurm" / "templates"
-SLURM_DIR = "slurm"  # below a run directory or an ablation directory
-JOBS = "jobs.json"
 _WORD_RE = re.compile(r"^[^\s'\"\\;&|<>`$]+$")  # a value safe on an #SBATCH line
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -392,8 +390,9 @@ def submit(
 
     Raises UserError before anything is written or submitted for a bad config, arm, site
     file or job option, a global batch that does not split over the job's ranks, no sbatch
-    on PATH, or jobs of an earlier submission still in the queue; if sbatch rejects a job,
-    the jobs already submitted are cancelled and sbatch's message is the error.
+    on PATH, jobs of an earlier submission still in the queue, or a job ``sbatch
+    --test-only`` rejects (sbatch's message is the error). The inputs the jobs read are
+    written just before that test.
     """
     out = out or sys.stdout
     site, site_source = load_site(site_file)
@@ -417,8 +416,6 @@ def submit(
 
     if shutil.which("sbatch") is None:
         raise UserError("sbatch not found on PATH: not a Slurm submit host; use --dry-run to print the job scripts")
-    from pretrain.slurm_status import queued_jobs
-
     busy = queued_jobs(plan.slurm_dir / JOBS)
     if busy:
         raise UserError(
@@ -426,6 +423,8 @@ def submit(
             f"wait for them or `scancel {' '.join(sorted({b.split('_')[0] for b in busy}))}` first"
         )
     _write_inputs(plan, scripts)
+    for script in scripts:
+        _sbatch_test(script)
     ids = _sbatch_chain(cmds)
     names = ["data", "train", "tables"][: len(ids)]
     jobs = dict(zip(names, ids))
@@ -466,9 +465,25 @@ def _write_inputs(plan: Plan, scripts: Dict[str, str]) -> None:
         write_text_atomic(plan.slurm_dir.parent / rundir.ABLATION, OmegaConf.to_yaml(plan.record))
 
 
+def _sbatch_test(script: str) -> None:
+    """``sbatch --test-only``: Slurm validates partition, account, QOS, GPUs and limits
+    without queueing, so a job it would reject stops the submission before any job exists."""
+    proc = subprocess.run(["sbatch", "--test-only", script], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"sbatch rejected {script} (nothing submitted): {_sbatch_message(proc)}")
+
+
+def _sbatch_message(proc: subprocess.CompletedProcess) -> str:
+    """sbatch's own words, its lines joined into one (e.g. the reason, then "Batch job
+    submission failed: ...")."""
+    lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    return "; ".join(lines) if lines else f"exit code {proc.returncode}"
+
+
 def _sbatch_chain(cmds: List[List[str]]) -> List[str]:
-    """Submit in order, filling in the ids of earlier jobs; on a rejection cancel what was
-    submitted and raise UserError with sbatch's own message."""
+    """Submit in order, filling in the ids of earlier jobs. A rejection here (after
+    ``--test-only`` passed: the queue changed, a limit was reached) cancels what was
+    submitted and raises UserError with sbatch's own message."""
     ids: List[str] = []
     for cmd in cmds:
         known = dict(zip(("data", "train"), ids))
@@ -478,9 +493,7 @@ def _sbatch_chain(cmds: List[List[str]]) -> List[str]:
         if proc.returncode != 0 or not job_id.isdigit():
             if ids:
                 subprocess.run(["scancel", *ids], capture_output=True, text=True)
-            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            msg = lines[-1] if lines else f"exit code {proc.returncode}"
             undone = f" (cancelled jobs {', '.join(ids)})" if ids else ""
-            raise UserError(f"sbatch rejected {argv[-1]}{undone}: {msg}")
+            raise UserError(f"sbatch rejected {argv[-1]}{undone}: {_sbatch_message(proc)}")
         ids.append(job_id)
     return ids

@@ -25,12 +25,16 @@ MASKING = REPO / "configs" / "ablation" / "roberta_masking.yaml"
 SMALL = ["train.global_batch_size=8", "train.micro_batch_size=4", "train.max_steps=6", "train.schedule.warmup_steps=2"]
 
 FAKE_SBATCH = """#!/bin/bash
-# Records its arguments; prints the next job id, or fails like sbatch when told to.
-echo "$*" >> "$FAKE_SLURM_LOG"
-if [[ -n ${FAKE_SBATCH_FAIL:-} && $* == *"$FAKE_SBATCH_FAIL_ON"* ]]; then
+# Records submissions (--test-only calls in a log of their own); prints the next job id, or
+# fails like sbatch when told to (FAKE_SBATCH_FAIL_ON: a script name; _PHASE: test|submit).
+phase=submit log=$FAKE_SLURM_LOG
+if [[ $1 == --test-only ]]; then phase=test log=$FAKE_SLURM_LOG.test; fi
+echo "$*" >> "$log"
+if [[ -n ${FAKE_SBATCH_FAIL:-} && $* == *"$FAKE_SBATCH_FAIL_ON"* && $phase == "$FAKE_SBATCH_FAIL_PHASE" ]]; then
     echo "sbatch: error: $FAKE_SBATCH_FAIL" >&2
     exit 1
 fi
+if [[ $phase == test ]]; then echo "sbatch: Job 1 to start at 2026-01-01T00:00:00" >&2; exit 0; fi
 echo $((100 + $(grep -c . "$FAKE_SLURM_LOG")))
 """
 FAKE_SCANCEL = """#!/bin/bash
@@ -282,6 +286,9 @@ def test_ablation_submits_data_then_array_then_tables_and_writes_the_run_dirs(fa
         f"--parsable --dependency=afterok:101 --kill-on-invalid-dep=yes {d}/train.sbatch",
         f"--parsable --dependency=afterany:102 {d}/tables.sbatch",
     ]
+    # Slurm validated every script before the first one was queued.
+    assert Path(f"{fake_slurm}.test").read_text().splitlines() == [
+        f"--test-only {d}/{name}.sbatch" for name in ("data", "train", "tables")]
     for arm, mode in (("static", "static"), ("dynamic", "dynamic")):
         cfg = OmegaConf.load(f"runs/roberta_masking/{arm}/config.yaml")
         assert cfg.run_dir == f"runs/roberta_masking/{arm}" and cfg.data.masking.mode == mode
@@ -314,13 +321,25 @@ def test_finished_arms_are_not_resubmitted(fake_slurm, capsys):
     assert len(fake_slurm.read_text().splitlines()) == calls
 
 
-def test_sbatch_rejection_is_shown_verbatim_and_earlier_jobs_cancelled(fake_slurm, capsys, monkeypatch):
+def test_job_slurm_would_reject_is_shown_verbatim_and_nothing_submitted(fake_slurm, capsys, monkeypatch):
     monkeypatch.setenv("FAKE_SBATCH_FAIL", "Batch job submission failed: Invalid account or account/partition combination specified")
     monkeypatch.setenv("FAKE_SBATCH_FAIL_ON", "train.sbatch")
+    monkeypatch.setenv("FAKE_SBATCH_FAIL_PHASE", "test")
     assert main(["submit", str(RECIPE), "--account", "nope"]) == 2
     err = _error(capsys)
-    assert err.endswith("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified")
-    assert "runs/roberta/slurm/train.sbatch" in err and "cancelled jobs 101" in err
+    assert err == ("error: sbatch rejected runs/roberta/slurm/train.sbatch (nothing submitted): sbatch: error: "
+                   "Batch job submission failed: Invalid account or account/partition combination specified")
+    assert not fake_slurm.exists()  # --test-only of every script before the first submission
+    assert not Path("runs/roberta/slurm/jobs.json").exists()
+
+
+def test_rejection_after_the_test_cancels_the_jobs_already_submitted(fake_slurm, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_SBATCH_FAIL", "Batch job submission failed: Job violates accounting/QOS policy")
+    monkeypatch.setenv("FAKE_SBATCH_FAIL_ON", "train.sbatch")
+    monkeypatch.setenv("FAKE_SBATCH_FAIL_PHASE", "submit")
+    assert main(["submit", str(RECIPE)]) == 2
+    err = _error(capsys)
+    assert "runs/roberta/slurm/train.sbatch (cancelled jobs 101)" in err and err.endswith("accounting/QOS policy")
     assert Path(str(fake_slurm) + ".scancel").read_text() == "scancel 101\n"
     assert not Path("runs/roberta/slurm/jobs.json").exists()
 
@@ -365,3 +384,34 @@ def test_status_of_a_submitted_ablation(fake_slurm, capsys):
     # A resubmission while jobs are still queued is refused.
     assert main(["submit", str(MASKING), "--preset", "smoke", *SMALL]) == 2
     assert "jobs from an earlier submission in the queue" in _error(capsys)
+
+
+def test_status_after_slurm_forgot_the_jobs_uses_accounting_then_the_run_dirs(fake_slurm, capsys):
+    assert main(["submit", str(RECIPE), *SMALL]) == 0
+    # The fake scontrol knows no job (MinJobAge passed); accounting knows how it ended.
+    _tool(Path("bin"), "sacct", "#!/bin/bash\necho TIMEOUT\n")
+    capsys.readouterr()
+    rows = {r.name: r for r in print_status("runs/roberta")}
+    assert (rows["roberta"].state, rows["roberta"].detail) == ("failed", "job TIMEOUT without summary.json")
+    assert rows["data"].state == "timeout"
+    # A finished run is done whatever Slurm remembers.
+    Path("runs/roberta/summary.json").write_text(json.dumps({"status": "done"}))
+    assert {r.name: r.state for r in print_status("runs/roberta")}["roberta"] == "done"
+
+
+def test_run_dir_with_a_checkpoint_of_another_config_is_refused(fake_slurm, capsys):
+    import torch
+
+    from pretrain.config import load_run_config, to_dict
+
+    saved = to_dict(load_run_config(RECIPE, None, SMALL))
+    saved["model"]["vocab_size"] = 50265  # what the trainer stores for a null vocab_size
+    ckpt = Path("runs/roberta/checkpoints/step-0000002")
+    ckpt.mkdir(parents=True)
+    torch.save({"bert_recipes": {"config": saved}}, ckpt / "mp_rank_00_model_states.pt")
+    (ckpt.parent / "latest").write_text("step-0000002")
+    # The same experiment resumes (a longer max_steps is allowed, as for `pretrain train --resume`).
+    assert main(["submit", str(RECIPE), *SMALL, "train.max_steps=8", "model.vocab_size=null"]) == 0
+    assert main(["submit", str(RECIPE), *SMALL, "train.seed=7"]) == 2
+    err = _error(capsys)
+    assert "runs/roberta has a checkpoint of another config (train.seed: 42 -> 7)" in err
