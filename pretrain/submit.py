@@ -324,6 +324,10 @@ def render(plan: Plan, job: JobOptions, site: SiteConfig, site_source: str) -> D
         raise UserError(f"sbatch templates not found in {TEMPLATES}; `pretrain submit` needs the source checkout")
     env = _template_env()
     d = plan.slurm_dir
+    for path in (os.getcwd(), str(d)):
+        # #SBATCH lines are split on whitespace; sbatch has no quoting for them.
+        if re.search(r"\s", path):
+            raise UserError(f"{path!r}: an #SBATCH --chdir/--output path cannot contain whitespace; use another directory")
     common = {
         "name": plan.name,
         "chdir": os.getcwd(),

@@ -415,3 +415,11 @@ def test_run_dir_with_a_checkpoint_of_another_config_is_refused(fake_slurm, caps
     assert main(["submit", str(RECIPE), *SMALL, "train.seed=7"]) == 2
     err = _error(capsys)
     assert "runs/roberta has a checkpoint of another config (train.seed: 42 -> 7)" in err
+
+
+def test_directory_with_a_space_is_refused(tmp_path, capsys, monkeypatch):
+    d = tmp_path / "my runs"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    assert main(["submit", str(RECIPE), "--dry-run"]) == 2
+    assert "cannot contain whitespace" in _error(capsys)
