@@ -148,7 +148,8 @@ def status(target: str | Path, runs_root: str | Path = "runs") -> tuple[str, Lis
     if rec is None:
         return _unsubmitted(base)
     jobs = {k: str(v) for k, v in rec["jobs"].items()}
-    header = f"{rec['name']} ({base}): submitted {rec['submitted']}, jobs " + ", ".join(f"{k} {v}" for k, v in jobs.items())
+    header = f"{rec['name']} ({base}): submitted {rec['submitted']}, jobs " + ", ".join(
+        f"{k} {jobs[k]}" for k in ("data", "train", "tables") if k in jobs)
     train = scontrol_records(jobs["train"])
     rows: List[RunStatus] = [_helper("data", jobs["data"])]
     for r in rec["runs"]:
