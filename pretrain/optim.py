@@ -1,8 +1,9 @@
 """Optimizer parameter groups and learning-rate schedules.
 
 Weight decay skips biases and LayerNorm gains/shifts, as BERT's reference optimizer does
-(``AdamWeightDecayOptimizer`` excludes "LayerNorm" and "bias"; Devlin et al. 2019, §A.2) and
-RoBERTa inherits (Liu et al. 2019, §3.1). A schedule is a function from the optimizer step
+(``AdamWeightDecayOptimizer`` excludes "LayerNorm" and "bias"; decay 0.01 per Devlin et al.
+2019, §A.2). RoBERTa's paper gives the decay (0.01) but not the exclusion; this toolkit
+applies BERT's rule to every recipe so that arms differ only in what they ablate. A schedule is a function from the optimizer step
 to a multiplier of the peak lr, picked by ``train.schedule.name`` in ``SCHEDULES``; it runs
 as a ``torch.optim.lr_scheduler.LambdaLR`` that DeepSpeed steps once per optimizer step and
 saves in its checkpoints.
@@ -41,8 +42,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
 
 def linear_schedule(warmup_steps: int, max_steps: int) -> Callable[[int], float]:
     """Linear warmup from 0 to the peak over ``warmup_steps``, then linear decay to 0 at
-    ``max_steps`` (BERT §A.2: "linear warmup of the learning rate over the first 10,000
-    steps, and linear decay"; RoBERTa §3.1 and Table 9: same shape, warmup 24K/30K).
+    ``max_steps`` (BERT §A.2: warmup over the first 10K steps, then linear decay; RoBERTa
+    §3.1: the same shape, warmup 24K/30K steps for base/large per its appendix).
 
     Returns ``f(step) -> multiplier`` with ``step`` the number of optimizer steps already
     taken (0 for the first update, as in Hugging Face's ``get_linear_schedule_with_warmup``).

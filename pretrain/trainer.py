@@ -1,16 +1,18 @@
 """Masked-LM pretraining with DeepSpeed: ``train(cfg)`` runs one RunConfig to its end.
 
-Reads top to bottom: world → run directory → data → checks → config.yaml → model →
-DeepSpeed engine → resume → loop (micro batches, optimizer step, log, eval, checkpoint) →
-summary. Everything a run writes follows ``pretrain.rundir``; only rank 0 writes files.
+Reads top to bottom: world → config checks → data (built or found) → data and resume
+checks → config.yaml → model → DeepSpeed engine → resume → loop (micro batches, optimizer
+step, log, eval, checkpoint) → summary. Everything a run writes follows
+``pretrain.rundir``; only rank 0 writes files.
 
 Recipe details and where they come from (each is one config key, read here or in the
 module named):
-- optimizer AdamW with β1, β2, ε, decoupled weight decay (``train.optimizer``; RoBERTa §3.1
-  β2=0.98, ε=1e-6, decay 0.01; BERT §A.2 β2=0.999, ε=1e-6, decay 0.01), no decay on biases
-  and LayerNorm (``pretrain.optim.param_groups``);
+- AdamW with β1, β2, ε and decoupled weight decay (``train.optimizer``; BERT §A.2: β2=0.999,
+  decay 0.01, ε=1e-6 in its reference code; RoBERTa §3.1: β2=0.98, ε=1e-6), no decay on
+  biases and LayerNorm (``pretrain.optim.param_groups``);
 - lr schedule (``train.schedule``, ``pretrain.optim``): linear warmup, linear decay;
-- gradient clipping at 1.0 (``train.gradient_clipping``; RoBERTa §3.1, BERT's reference code);
+- gradient clipping by global norm (``train.gradient_clipping``; BERT's reference
+  ``optimization.py`` clips at 1.0; 0 turns it off);
 - batch size in sequences per optimizer step (``train.global_batch_size``; BERT §A.2: 256,
   RoBERTa §3.2 and Table 3: 8K) with gradient accumulation derived, never set by hand;
 - static vs. dynamic masking (``data.masking.mode``; RoBERTa §4.1): see ``pretrain.batching``.
