@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from data_prep.errors import UserError
 from data_prep.shards import ShardSet
 from pretrain import checkpoint, rundir
 from pretrain.config import ModelConfig, TrainConfig, load_run_config
+from pretrain.distributed import free_port
 from pretrain.model import build_model
 from pretrain.optim import param_groups, schedule_fn
 from pretrain.trainer import accumulation_steps, deepspeed_config, train
@@ -234,3 +238,28 @@ def test_bf16_run_exports_fp32_master_weights(tmp_path: Path, data: Path, zero_s
         # the module holds the master weights rounded to bf16
         assert torch.equal(sd[k].to(torch.bfloat16), v), k
     assert any(not torch.equal(sd[k], raw[k].float()) for k in raw)  # and the masters keep more bits
+
+
+def test_two_ranks_match_one_rank_without_dropout(tmp_path: Path, data: Path):
+    """torchrun with 2 ranks × 1 micro batch = 1 rank × 2 accumulated micro batches: same
+    rows, same math (dropout off), so the same losses up to float summation order."""
+    common = ["train.max_steps=6", "train.log_every=1", "train.eval_every=3", "train.checkpoint_every=6",
+              "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0"]
+    one = train(tiny_cfg(tmp_path / "one", data, *common))
+    cfg = tiny_cfg(tmp_path / "two", data, *common)
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
+           "-m", "pretrain.cli", "train", str(RECIPE), "--preset", "smoke",
+           *TINY, *common, f"run_dir={tmp_path / 'two'}", f"data.output_dir={cfg.data.output_dir}"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = rundir.read_metrics(tmp_path / "one"), rundir.read_metrics(tmp_path / "two")
+    assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]  # written once, by rank 0
+    for x, y in zip(a, b):
+        for k in ("loss", "mlm_loss", "grad_norm", "perplexity", "mlm_accuracy"):
+            if k in x:
+                assert y[k] == pytest.approx(x[k], rel=1e-4), (x["kind"], x["step"], k)
+        assert x["tokens_seen"] == y["tokens_seen"]
+    two = json.loads((tmp_path / "two" / rundir.SUMMARY).read_text())
+    assert two["final_eval"]["mlm_loss"] == pytest.approx(one["final_eval"]["mlm_loss"], rel=1e-4)
