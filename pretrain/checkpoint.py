@@ -59,6 +59,7 @@ def tag(step: int) -> str:
 
 
 def checkpoints_dir(run: Path) -> Path:
+    """``<run>/checkpoints``: the directory DeepSpeed saves into and ``latest`` lives in."""
     return Path(run) / CHECKPOINTS
 
 
