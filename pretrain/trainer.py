@@ -161,6 +161,8 @@ class MetricsLog:
         self.tb = SummaryWriter(str(run / TENSORBOARD), purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, record: Dict[str, Any]) -> None:
+        """Append ``record`` (a dict with ``kind`` and ``step``) as one JSON line, flushed,
+        and each numeric field as TensorBoard scalar ``<kind>/<field>`` at ``step``."""
         if not self.enabled:
             return
         self.file.write(json.dumps(record) + "\n")
@@ -170,6 +172,7 @@ class MetricsLog:
                 self.tb.add_scalar(f"{record['kind']}/{k}", v, record["step"])
 
     def close(self) -> None:
+        """Close metrics.jsonl and flush the TensorBoard writer."""
         if self.file:
             self.file.close()
         if self.tb:
