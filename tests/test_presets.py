@@ -112,9 +112,10 @@ def test_describe_cli_prints_counts_and_docs_table_is_current(capsys):
     assert main(["describe", "--all", "--markdown"]) == 0
     table = capsys.readouterr().out.strip()
     assert len(table.splitlines()) == 2 + len(PRESETS)
-    doc = (REPO / "docs" / "models.md").read_text()
     start, end = "<!-- pretrain describe --all --markdown -->\n", "\n<!-- end -->"
-    assert doc[doc.index(start) + len(start) : doc.index(end)] == table, "regenerate docs/models.md's table"
+    for name in ("docs/models.md", "README.md"):
+        doc = (REPO / name).read_text()
+        assert doc[doc.index(start) + len(start) : doc.index(end)] == table, f"regenerate {name}'s preset table"
     assert main(["describe", "nosuch"]) == 2
     assert "unknown model preset 'nosuch'; available: albert-base" in capsys.readouterr().err
     assert main(["describe", "bert-base", "embedding_size=1024"]) == 2
