@@ -278,6 +278,31 @@ def arm_command(rec: AblationRecord, arm: str) -> str:
     return shlex.join(parts)
 
 
+def plan_arms(
+    path: str | Path,
+    preset: str,
+    overrides: Sequence[str],
+    runs_root: str | Path,
+    results_dir: str | Path,
+) -> Tuple[AblationConfig, Dict[str, RunConfig], AblationRecord, Path]:
+    """Compose every arm, check the comparison is fair, and make the record of this command.
+
+    Shared by ``pretrain ablate`` and ``pretrain submit``. Returns (ablation, arm → RunConfig,
+    record, ``runs_root/<name>``). Raises UserError for an arm that does not load, unequal
+    budgets or seeds, or a runs directory that recorded another experiment (finished arms are
+    skipped on a rerun, so a rerun must be the same experiment).
+    """
+    abl, cfgs = compose_arms(path, preset, overrides, runs_root)
+    check_fair(cfgs)
+    rec = OmegaConf.structured(AblationRecord)
+    rec.ablation = abl
+    rec.source, rec.preset, rec.overrides = str(path), preset, list(overrides)
+    rec.runs_root, rec.results_dir = str(runs_root), str(results_dir)
+    abl_dir = Path(runs_root) / abl.name
+    _check_same_record(abl_dir, rec)
+    return abl, cfgs, rec, abl_dir
+
+
 def run_ablation(
     path: str | Path,
     preset: str,
@@ -296,15 +321,8 @@ def run_ablation(
     """
     from pretrain.tables import write_ablation_table, write_text_atomic
 
-    abl, cfgs = compose_arms(path, preset, overrides, runs_root)
-    check_fair(cfgs)
+    abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     precheck_arms(cfgs)
-    rec = OmegaConf.structured(AblationRecord)
-    rec.ablation = abl
-    rec.source, rec.preset, rec.overrides = str(path), preset, list(overrides)
-    rec.runs_root, rec.results_dir = str(runs_root), str(results_dir)
-    abl_dir = Path(runs_root) / abl.name
-    _check_same_record(abl_dir, rec)
     prepare_data(cfgs)
     abl_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(abl_dir / rundir.ABLATION, OmegaConf.to_yaml(rec))

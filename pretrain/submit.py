@@ -216,19 +216,11 @@ def plan_ablation(
 ) -> Plan:
     """Every arm of an ablation, composed and checked as ``pretrain ablate`` does; finished
     arms are left out. Raises UserError naming the arm that fails — before any job exists."""
-    from pretrain.ablation import AblationRecord, _check_same_record, arm_state, check_fair, compose_arms
+    from pretrain.ablation import arm_state, plan_arms
 
     if not preset:
         raise UserError(f"{path} is an ablation: pass --preset NAME (as for `pretrain ablate`)")
-    abl, cfgs = compose_arms(path, preset, overrides, runs_root)
-    check_fair(cfgs)
-    rec = OmegaConf.structured(AblationRecord)
-    rec.ablation = abl
-    rec.source, rec.preset, rec.overrides = str(path), preset, list(overrides)
-    rec.runs_root, rec.results_dir = str(runs_root), str(results_dir)
-    abl_dir = Path(runs_root) / abl.name
-    # The same guard as `pretrain ablate`: finished arms are skipped, so it must be the same experiment.
-    _check_same_record(abl_dir, rec)
+    abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     todo = {arm: c for arm, c in cfgs.items() if arm_state(Path(c.run_dir)) != "done"}
     if not todo:
         raise UserError(f"every arm of {abl.name} has finished; `pretrain tables --runs {runs_root}` rebuilds its table")
