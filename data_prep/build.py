@@ -1,27 +1,49 @@
-"""``build(cfg)``: corpus → sentences → tokenizer → FULL-SENTENCES sequences → masked
-shards + manifest, for the RoBERTa static-vs-dynamic masking ablation (Liu et al. 2019,
-§4.1, Table 1).
+"""``build(cfg)``: corpus → tokenizer → chunks of documents → instances → masked shards +
+manifest, for every input format of RoBERTa §4.2 and BERT/ALBERT's sentence-pair tasks.
 
-Steps (each module named after its step):
+Two streaming passes over the corpus; memory is bounded by ``chunk_documents``, never by
+the corpus size:
 
-1. ``corpus.read_documents``: documents with stable ids; ``sentences.split_sentences``.
-2. ``instances.is_validation``: documents held out by a sha256 of their id.
-3. ``tokenizer``: trained on the training split only (or ``tokenizer.path`` copied in).
-4. Sentences tokenized in batches (``encode_batch``: Rust, multi-threaded).
-5. ``instances.pack_full_sentences`` over documents in ``instances.document_order(seed)``.
-6. ``masking.Masker``: validation masked once with ``masking.validation_seed`` (the same
-   bytes for every arm of the ablation: ``splits.validation.sha256`` in the manifest);
-   training data ``static`` = ``dupe_factor`` copies, copy ``k`` masked with
-   ``sequence_rng(seed, STREAM_STATIC, k, row)`` (BERT, Devlin et al. 2019, §A.2);
-   ``dynamic`` = unmasked ``input_ids`` that the trainer's collator masks each epoch.
-7. ``shards``: Arrow shards and ``manifest.json``; ``<split>/documents.txt`` lists the
-   document ids of each split in packing order.
+1. **Tokenizer** (skipped with ``tokenizer.path``): trained with ``tokenizers``'
+   ``train_from_iterator`` on a stream of the training split's line units
+   (``sentences.line_units``; validation documents never reach it). The trainer keeps word
+   counts, not text, so memory grows with the vocabulary of the corpus, not its size.
+   The pre-tokenizers of all three kinds cut text at whitespace before anything else, so
+   line units give the same word counts as their sentences, without the splitter's cost.
+2. **Chunks**: documents in read order go to train or validation by a sha256 of their id
+   (``instances.is_validation``); each split's documents are cut into chunks of
+   ``chunk_documents`` (a split's last chunk takes a lone remaining document, so every
+   chunk of a split with two or more documents has two or more). A chunk is processed on
+   its own, by ``num_workers`` processes in parallel: sentences
+   (``sentences.split_sentences``), ids and word starts (``words.encode_with_words``),
+   documents shuffled inside the chunk (``instances.document_order``), rows
+   (``instances.make_rows``), masks, Arrow shards. Every random draw depends only on
+   ``(seed, split, chunk, row)`` — never on the worker — so the output is byte-identical
+   for any ``num_workers``. The main process renames each chunk's shards, in chunk order,
+   to the global names of ``shards.shard_relpath``, so a split's rows keep corpus order.
 
-Resumability: the directory is built as ``<out>.partial`` next to ``<out>`` and renamed
-when complete, under an exclusive lock (``.<out>.lock``) so concurrent builds of one
-directory (several ranks, several ablation arms) build it once. A rerun finds a complete
-directory with the same fingerprint and returns at once; a ``.partial`` left by a killed
-build is deleted and redone.
+Masks: validation masked once with ``masking.validation_seed``, row ``r`` of chunk ``c`` with
+``sequence_rng(validation_seed, STREAM_VALIDATION, 0, row_key(c, r))`` (the same bytes for
+every arm of an ablation: ``splits.validation.sha256``); training data ``static`` =
+``dupe_factor`` copies of the same rows, copy ``k`` of row ``r`` of chunk ``c`` masked with
+``sequence_rng(seed, STREAM_STATIC, k, row_key(c, r))`` (BERT, Devlin et al. 2019, §A.2; BERT's
+reference also re-draws the pairs per copy, here copies share rows so row ``i`` is one
+sequence in every copy); ``dynamic`` = unmasked rows the trainer's collator masks every
+epoch (RoBERTa §4.1). Every row carries ``word_starts`` so the collator can mask whole
+words or n-grams.
+
+Shards: a chunk's rows go to ``ceil(rows / rows_per_shard)`` shard files, so shards hold
+up to ``rows_per_shard`` rows and their row counts vary (the manifest records each).
+
+Resumability: the directory is built as ``<out>.partial`` and renamed when complete,
+under an exclusive lock (``.<out>.lock``) so concurrent builds of one directory build it
+once. The tokenizer and each finished chunk are recorded in ``<out>.partial/.progress/``
+(a chunk's JSON record names its shards and a sha256 of its input documents). A build
+that is killed or interrupted leaves the ``.partial`` directory; rerunning the same config
+reuses the tokenizer and every recorded chunk whose input is unchanged, redoes the rest,
+and ends byte-identical to an uninterrupted build (``manifest.json`` differs only in its
+``build`` timings and ``data_config.num_workers``). A ``.partial`` of another config or
+code version is deleted; a bad-input error (UserError) deletes it too.
 """
 
 from __future__ import annotations
@@ -29,14 +51,19 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from types import SimpleNamespace
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -46,24 +73,40 @@ from data_prep import shards
 from data_prep.config import DataConfig, check_data_config, data_fingerprint, resolve_output_dir
 from data_prep.corpus import ReadStats, read_documents
 from data_prep.errors import UserError
-from data_prep.instances import PackStats, document_order, is_validation, pack_full_sentences
+from data_prep.instances import (
+    LABEL_COLUMNS,
+    PAIR_FORMATS,
+    InstanceStats,
+    Row,
+    chunk_random,
+    document_order,
+    is_validation,
+    make_rows,
+)
 from data_prep.masking import STREAM_STATIC, STREAM_VALIDATION, Masker, sequence_rng
-from data_prep.sentences import DEFAULT_BACKEND, split_sentences
-from data_prep.tokenizer import SPECIAL_TOKENS, TokenizerInfo, load_tokenizer, train_tokenizer
+from data_prep.sentences import DEFAULT_BACKEND, line_units, split_sentences
+from data_prep.tokenizer import HF_PREFIX, SPECIAL_TOKENS, TokenizerInfo, load_tokenizer, train_tokenizer
+from data_prep.words import encode_with_words
 
 # Bumped whenever the code changes the bytes a config builds (sentence rules, packing,
 # tokenizer settings): the fingerprint covers the config only, so a directory built by
 # other code is refused instead of being reported up to date.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
-# Formats this module can pack; the pair formats (BERT's NSP, ALBERT's SOP) come later.
-SUPPORTED_FORMATS = ("full_sentences",)
-# Ids of a split's documents in packing order, one per line: which text went where.
+# Ids of a split's documents in the order they were used, one per line.
 DOCUMENTS_FILE = "documents.txt"
+PROGRESS_DIR = ".progress"  # inside <out>.partial: what a rerun may reuse
 ENCODE_BATCH = 8192  # sentences per encode_batch call: big enough to keep Rust threads busy
+IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: keeps workers busy, bounds memory
+SPLITS = ("train", "validation")
 
-# (doc id, sentences) for one split; sentences become int32 arrays once tokenized.
-_Docs = List[Tuple[str, list]]
+
+def row_key(chunk: int, row: int) -> int:
+    """The ``index`` of ``masking.sequence_rng`` for row ``row`` of chunk ``chunk`` of a
+    split: ``chunk · 2**32 + row``. Known to the worker that masks the row (its global row
+    number is not, until earlier chunks are done), so a data-prep mask never depends on
+    the worker count; in a one-chunk split it is the row number."""
+    return (int(chunk) << 32) + int(row)
 
 
 def build(cfg: DataConfig, force: bool = False) -> Path:
@@ -79,9 +122,10 @@ def build(cfg: DataConfig, force: bool = False) -> Path:
     Returns:
         The shard directory (``resolve_output_dir(cfg)``).
     Raises:
-        UserError: invalid or unsupported config; the output directory holds a build of
-            another config (use --force or another output_dir) or something that is not a
-            shard directory; missing, empty or too small corpus; bad tokenizer file.
+        UserError: invalid config; the output directory holds a build of another config
+            (use --force or another output_dir) or something that is not a shard
+            directory; missing, empty or too small corpus; a split with one document
+            when NSP needs another; bad tokenizer file.
     """
     check_data_config(cfg)
     _check_supported(cfg)
@@ -112,25 +156,29 @@ def _build_locked(out: Path, cfg: DataConfig, fp: str, force: bool) -> Optional[
         if _is_current(out, fp, cfg, force):
             return None
         tmp = out.with_name(out.name + ".partial")
-        if tmp.exists():
-            print(f"data-prep: removing {tmp} left by an interrupted build", file=sys.stderr)
+        header = {"fingerprint": fp, "pipeline_version": PIPELINE_VERSION, "format_version": shards.FORMAT_VERSION}
+        if tmp.exists() and _read_json(tmp / PROGRESS_DIR / "build.json") != header:
+            print(f"data-prep: removing {tmp} left by an interrupted build of another config", file=sys.stderr)
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        elif tmp.exists():
+            done = len(list((tmp / PROGRESS_DIR).glob("*-*.json")))
+            print(f"data-prep: resuming the interrupted build in {tmp} ({done} chunks done)", file=sys.stderr)
+        (tmp / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
+        _write_json(tmp / PROGRESS_DIR / "build.json", header)
         try:
             manifest = _build_into(tmp, cfg, fp)
-            shards.write_manifest(tmp, manifest)
-            _install(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except UserError:
+            shutil.rmtree(tmp, ignore_errors=True)  # bad input: nothing worth resuming
             raise
+        shutil.rmtree(tmp / PROGRESS_DIR)
+        shards.write_manifest(tmp, manifest)
+        _install(tmp, out)
     return manifest
 
 
 def _check_supported(cfg: DataConfig) -> None:
-    if cfg.format not in SUPPORTED_FORMATS:
-        raise UserError(f"format={cfg.format} is not implemented yet; use format=full_sentences sentence_objective=none")
     if cfg.tokenizer.kind not in SPECIAL_TOKENS:
-        raise UserError(f"tokenizer.kind={cfg.tokenizer.kind} is not implemented yet; use one of: {', '.join(SPECIAL_TOKENS)}")
+        raise UserError(f"tokenizer.kind={cfg.tokenizer.kind} is not implemented; use one of: {', '.join(SPECIAL_TOKENS)}")
     if cfg.rows_per_shard < 1:
         raise UserError(f"rows_per_shard={cfg.rows_per_shard} must be >= 1")
     if cfg.max_documents is not None and cfg.max_documents < 1:
@@ -150,10 +198,7 @@ def _is_current(out: Path, fp: str, cfg: DataConfig, force: bool) -> bool:
         raise UserError(f"output_dir {out} exists and is not a shard directory (no {shards.MANIFEST}); choose another output_dir")
     if force:
         return False
-    try:
-        m = json.loads(mf.read_text())
-    except (OSError, ValueError):
-        m = {}
+    m = _read_json(mf) or {}
     if m.get("fingerprint") != fp or m.get("format_version") != shards.FORMAT_VERSION:
         raise UserError(
             f"{out} holds data of another config (fingerprint {m.get('fingerprint')}, this config {fp}); "
@@ -164,7 +209,7 @@ def _is_current(out: Path, fp: str, cfg: DataConfig, force: bool) -> bool:
             f"{out} was built by another data-prep version (pipeline {m.get('pipeline_version')}, this is "
             f"{PIPELINE_VERSION}); rebuild with --force or set another output_dir"
         )
-    if cfg.tokenizer.path:
+    if cfg.tokenizer.path and not str(cfg.tokenizer.path).startswith(HF_PREFIX):
         src = Path(cfg.tokenizer.path)
         if src.is_file() and shards.sha256_file(src) != m["tokenizer"]["sha256"]:
             raise UserError(f"tokenizer.path {src} changed since {out} was built; rebuild with --force")
@@ -200,9 +245,11 @@ def _exclusive(out: Path) -> Iterator[None]:
         except BlockingIOError:
             print(f"data-prep: waiting for another build of {out} to finish", file=sys.stderr)
             fcntl.flock(f, fcntl.LOCK_EX)
+        _LOCK_FDS.append(f.fileno())
         try:
             yield
         finally:
+            _LOCK_FDS.remove(f.fileno())
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -220,6 +267,19 @@ def _install(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, sort_keys=True))
+    os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -227,51 +287,37 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
     t0 = time.time()
     stages: Dict[str, float] = {}  # wall seconds per step, for bench/ and profiling
     lap = _Lap(stages)
+    shutil.rmtree(tmp / PROGRESS_DIR / "work", ignore_errors=True)  # files of chunks that never finished
+    job = _Job.from_config(cfg, str(tmp), str(tmp / shards.TOKENIZER_FILE))
+    writers = {s: _SplitWriter(tmp, s, job.copy_labels(s), job.columns(s)) for s in SPLITS}
     read_stats = ReadStats()
-    train_docs, val_docs = _read_and_split(cfg, read_stats)
-    lap("read_split")
-    info, tok_source = _tokenizer(tmp, cfg, train_docs)
-    lap("tokenizer")
-    n_sent = sum(len(s) for _, s in train_docs) + sum(len(s) for _, s in val_docs)
-    with tqdm(total=n_sent, desc="tokenize", unit="sent", dynamic_ncols=True) as bar:
-        for docs in (train_docs, val_docs):
-            _tokenize(docs, info, bar)
-    lap("tokenize")
-    packed: Dict[str, Tuple[List[np.ndarray], PackStats]] = {}
-    for split, docs in (("train", train_docs), ("validation", val_docs)):
-        order = document_order([d for d, _ in docs], cfg.seed)
-        _write_lines(tmp / split / DOCUMENTS_FILE, (docs[i][0] for i in order))
-        stats = PackStats()
-        seqs = list(pack_full_sentences((docs[i][1] for i in order), cfg.max_seq_length, info.cls_id, info.sep_id, stats))
-        packed[split] = (seqs, stats)
-    if not packed["train"][0]:
-        raise UserError(f"corpus {cfg.corpus} is too small: the training split has no sequence; use a larger corpus")
+    worker_seconds: Dict[str, float] = {}
+    with _Runner(cfg.num_workers, job) as runner:
+        info, tok_source, split_docs = _tokenizer(tmp, cfg)
+        lap("tokenizer")
+        total = sum(split_docs.values()) if split_docs else cfg.max_documents
+        _run_chunks(cfg, runner, writers, read_stats, worker_seconds, total)
+    lap("chunks")
 
-    lap("pack")
-    masker = Masker.from_config(cfg.masking, info.vocab_size, info.mask_id, info.special_ids)
+    for s in SPLITS:
+        writers[s].write_documents_file()
+    if writers["train"].rows == 0:
+        raise UserError(f"corpus {cfg.corpus} is too small: the training split has no sequence; use a larger corpus")
+    if writers["validation"].rows == 0:
+        raise UserError(f"corpus {cfg.corpus}: the validation split has no sequence; raise validation_fraction or use a larger corpus")
+
+    splits = {s: writers[s].summary() for s in SPLITS}
     static = cfg.masking.mode == "static"
-    copies = cfg.masking.dupe_factor if static else 1
-    total_rows = len(packed["train"][0]) * copies + len(packed["validation"][0])
-    splits: Dict[str, Any] = {}
-    with tqdm(total=total_rows, desc="mask+write", unit="seq", dynamic_ncols=True) as bar:
-        splits["validation"] = _write_split(
-            tmp, "validation", packed["validation"][0], masker, cfg.rows_per_shard, bar,
-            plans=[(None, cfg.masking.validation_seed, STREAM_VALIDATION, 0)],
-        )
-        plans = [(k, cfg.seed, STREAM_STATIC, k) for k in range(copies)] if static else [(None, None, None, None)]
-        splits["train"] = _write_split(tmp, "train", packed["train"][0], masker, cfg.rows_per_shard, bar, plans=plans)
-    for split, docs in (("train", train_docs), ("validation", val_docs)):
-        splits[split]["documents"] = len(docs)
-        splits[split]["documents_file"] = f"{split}/{DOCUMENTS_FILE}"
-    lap("mask_write")
     splits["train"]["masking"] = (
-        {"mode": "static", "seed": cfg.seed, "stream": STREAM_STATIC, "copies": copies}
+        {"mode": "static", "seed": cfg.seed, "stream": STREAM_STATIC, "copies": cfg.masking.dupe_factor, "index": "row_key(chunk, row in chunk)"}
         if static
         else {"mode": "dynamic", "note": "unmasked; the trainer's collator masks every epoch"}
     )
-    splits["validation"]["masking"] = {"mode": "fixed", "seed": cfg.masking.validation_seed, "stream": STREAM_VALIDATION}
-
-    pstats = [packed[s][1] for s in ("train", "validation")]
+    splits["validation"]["masking"] = {"mode": "fixed", "seed": cfg.masking.validation_seed, "stream": STREAM_VALIDATION, "index": "row_key(chunk, row in chunk)"}
+    inst = {s: writers[s].stats for s in SPLITS}
+    both = InstanceStats()
+    for s in SPLITS:
+        both.add(inst[s])
     tok_file = tmp / shards.TOKENIZER_FILE
     return {
         "format_version": shards.FORMAT_VERSION,
@@ -291,30 +337,56 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
         },
         "splits": splits,
         "totals": {
-            "sequences": sum(s.sequences for s in pstats),
-            "tokens": sum(s.tokens for s in pstats),
-            "stored_sequences": total_rows,
+            "sequences": both.sequences,
+            "tokens": both.tokens,
+            "stored_sequences": sum(sp["rows"] * len(sp["copies"]) for sp in splits.values()),
             "bytes": sum(e["bytes"] for sp in splits.values() for c in sp["copies"] for e in c),
         },
         "stats": {
             "documents": read_stats.documents,
-            "train_documents": len(train_docs),
-            "validation_documents": len(val_docs),
+            "train_documents": writers["train"].documents,
+            "validation_documents": writers["validation"].documents,
             "sources": dict(sorted(read_stats.sources.items())),
-            "sentences": sum(s.sentences for s in pstats),
-            "truncated_sentences": sum(s.truncated_sentences for s in pstats),
-            "truncated_tokens": sum(s.truncated_tokens for s in pstats),
-            "empty_documents": read_stats.empty_documents,
+            "sentences": both.sentences,
+            "truncated_sentences": both.truncated_sentences,
+            "truncated_tokens": both.truncated_tokens,
+            "one_sentence_documents": both.one_sentence_documents,
+            "empty_documents": read_stats.empty_documents + both.empty_documents,
             "replaced_characters": read_stats.replaced_characters,
             "skipped_members": read_stats.skipped_members,
+            "instances": {s: inst[s].as_dict() for s in SPLITS},
         },
+        "chunks": {"documents_per_chunk": cfg.chunk_documents, **{s: writers[s].next_chunk for s in SPLITS}},
         "sentence_splitter": DEFAULT_BACKEND,
         "build": {
             "seconds": round(time.time() - t0, 2),
             "stage_seconds": {k: round(v, 2) for k, v in stages.items()},
+            "worker_seconds": {k: round(v, 2) for k, v in sorted(worker_seconds.items())},
+            "num_workers": cfg.num_workers,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     }
+
+
+def _run_chunks(cfg: DataConfig, runner: "_Runner", writers: Dict[str, "_SplitWriter"], read_stats: ReadStats,
+                worker_seconds: Dict[str, float], total: Optional[int]) -> None:
+    """Pass 2: every chunk reused from an interrupted build or processed by ``runner``."""
+    with tqdm(total=total, desc="build", unit="doc", dynamic_ncols=True) as bar:
+
+        def finish(result: Dict[str, Any]) -> None:
+            for k, v in result.pop("seconds").items():
+                worker_seconds[k] = worker_seconds.get(k, 0.0) + v
+            writers[result["split"]].finalize(result)
+            bar.update(len(result["doc_ids"]))
+
+        for chunk in _chunks(cfg, read_stats):
+            if writers[chunk.split].reuse(chunk):
+                bar.update(len(chunk.docs))
+                continue
+            for result in runner.submit(chunk):
+                finish(result)
+        for result in runner.drain():
+            finish(result)
 
 
 class _Lap:
@@ -329,114 +401,428 @@ class _Lap:
         self.t = now
 
 
-def _read_and_split(cfg: DataConfig, stats: ReadStats) -> Tuple[_Docs, _Docs]:
-    """Read, split into sentences, and assign each document to train or validation."""
-    train: _Docs = []
-    val: _Docs = []
-    docs = read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, stats)
-    for doc in tqdm(docs, desc="read+split", unit="doc", total=cfg.max_documents, dynamic_ncols=True):
-        sents = split_sentences(doc.text)
-        (val if is_validation(doc.id, cfg.validation_fraction) else train).append((doc.id, sents))
-    if not val or not train:
-        which = "validation" if not val else "training"
-        raise UserError(
-            f"corpus {cfg.corpus} is too small: {stats.documents} documents leave no {which} document at "
-            f"validation_fraction={cfg.validation_fraction}; use a larger corpus (or change validation_fraction)"
-        )
-    return train, val
+# --------------------------------------------------------------------------- tokenizer
 
 
-def _tokenizer(tmp: Path, cfg: DataConfig, train_docs: _Docs) -> Tuple[TokenizerInfo, str]:
-    """Train on the training split (never on validation text) or copy ``tokenizer.path``."""
+def _tokenizer(tmp: Path, cfg: DataConfig) -> Tuple[TokenizerInfo, str, Optional[Dict[str, int]]]:
+    """The tokenizer of the build, in ``tmp/tokenizer.json``: reused from an interrupted
+    build, copied from ``tokenizer.path``, or trained on the training split (pass 1).
+
+    Returns ``(info, source, documents per split or None)``; the counts come from pass 1
+    (None when it did not run) and only size the progress bar.
+    """
     dest = tmp / shards.TOKENIZER_FILE
+    marker = tmp / PROGRESS_DIR / "tokenizer.json"
     t = cfg.tokenizer
+    done = _read_json(marker)
+    if done is not None and dest.is_file():
+        return load_tokenizer(dest, t.kind), done["source"], done.get("documents")
+    counts: Optional[Dict[str, int]] = None
     if t.path:
-        src = Path(t.path)
-        if not src.is_file():
-            raise UserError(f"tokenizer.path {src} not found; point it at a tokenizer.json or unset it to train one")
-        shutil.copyfile(src, dest)
-        return load_tokenizer(dest, t.kind), str(src)
-    n = sum(len(s) for _, s in train_docs)
-    feed = (s for _, sents in train_docs for s in sents)
-    train_tokenizer(
-        t.kind, tqdm(feed, total=n, desc="train tokenizer", unit="sent", dynamic_ncols=True), t.vocab_size, t.min_frequency, dest
+        src = str(t.path)
+        if src.startswith(HF_PREFIX):
+            load_tokenizer(src, t.kind).save(dest)
+        else:
+            if not Path(src).is_file():
+                raise UserError(f"tokenizer.path {src} not found; point it at a tokenizer.json or unset it to train one")
+            shutil.copyfile(src, dest)
+        source = src
+    else:
+        counts = {s: 0 for s in SPLITS}
+        texts = _training_text(cfg, counts)
+        train_tokenizer(t.kind, texts, t.vocab_size, t.min_frequency, dest)
+        _check_both_splits(cfg, counts, ReadStats(documents=sum(counts.values())))
+        source = "trained"
+    info = load_tokenizer(dest, t.kind)
+    _write_json(marker, {"source": source, "documents": counts})
+    return info, source, counts
+
+
+def _training_text(cfg: DataConfig, counts: Dict[str, int]) -> Iterator[str]:
+    """Line units of the training split's documents, streamed (counts documents per split)."""
+    docs = read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, ReadStats())
+    for doc in tqdm(docs, desc="train tokenizer", unit="doc", total=cfg.max_documents, dynamic_ncols=True):
+        if is_validation(doc.id, cfg.validation_fraction):
+            counts["validation"] += 1
+            continue
+        counts["train"] += 1
+        yield from line_units(doc.text)
+
+
+def _check_both_splits(cfg: DataConfig, counts: Dict[str, int], stats: ReadStats) -> None:
+    if counts["validation"] and counts["train"]:
+        return
+    which = "validation" if not counts["validation"] else "training"
+    raise UserError(
+        f"corpus {cfg.corpus} is too small: {stats.documents} documents leave no {which} document at "
+        f"validation_fraction={cfg.validation_fraction}; use a larger corpus (or change validation_fraction)"
     )
-    return load_tokenizer(dest, t.kind), "trained"
 
 
-def _tokenize(docs: _Docs, info: TokenizerInfo, bar: tqdm) -> None:
-    """Replace each document's sentences (str) by int32 token arrays, in place, calling
-    ``encode_batch`` on ~``ENCODE_BATCH`` sentences at a time."""
-    batch: List[str] = []
-    owners: List[int] = []  # document index of each sentence in ``batch``
-
-    def flush() -> None:
-        encoded = info.encode_batch(batch)
-        pos = 0
-        while pos < len(owners):
-            d = owners[pos]
-            end = pos
-            while end < len(owners) and owners[end] == d:
-                end += 1
-            docs[d][1].extend(np.asarray(ids, dtype=np.int32) for ids in encoded[pos:end])
-            pos = end
-        bar.update(len(batch))
-        batch.clear()
-        owners.clear()
-
-    for i, (_, sents) in enumerate(docs):
-        texts = list(sents)
-        sents.clear()  # refilled with token arrays by flush()
-        for s in texts:
-            batch.append(s)
-            owners.append(i)
-            if len(batch) >= ENCODE_BATCH:
-                flush()
-    if batch:
-        flush()
+# --------------------------------------------------------------------------- chunks
 
 
-def _write_lines(path: Path, lines: Iterator[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line.replace("\n", " ") + "\n")
+@dataclass
+class _Chunk:
+    """Documents ``[(id, text)]`` of chunk ``index`` of ``split`` and a sha256 of them."""
+
+    split: str
+    index: int
+    docs: List[Tuple[str, str]]
+    sha256: str
 
 
-def _write_split(
-    root: Path,
-    split: str,
-    seqs: Sequence[np.ndarray],
-    masker: Masker,
-    rows_per_shard: int,
-    bar: tqdm,
-    plans: Sequence[Tuple[Optional[int], Optional[int], Optional[int], Optional[int]]],
-) -> Dict[str, Any]:
-    """Write every copy of one split. A plan is ``(copy, seed, stream, round)``: ``copy``
-    None = a single copy at ``<split>/``; ``seed`` None = unmasked (dynamic training data)."""
-    copies: List[List[Dict[str, Any]]] = []
-    masked = plans[0][1] is not None
-    for copy, seed, stream, round_ in plans:
-        entries = []
-        for index, start in enumerate(range(0, len(seqs), rows_per_shard)):
-            rows = seqs[start : start + rows_per_shard]
-            if masked:
-                pairs = [masker(ids, sequence_rng(seed, stream, round_, start + j)) for j, ids in enumerate(rows)]
-                cols = {"input_ids": [p[0] for p in pairs], "labels": [p[1] for p in pairs]}
-            else:
-                cols = {"input_ids": list(rows)}
-            rel = shards.shard_relpath(split, copy, index)
-            entry = shards.write_shard(root / rel, cols)
-            entry["file"] = rel
-            entries.append(entry)
-            bar.update(len(rows))
-        copies.append(entries)
-    digest = hashlib.sha256("".join(e["sha256"] for c in copies for e in c).encode()).hexdigest()
+def _chunks(cfg: DataConfig, stats: ReadStats) -> Iterator[_Chunk]:
+    """The corpus as chunks, in read order (see the module docstring).
+
+    A full chunk is emitted once two more documents of its split have been read, so a
+    split's last chunk never holds a lone document unless the split has only one.
+    Raises UserError: no document in a split; a split of one document with NSP.
+    """
+    k = cfg.chunk_documents
+    bufs: Dict[str, List[Tuple[str, str]]] = {s: [] for s in SPLITS}
+    index = {s: 0 for s in SPLITS}
+    counts = {s: 0 for s in SPLITS}
+
+    def emit(split: str, docs: List[Tuple[str, str]]) -> _Chunk:
+        h = hashlib.sha256()
+        for doc_id, text in docs:
+            h.update(doc_id.encode("utf-8", "surrogatepass") + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0")
+        index[split] += 1
+        return _Chunk(split, index[split] - 1, docs, h.hexdigest())
+
+    for doc in read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, stats):
+        split = "validation" if is_validation(doc.id, cfg.validation_fraction) else "train"
+        counts[split] += 1
+        buf = bufs[split]
+        buf.append((doc.id, doc.text))
+        if len(buf) == k + 2:
+            yield emit(split, buf[:k])
+            del buf[:k]
+    _check_both_splits(cfg, counts, stats)
+    for split in SPLITS:
+        if counts[split] == 1 and cfg.sentence_objective == "nsp":
+            raise UserError(
+                f"format={cfg.format} with sentence_objective=nsp needs two or more documents per split to draw "
+                f"NotNext segments from another document, but the {split} split of {cfg.corpus} has 1; "
+                "use a larger corpus or change validation_fraction"
+            )
+        if bufs[split]:
+            yield emit(split, bufs[split])
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker needs besides its chunk (picklable, sent once per process)."""
+
+    root: str
+    tokenizer_file: str
+    kind: str
+    format: str
+    objective: str
+    max_seq_length: int
+    short_seq_prob: float
+    seed: int
+    rows_per_shard: int
+    masking: Dict[str, Any]
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, root: str, tokenizer_file: str) -> "_Job":
+        return cls(
+            root, tokenizer_file, cfg.tokenizer.kind, cfg.format, cfg.sentence_objective, int(cfg.max_seq_length),
+            float(cfg.short_seq_prob), int(cfg.seed), int(cfg.rows_per_shard),
+            OmegaConf.to_container(OmegaConf.structured(cfg.masking), resolve=True),
+        )
+
+    def plans(self, split: str) -> List[Tuple[Optional[int], Optional[int], int, int]]:
+        """Copies of ``split``: ``(copy label, mask seed or None = unmasked, stream, round)``."""
+        if split == "validation":
+            return [(None, int(self.masking["validation_seed"]), STREAM_VALIDATION, 0)]
+        if self.masking["mode"] == "static":
+            return [(k, self.seed, STREAM_STATIC, k) for k in range(int(self.masking["dupe_factor"]))]
+        return [(None, None, 0, 0)]
+
+    def copy_labels(self, split: str) -> List[Optional[int]]:
+        return [p[0] for p in self.plans(split)]
+
+    def columns(self, split: str) -> List[str]:
+        """Column names of ``split``'s shards, in file order (``_write_parts``)."""
+        cols = ["input_ids"] + (["labels"] if self.plans(split)[0][1] is not None else []) + ["word_starts"]
+        if self.format in PAIR_FORMATS:
+            cols += ["token_type_ids", LABEL_COLUMNS[self.objective]]
+        return cols
+
+
+class _Context:
+    """A worker's loaded tokenizer and masker."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.info = load_tokenizer(job.tokenizer_file, job.kind)
+        self.masker = Masker.from_config(SimpleNamespace(**job.masking), self.info.vocab_size, self.info.mask_id, self.info.special_ids)
+
+
+_WORKER: Dict[str, _Context] = {}  # this process's context, keyed by its job
+_LOCK_FDS: List[int] = []  # build locks held by this process (``_exclusive``)
+
+
+def _init_worker(parent: int) -> None:
+    import ctypes
+    import signal
+
+    # Die with the main process: an orphaned worker would wait for work forever.
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (AttributeError, OSError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+    # Ctrl-C goes to the whole process group; the main process handles it and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The lock is the main process's: a worker's copy of it must not outlive the build.
+    for fd in _LOCK_FDS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _work(job: _Job, chunk: _Chunk) -> Dict[str, Any]:
+    key = json.dumps(asdict(job), sort_keys=True)
+    if key not in _WORKER:
+        _WORKER.clear()
+        _WORKER[key] = _Context(job)
+    return _process(_WORKER[key], chunk)
+
+
+class _Runner:
+    """Processes chunks inline (``num_workers`` 1) or in a pool of worker processes, and
+    hands results back in submission order, with at most ``IN_FLIGHT_PER_WORKER`` chunks
+    per worker queued (memory stays bounded however fast the corpus is read).
+
+    Workers are forked when the runner starts, before this build runs any tokenizer
+    thread, with ``TOKENIZERS_PARALLELISM=false`` (one worker per core; a forked child must
+    not use the Rust thread pool of its parent). Forking rather than spawning also spares
+    the workers re-importing the caller's ``__main__`` (a script without a ``__main__``
+    guard would build again inside every worker)."""
+
+    def __init__(self, num_workers: int, job: _Job) -> None:
+        self.num_workers = int(num_workers)
+        self.job = job
+        self.pool: Optional[ProcessPoolExecutor] = None
+        self.pending: Deque[Future] = deque()
+
+    def __enter__(self) -> "_Runner":
+        if self.num_workers > 1:
+            ctx = multiprocessing.get_context("fork")
+            before = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            try:
+                self.pool = ProcessPoolExecutor(self.num_workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
+                self.pool.submit(int).result()  # forks every worker now
+            finally:
+                if before is None:
+                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = before
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=exc_type is None, cancel_futures=True)
+
+    def submit(self, chunk: _Chunk) -> Iterator[Dict[str, Any]]:
+        """Queue ``chunk``; yields the results that must be taken to stay within bounds."""
+        if self.pool is None:
+            yield _work(self.job, chunk)
+            return
+        self.pending.append(self.pool.submit(_work, self.job, chunk))
+        while len(self.pending) >= IN_FLIGHT_PER_WORKER * self.num_workers:
+            yield self.pending.popleft().result()
+
+    def drain(self) -> Iterator[Dict[str, Any]]:
+        while self.pending:
+            yield self.pending.popleft().result()
+
+
+def _process(ctx: _Context, chunk: _Chunk) -> Dict[str, Any]:
+    """One chunk → shard files in ``.progress/work/`` and a result for ``_SplitWriter``."""
+    job, info = ctx.job, ctx.info
+    seconds: Dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        seconds[name] = seconds.get(name, 0.0) + now - t
+        t = now
+
+    per_doc = [split_sentences(text) for _, text in chunk.docs]
+    lap("split")
+    ids, starts = _encode(info, per_doc)
+    lap("encode")
+    order = document_order([d for d, _ in chunk.docs], job.seed)
+    stats = InstanceStats()
+    try:
+        rows = list(
+            make_rows(
+                job.format, job.objective, [ids[i] for i in order], job.max_seq_length, info.cls_id, info.sep_id,
+                chunk_random(job.seed, chunk.split, chunk.index), job.short_seq_prob, [starts[i] for i in order], stats,
+            )
+        )
+    except ValueError as e:  # NSP without a second non-empty document in the chunk
+        raise UserError(f"{chunk.split} chunk {chunk.index}: {e}; use a larger corpus") from None
+    lap("instances")
+    parts = _write_parts(ctx, chunk, rows)
+    lap("mask_write")
     return {
-        "copies": copies,
-        "masked": masked,
-        "columns": ["input_ids", "labels"] if masked else ["input_ids"],
-        "rows": len(seqs),
-        "tokens": int(sum(int(s.size) for s in seqs)),
-        "sha256": digest,
+        "split": chunk.split,
+        "index": chunk.index,
+        "sha256": chunk.sha256,
+        "doc_ids": [chunk.docs[i][0] for i in order],
+        "stats": stats.as_dict(),
+        "parts": parts,
+        "seconds": seconds,
     }
+
+
+def _encode(info: TokenizerInfo, per_doc: List[List[str]]) -> Tuple[List[List[np.ndarray]], List[List[np.ndarray]]]:
+    """Token ids and word starts of every sentence, per document, ``ENCODE_BATCH``
+    sentences per call; sentences without tokens are dropped."""
+    flat = [s for sents in per_doc for s in sents]
+    encoded: List[Tuple[np.ndarray, np.ndarray]] = []
+    for i in range(0, len(flat), ENCODE_BATCH):
+        encoded.extend(encode_with_words(info, flat[i : i + ENCODE_BATCH]))
+    ids: List[List[np.ndarray]] = []
+    starts: List[List[np.ndarray]] = []
+    pos = 0
+    for sents in per_doc:
+        pairs = [p for p in encoded[pos : pos + len(sents)] if p[0].size]
+        pos += len(sents)
+        ids.append([p[0] for p in pairs])
+        starts.append([p[1] for p in pairs])
+    return ids, starts
+
+
+def _write_parts(ctx: _Context, chunk: _Chunk, rows: List[Row]) -> List[Dict[str, Any]]:
+    """Mask and write ``rows`` as ``ceil(len / rows_per_shard)`` parts × copies into the
+    chunk's work directory. Returns per part ``{"rows", "tokens", "files": [[work path,
+    manifest entry] per copy]}``."""
+    job = ctx.job
+    work = Path(job.root) / PROGRESS_DIR / "work" / f"{chunk.split}-{chunk.index:05d}"
+    pair = job.format in PAIR_FORMATS
+    label_col = LABEL_COLUMNS.get(job.objective)
+    parts = []
+    for p, start in enumerate(range(0, len(rows), job.rows_per_shard)):
+        part = rows[start : start + job.rows_per_shard]
+        files = []
+        for copy, seed, stream, round_ in job.plans(chunk.split):
+            cols: Dict[str, Any] = {}
+            if seed is None:
+                cols["input_ids"] = [r.input_ids for r in part]
+            else:
+                masked = [
+                    ctx.masker(r.input_ids, sequence_rng(seed, stream, round_, row_key(chunk.index, start + j)), r.word_starts)
+                    for j, r in enumerate(part)
+                ]
+                cols["input_ids"] = [m[0] for m in masked]
+                cols["labels"] = [m[1] for m in masked]
+            cols["word_starts"] = [r.word_starts for r in part]
+            if pair:
+                cols["token_type_ids"] = [r.token_type_ids for r in part]
+                cols[label_col] = [r.label for r in part]
+            path = work / f"copy-{0 if copy is None else copy:02d}-part-{p:04d}.arrow"
+            files.append([str(path), shards.write_shard(path, cols)])
+        parts.append({"rows": len(part), "tokens": int(sum(r.input_ids.size for r in part)), "files": files})
+    return parts
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _SplitWriter:
+    """Puts one split's chunk results in place, in chunk order: renames their shards to
+    the split's global shard names, records each chunk in ``.progress/`` and sums counts."""
+
+    def __init__(self, root: Path, split: str, copy_labels: List[Optional[int]], columns: List[str]) -> None:
+        self.root, self.split, self.copy_labels, self.columns = root, split, copy_labels, columns
+        self.copies: List[List[Dict[str, Any]]] = [[] for _ in copy_labels]
+        self.stats = InstanceStats()
+        self.next_chunk = 0
+        self.next_shard = 0
+        self.rows = 0
+        self.documents = 0
+        self.reusing = True  # records are reused only as an unbroken prefix of chunks
+
+    def _record_path(self, index: int) -> Path:
+        return self.root / PROGRESS_DIR / f"{self.split}-{index:05d}.json"
+
+    def reuse(self, chunk: _Chunk) -> bool:
+        """Take ``chunk`` from an interrupted build's record if there is one for the same
+        input and every earlier chunk was reused too. False = it must be processed."""
+        if self.reusing:
+            rec = _read_json(self._record_path(chunk.index))
+            files_ok = rec is not None and all(
+                (self.root / e["file"]).is_file() and (self.root / e["file"]).stat().st_size == e["bytes"]
+                for part in rec["parts"] for e in part["entries"]
+            )
+            if files_ok and rec["sha256"] == chunk.sha256 and rec["index"] == self.next_chunk:
+                self._accept(rec)
+                return True
+            self.reusing = False
+        return False
+
+    def finalize(self, result: Dict[str, Any]) -> None:
+        """Install the shards of the next chunk's ``result`` and record it."""
+        assert result["index"] == self.next_chunk, (result["index"], self.next_chunk)
+        parts = []
+        for p, part in enumerate(result["parts"]):
+            entries = []
+            for label, (work, entry) in zip(self.copy_labels, part["files"], strict=True):
+                rel = shards.shard_relpath(self.split, label, self.next_shard + p)
+                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(work, self.root / rel)
+                entries.append(dict(entry, file=rel, chunk=result["index"]))
+            parts.append({"rows": part["rows"], "tokens": part["tokens"], "entries": entries})
+        rec = {k: result[k] for k in ("index", "sha256", "doc_ids", "stats")}
+        rec["parts"] = parts
+        shutil.rmtree(self.root / PROGRESS_DIR / "work" / f"{self.split}-{result['index']:05d}", ignore_errors=True)
+        _write_json(self._record_path(result["index"]), rec)
+        self._accept(rec)
+
+    def _accept(self, rec: Dict[str, Any]) -> None:
+        for part in rec["parts"]:
+            for copy, entry in zip(self.copies, part["entries"], strict=True):
+                copy.append(entry)
+            self.rows += part["rows"]
+        self.next_shard += len(rec["parts"])
+        self.documents += len(rec["doc_ids"])
+        self.stats.add(rec["stats"])
+        self.next_chunk += 1
+
+    def write_documents_file(self) -> None:
+        """``<split>/documents.txt``: document ids in the order they were used."""
+        path = self.root / self.split / DOCUMENTS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for i in range(self.next_chunk):
+                for doc_id in _read_json(self._record_path(i))["doc_ids"]:
+                    f.write(doc_id.replace("\n", " ") + "\n")
+
+    def summary(self) -> Dict[str, Any]:
+        """The split's manifest entry (``shards`` module docstring)."""
+        digest = hashlib.sha256("".join(e["sha256"] for c in self.copies for e in c).encode()).hexdigest()
+        return {
+            "copies": self.copies,
+            "masked": "labels" in self.columns,
+            "columns": self.columns,
+            "rows": self.rows,
+            "tokens": int(sum(e["tokens"] for e in self.copies[0])),
+            "sha256": digest,
+            "documents": self.documents,
+            "documents_file": f"{self.split}/{DOCUMENTS_FILE}",
+            "chunks": self.next_chunk,
+        }

@@ -1,26 +1,88 @@
-"""Training instances: which documents are held out, in which order documents are packed,
-and FULL-SENTENCES packing (Liu et al. 2019, §4.2).
+"""Training instances: which documents are held out, in which order documents are used,
+and the four input formats of RoBERTa's §4.2 comparison (Liu et al. 2019).
 
-FULL-SENTENCES: "Each input is packed with full sentences sampled contiguously from one or
-more documents, such that the total length is at most 512 tokens. Inputs may cross
-document boundaries. When we reach the end of one document, we begin sampling sentences
-from the next document and add an extra separator token between documents." A sequence
-is ``<s> s1 s2 … </s>`` (RoBERTa's ``<s>``/``</s>`` = ``cls_id``/``sep_id``), with one more
-``</s>`` wherever a document ends inside it. Its length, special tokens included, never
-exceeds ``max_seq_length``; a sentence longer than ``max_seq_length - 2`` keeps its first
-``max_seq_length - 2`` tokens (counted in ``PackStats``).
+Input to every format is one *chunk* of tokenized documents (``data_prep.build`` cuts the
+corpus into chunks of ``chunk_documents`` documents): a document is a list of sentences,
+each an int ``[n]`` array of token ids without special tokens, with an optional parallel
+list of int8 word-start arrays (``data_prep.words``). Output rows (``Row``) carry
+``input_ids`` and ``word_starts`` (special tokens are word starts) and, for pairs,
+``token_type_ids`` and the sentence label. Every row is at most ``max_seq_length`` tokens.
 
-Everything here is a pure function of document ids, token ids and the seed, so a rerun,
-another machine or a static and a dynamic build pack the same sequences.
+FULL-SENTENCES (RoBERTa §4.2): "Each input is packed with full sentences sampled
+contiguously from one or more documents, such that the total length is at most 512
+tokens. Inputs may cross document boundaries. When we reach the end of one document, we
+begin sampling sentences from the next document and add an extra separator token between
+documents." A row is ``<s> s1 s2 … </s>`` with one more ``</s>`` wherever a document ends
+inside it. Documents are crossed within a chunk only: the last row of a chunk is shorter.
+
+DOC-SENTENCES (RoBERTa §4.2): the same packing, but a row never crosses a document
+boundary; the short last row of every document is kept (the trainer varies the batch
+size, see ``DataConfig.doc_sentences_batching``).
+
+A sentence longer than ``max_seq_length - 2`` keeps its first tokens (counted).
+
+SEGMENT-PAIR (BERT, Devlin et al. 2019, §3.1 and appendix A.2; RoBERTa §4.2), following
+the data creation of BERT's reference ``create_pretraining_data.py``: the target length is
+``max_seq_length - 3``, or with probability ``short_seq_prob`` a uniform random length in
+``[2, max_seq_length - 3]``; sentences of a document are gathered into a chunk until the
+target is reached; segment A is the first 1..m-1 of the chunk's m sentences (uniform),
+segment B the rest (IsNext, 50%) or, for NotNext (50%), sentences from a random start in a
+random *other* document of the chunk until B reaches the target (the chunk's unused
+sentences go back to the stream); the pair is then cut to ``max_seq_length - 3`` tokens
+one token at a time from its longer side, front or back at random. Layout
+``[CLS] A [SEP] B [SEP]``, ``token_type_ids`` 0 up to and including the first ``[SEP]``,
+1 after. ``next_sentence_label``: 0 = IsNext, 1 = NotNext (the Hugging Face convention
+``pretrain.objectives`` expects).
+
+Where we differ from the reference, and why:
+
+- The short target is drawn for every chunk; the reference draws it once per document
+  (and keeps it for all of the document's pairs), which makes the share of short
+  sequences depend on document lengths rather than equal ``short_seq_prob``.
+- A chunk always holds two or more sentences, so that it can be split into A and B: a
+  chunk that reached its target with one sentence takes the next one too, and a single
+  sentence that would be left at the end of a document joins the chunk before it. The
+  reference turns a one-sentence chunk into a forced NotNext pair, which tilts the label
+  balance (on nltk-corpora at length 128, ~54% NotNext instead of 50%). A lone sentence
+  left by a NotNext put-back at a document's end is dropped and counted
+  (``unpaired_sentences``). So every pair's label is a fair coin.
+- The NotNext document is drawn uniformly from the *other* documents of the same chunk
+  (the reference: from the whole corpus, retrying up to 10 times to avoid the same
+  document). The pool is bounded and fixed by the chunk, so memory stays bounded and the
+  output does not depend on how many workers process chunks.
+- Documents with one sentence cannot give an A and B of their own and yield no pair
+  (counted as ``one_sentence_documents``); they still serve as NotNext material.
+
+SENTENCE-PAIR (RoBERTa §4.2): the same, with exactly one sentence in A and one in B
+(two consecutive sentences, or a sentence and one random sentence of another document);
+no short targets.
+
+SOP pairs (ALBERT, Lan et al. 2020, §3.1 "Inter-sentence coherence loss"): two
+consecutive segments of one document, chunked as for NSP; swapped with probability 0.5;
+``sentence_order_label`` 1 when swapped, 0 = in order. (ALBERT's reference code gives a
+one-sentence chunk a random-document B labelled "swapped"; here chunks have two or more
+sentences, so every SOP pair really is two consecutive segments.)
+
+Every random draw comes from the ``random.Random`` passed in (``data_prep.build`` seeds one
+per chunk from ``(seed, split, chunk)``), and documents are visited in the given order,
+so rows are a pure function of the chunk's documents and its seed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Sequence
+import random
+from dataclasses import dataclass, field, fields
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+# Ids of a document's sentences: one int array of token ids per sentence.
+Document = Sequence[np.ndarray]
+
+PAIR_FORMATS = ("segment_pair", "sentence_pair")
+PACKED_FORMATS = ("full_sentences", "doc_sentences")
+LABEL_COLUMNS = {"nsp": "next_sentence_label", "sop": "sentence_order_label"}
 
 
 def _unit_hash(text: str) -> float:
@@ -38,84 +100,388 @@ def is_validation(doc_id: str, validation_fraction: float) -> bool:
 
 
 def document_order(doc_ids: Sequence[str], seed: int) -> List[int]:
-    """Indices of ``doc_ids`` in packing order: sorted by sha256 of ``(seed, id)``.
+    """Indices of ``doc_ids`` in the order they are used: sorted by sha256 of ``(seed, id)``.
 
-    A deterministic shuffle that mixes sources (nltk zips come grouped) and does not depend
+    A deterministic shuffle (of one chunk's documents, in the build) that does not depend
     on the order the ids came in. Ties (duplicate ids) keep their input order.
     """
     keys = [hashlib.sha256(f"{seed}:{d}".encode("utf-8")).digest() for d in doc_ids]
     return sorted(range(len(doc_ids)), key=keys.__getitem__)
 
 
+def chunk_random(seed: int, split: str, chunk: int) -> random.Random:
+    """The generator of instance creation for one chunk: seeded by a sha256 of
+    ``(seed, split, chunk)``, so it is the same in any process and Python version."""
+    digest = hashlib.sha256(f"instances:{seed}:{split}:{chunk}".encode("utf-8")).digest()
+    return random.Random(int.from_bytes(digest[:16], "big"))
+
+
 @dataclass
-class PackStats:
-    """Counters of one packing run: documents and sentences consumed, sentences cut to
-    ``max_seq_length - 2`` and the tokens that cut dropped, sequences and tokens emitted."""
+class InstanceStats:
+    """Counters of instance creation (all ints; summed over chunks into the manifest).
+
+    documents: documents seen (with at least one token); empty_documents: documents whose
+    sentences had no token. sentences: non-empty sentences seen. truncated_sentences: those
+    longer than a row allows (``max_seq_length - 2`` packed, ``- 3`` in a pair);
+    truncated_tokens: tokens those cuts (packing) or pair truncation dropped. sequences /
+    tokens: rows and their tokens (special tokens included). Pairs only:
+    one_sentence_documents (no pair of their own), is_next / not_next / in_order / swapped
+    (labels written), short_targets (chunks given a short target), truncated_pairs (pairs
+    cut to fit), unpaired_sentences (lone sentences dropped, see the module docstring).
+    """
 
     documents: int = 0
+    empty_documents: int = 0
     sentences: int = 0
     truncated_sentences: int = 0
     truncated_tokens: int = 0
     sequences: int = 0
     tokens: int = 0
+    one_sentence_documents: int = 0
+    is_next: int = 0
+    not_next: int = 0
+    in_order: int = 0
+    swapped: int = 0
+    short_targets: int = 0
+    truncated_pairs: int = 0
+    unpaired_sentences: int = 0
+
+    def add(self, other: "InstanceStats | Dict[str, int]") -> None:
+        """Add ``other``'s counters (an InstanceStats or its ``as_dict``) to these."""
+        d = other if isinstance(other, dict) else other.as_dict()
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + int(d.get(f.name, 0)))
+
+    def as_dict(self) -> Dict[str, int]:
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
 
 
-def pack_full_sentences(
-    documents: Iterable[Sequence[np.ndarray]],
+@dataclass
+class Row:
+    """One training sequence.
+
+    input_ids: int32 ``[n]``; word_starts: int8 ``[n]`` (1 = a token starting a word,
+    special tokens included) or None when no word starts were given; token_type_ids: int8
+    ``[n]`` for pairs, else None; label: the pair's sentence label (0/1) or None.
+    source: where the text came from, for checks and debugging — per piece
+    ``(document, first_sentence, end_sentence, token_lo, token_hi)``: sentences
+    ``[first, end)`` of chunk document ``document``, of whose concatenation tokens
+    ``[token_lo, token_hi)`` are in the row. A pair has two pieces (A then B as they appear
+    in the row); a packed row one per document it touches.
+    """
+
+    input_ids: np.ndarray
+    word_starts: Optional[np.ndarray]
+    token_type_ids: Optional[np.ndarray] = None
+    label: Optional[int] = None
+    source: Tuple[Tuple[int, int, int, int, int], ...] = field(default=())
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def pack_sentences(
+    documents: Sequence[Document],
     max_seq_length: int,
     cls_id: int,
     sep_id: int,
-    stats: PackStats | None = None,
-) -> Iterator[np.ndarray]:
-    """Pack tokenized documents into FULL-SENTENCES sequences.
+    cross_documents: bool,
+    word_starts: Optional[Sequence[Sequence[np.ndarray]]] = None,
+    stats: Optional[InstanceStats] = None,
+) -> Iterator[Row]:
+    """FULL-SENTENCES (``cross_documents``) or DOC-SENTENCES rows of ``documents``.
 
     Args:
-        documents: each document is a sequence of sentences, each an int ``[n]`` array of
-            token ids without special tokens; documents are consumed in the given order.
-        max_seq_length: upper bound on a sequence's length, special tokens included (>= 3).
-        cls_id / sep_id: ids of ``<s>`` and ``</s>``.
-        stats: filled in while iterating.
+        documents: tokenized documents in the order to use them (module docstring).
+        max_seq_length: upper bound on a row's length, special tokens included (>= 3).
+        cls_id / sep_id: ids opening / closing a row (``<s>``/``</s>``, ``[CLS]``/``[SEP]``);
+            ``sep_id`` also separates documents in FULL-SENTENCES.
+        cross_documents: True = FULL-SENTENCES, False = DOC-SENTENCES.
+        word_starts: int8 arrays parallel to ``documents`` (None: rows get no word starts).
+        stats: counters, filled in while iterating.
     Yields:
-        int32 ``[len]`` arrays, ``3 <= len <= max_seq_length``, starting with ``cls_id`` and
-        ending with ``sep_id``; an empty sentence is skipped.
+        ``Row`` with int32 ``input_ids`` ``[3 <= n <= max_seq_length]`` starting with
+        ``cls_id`` and ending with ``sep_id``; empty sentences are skipped.
+    Raises:
+        ValueError: ``max_seq_length`` < 3.
     """
     if max_seq_length < 3:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for a token")
-    stats = stats if stats is not None else PackStats()
+    stats = stats if stats is not None else InstanceStats()
     budget = max_seq_length - 2
+    special = np.asarray([1], dtype=np.int8)
     head = np.asarray([cls_id], dtype=np.int32)
     tail = np.asarray([sep_id], dtype=np.int32)
+    with_starts = word_starts is not None
     pieces: List[np.ndarray] = []
+    piece_starts: List[np.ndarray] = []
+    source: List[List[int]] = []  # [doc, first, end, 0, tokens] per document touched
     used = 0
-    boundary = False  # a document ended inside the current sequence
+    boundary = False  # a document ended inside the current row
 
-    def emit() -> np.ndarray:
-        seq = np.concatenate([head, *pieces, tail])
+    def emit() -> Row:
+        ids = np.concatenate([head, *pieces, tail])
+        ws = np.concatenate([special, *piece_starts, special]) if with_starts else None
         stats.sequences += 1
-        stats.tokens += int(seq.size)
-        return seq
+        stats.tokens += int(ids.size)
+        return Row(ids, ws, source=tuple(tuple(s) for s in source))
 
-    for sentences in documents:
+    for d, sentences in enumerate(documents):
+        if not any(len(s) for s in sentences):
+            stats.empty_documents += 1
+            continue
         stats.documents += 1
-        for sent in sentences:
+        if not cross_documents and pieces:
+            yield emit()
+            pieces, piece_starts, source, used = [], [], [], 0
+        for k, sent in enumerate(sentences):
             n = int(len(sent))
             if n == 0:
                 continue
             stats.sentences += 1
+            ws = word_starts[d][k] if with_starts else None
             if n > budget:
                 stats.truncated_sentences += 1
                 stats.truncated_tokens += n - budget
                 sent, n = sent[:budget], budget
+                ws = ws[:budget] if with_starts else None
             extra = 1 if (boundary and pieces) else 0
             if pieces and used + extra + n > budget:
                 yield emit()
-                pieces, used, extra = [], 0, 0
+                pieces, piece_starts, source, used, extra = [], [], [], 0, 0
             if extra:
                 pieces.append(tail)
+                if with_starts:
+                    piece_starts.append(special)
                 used += 1
             pieces.append(np.asarray(sent, dtype=np.int32))
+            if with_starts:
+                piece_starts.append(np.asarray(ws, dtype=np.int8))
+            if source and source[-1][0] == d and source[-1][2] == k:
+                source[-1][2] = k + 1
+                source[-1][4] += n
+            else:
+                source.append([d, k, k + 1, 0, n])
             used += n
             boundary = False
         boundary = True
     if pieces:
         yield emit()
+
+
+def pack_full_sentences(
+    documents: Sequence[Document], max_seq_length: int, cls_id: int, sep_id: int, stats: Optional[InstanceStats] = None
+) -> Iterator[np.ndarray]:
+    """FULL-SENTENCES rows of ``documents`` as int32 ``[n]`` id arrays only (see
+    ``pack_sentences`` with ``cross_documents=True``)."""
+    for row in pack_sentences(documents, max_seq_length, cls_id, sep_id, True, None, stats):
+        yield row.input_ids
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def create_pairs(
+    documents: Sequence[Document],
+    max_seq_length: int,
+    cls_id: int,
+    sep_id: int,
+    objective: str,
+    rng: random.Random,
+    sentence_pairs: bool = False,
+    short_seq_prob: float = 0.1,
+    word_starts: Optional[Sequence[Sequence[np.ndarray]]] = None,
+    stats: Optional[InstanceStats] = None,
+) -> Iterator[Row]:
+    """SEGMENT-PAIR (or, with ``sentence_pairs``, SENTENCE-PAIR) rows for NSP or SOP.
+
+    Args:
+        documents: one chunk's tokenized documents, in the order to use them.
+        max_seq_length: a row's length bound, ``[CLS]``/``[SEP]``/``[SEP]`` included (>= 5).
+        cls_id / sep_id: the tokenizer's classification and separator ids.
+        objective: ``nsp`` (B follows A, or comes from another document) or ``sop`` (A and
+            B consecutive, possibly swapped).
+        rng: the chunk's generator (``chunk_random``); every draw comes from it.
+        sentence_pairs: A and B are single sentences (SENTENCE-PAIR).
+        short_seq_prob: chance of a short target per chunk (SEGMENT-PAIR only).
+        word_starts: int8 arrays parallel to ``documents`` (None: rows get none).
+        stats: counters, filled in while iterating.
+    Yields:
+        ``Row`` with ``token_type_ids`` and ``label`` (module docstring for semantics);
+        ``source`` holds A's and B's pieces in row order.
+    Raises:
+        ValueError: ``objective`` not nsp/sop, ``max_seq_length`` < 5, or NSP with fewer
+            than two non-empty documents (no other document to draw NotNext from).
+    """
+    if objective not in LABEL_COLUMNS:
+        raise ValueError(f"objective={objective!r} is not nsp or sop")
+    if max_seq_length < 5:
+        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for a pair")
+    stats = stats if stats is not None else InstanceStats()
+    max_tokens = max_seq_length - 3
+    sizes = [[int(len(s)) for s in doc] for doc in documents]
+    # Documents with tokens, and each one's sentences that have tokens.
+    kept = [[k for k, n in enumerate(sz) if n] for sz in sizes]
+    usable = [d for d, ks in enumerate(kept) if ks]
+    if objective == "nsp" and len(usable) < 2:
+        raise ValueError(f"NSP needs at least two non-empty documents to draw NotNext from, got {len(usable)}")
+    position = {d: i for i, d in enumerate(usable)}
+    pair = _PairMaker(documents, word_starts, max_tokens, cls_id, sep_id, rng, stats)
+    for d, ks in enumerate(kept):
+        if not ks:
+            stats.empty_documents += 1
+            continue
+        stats.documents += 1
+        stats.sentences += len(ks)
+        stats.truncated_sentences += sum(1 for k in ks if sizes[d][k] > max_tokens)
+        if len(ks) < 2:
+            stats.one_sentence_documents += 1
+            continue
+        n = len(ks)
+        i = 0
+        while i < n:
+            target = max_tokens
+            if not sentence_pairs and rng.random() < short_seq_prob:
+                target = rng.randint(2, max_tokens)
+                stats.short_targets += 1
+            if sentence_pairs:
+                j = i + 2
+                if j > n:  # a lone last sentence: nothing to pair it with
+                    stats.unpaired_sentences += 1
+                    break
+            else:
+                j, length = i, 0
+                while j < n:
+                    length += sizes[d][ks[j]]
+                    j += 1
+                    if length >= target and j - i >= 2:
+                        break
+                if n - j == 1:
+                    j = n  # do not leave a single sentence behind
+                if j - i < 2:  # only after a NotNext put-back at the document's end
+                    stats.unpaired_sentences += 1
+                    break
+            m = j - i
+            a_end = 1 if m == 2 else rng.randint(1, m - 1)
+            a = (d, ks[i], ks[i + a_end - 1] + 1)
+            if objective == "sop":
+                b = (d, ks[i + a_end - 1] + 1, ks[j - 1] + 1)
+                swapped = rng.random() < 0.5
+                yield pair.make(b, a, 1) if swapped else pair.make(a, b, 0)
+                stats.swapped += int(swapped)
+                stats.in_order += int(not swapped)
+                i = j
+                continue
+            if rng.random() < 0.5:
+                # NotNext: B from another document of the chunk; unused sentences go back.
+                k = rng.randrange(len(usable) - 1)
+                other = usable[k + 1] if k >= position[d] else usable[k]
+                oks = kept[other]
+                start = rng.randrange(len(oks))
+                if sentence_pairs:
+                    end = start + 1
+                else:
+                    want = target - pair.length(a)
+                    end, got = start, 0
+                    while end < len(oks):
+                        got += sizes[other][oks[end]]
+                        end += 1
+                        if got >= want:
+                            break
+                yield pair.make(a, (other, oks[start], oks[end - 1] + 1), 1)
+                stats.not_next += 1
+                i += a_end
+            else:
+                yield pair.make(a, (d, ks[i + a_end - 1] + 1, ks[j - 1] + 1), 0)
+                stats.is_next += 1
+                i = j
+
+
+class _PairMaker:
+    """Assembles, truncates and counts pair rows for ``create_pairs``."""
+
+    def __init__(self, documents, word_starts, max_tokens, cls_id, sep_id, rng, stats) -> None:
+        self.documents, self.word_starts = documents, word_starts
+        self.max_tokens, self.cls_id, self.sep_id = max_tokens, cls_id, sep_id
+        self.rng, self.stats = rng, stats
+
+    def length(self, seg: Tuple[int, int, int]) -> int:
+        d, first, end = seg
+        return sum(int(len(s)) for s in self.documents[d][first:end])
+
+    def _tokens(self, seg: Tuple[int, int, int]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        d, first, end = seg
+        ids = np.concatenate([np.asarray(s, dtype=np.int32) for s in self.documents[d][first:end]])
+        ws = None
+        if self.word_starts is not None:
+            ws = np.concatenate([np.asarray(s, dtype=np.int8) for s in self.word_starts[d][first:end]])
+        return ids, ws
+
+    def make(self, a: Tuple[int, int, int], b: Tuple[int, int, int], label: int) -> Row:
+        """The row ``[CLS] A [SEP] B [SEP]`` of segments ``a``/``b`` (doc, first, end)."""
+        a_ids, a_ws = self._tokens(a)
+        b_ids, b_ws = self._tokens(b)
+        # BERT's truncate_seq_pair: one token at a time from the longer side (B on a
+        # tie), from its front or back with equal chance.
+        a_lo, a_hi, b_lo, b_hi = 0, a_ids.size, 0, b_ids.size
+        excess = a_hi + b_hi - self.max_tokens
+        if excess > 0:
+            self.stats.truncated_pairs += 1
+            self.stats.truncated_tokens += excess
+            rand = self.rng.random
+            for _ in range(excess):
+                if a_hi - a_lo > b_hi - b_lo:
+                    if rand() < 0.5:
+                        a_lo += 1
+                    else:
+                        a_hi -= 1
+                elif rand() < 0.5:
+                    b_lo += 1
+                else:
+                    b_hi -= 1
+        la, lb = a_hi - a_lo, b_hi - b_lo
+        n = la + lb + 3
+        ids = np.empty(n, dtype=np.int32)
+        ids[0] = self.cls_id
+        ids[1 : 1 + la] = a_ids[a_lo:a_hi]
+        ids[1 + la] = self.sep_id
+        ids[2 + la : 2 + la + lb] = b_ids[b_lo:b_hi]
+        ids[n - 1] = self.sep_id
+        types = np.zeros(n, dtype=np.int8)
+        types[2 + la :] = 1
+        ws = None
+        if a_ws is not None:
+            ws = np.ones(n, dtype=np.int8)
+            ws[1 : 1 + la] = a_ws[a_lo:a_hi]
+            ws[2 + la : 2 + la + lb] = b_ws[b_lo:b_hi]
+        self.stats.sequences += 1
+        self.stats.tokens += n
+        return Row(ids, ws, types, label, ((*a, a_lo, a_hi), (*b, b_lo, b_hi)))
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def make_rows(
+    format: str,
+    sentence_objective: str,
+    documents: Sequence[Document],
+    max_seq_length: int,
+    cls_id: int,
+    sep_id: int,
+    rng: random.Random,
+    short_seq_prob: float = 0.1,
+    word_starts: Optional[Sequence[Sequence[np.ndarray]]] = None,
+    stats: Optional[InstanceStats] = None,
+) -> Iterator[Row]:
+    """Rows of one chunk in ``format`` (``DataConfig.format``; pairs with
+    ``sentence_objective`` nsp or sop). See ``pack_sentences`` and ``create_pairs``.
+    Raises ValueError for an unknown format (the config check refuses it first)."""
+    if format in PACKED_FORMATS:
+        return pack_sentences(documents, max_seq_length, cls_id, sep_id, format == "full_sentences", word_starts, stats)
+    if format in PAIR_FORMATS:
+        return create_pairs(
+            documents, max_seq_length, cls_id, sep_id, sentence_objective, rng,
+            sentence_pairs=format == "sentence_pair", short_seq_prob=short_seq_prob, word_starts=word_starts, stats=stats,
+        )
+    raise ValueError(f"format={format!r} is not one of: {', '.join(PACKED_FORMATS + PAIR_FORMATS)}")

@@ -1,19 +1,26 @@
-"""Shard directories: Arrow IPC files of a fixed number of sequences plus ``manifest.json``.
+"""Shard directories: Arrow IPC files of up to ``rows_per_shard`` sequences plus ``manifest.json``.
 
 Layout of a shard directory::
 
     manifest.json           format version, resolved data config, tokenizer sha256,
-                            every shard's rows/sha256, totals and data-prep counters
+                            every shard's rows/sha256/chunk, totals and data-prep counters
     tokenizer.json          the tokenizer the ids were made with
     train/shard-00000.arrow          dynamic masking: unmasked ``input_ids``
     train/copy-03/shard-00000.arrow  static masking: copy 3 of ``dupe_factor``
     validation/shard-00000.arrow     masked once (``masking.validation_seed``)
-    <split>/documents.txt            ids of the split's documents in packing order
+    <split>/documents.txt            ids of the split's documents in the order used
 
-Every copy of a split holds the same sequences in the same order, so row ``i`` names one
-sequence whatever the copy. Columns: ``input_ids`` (list<int32>, always); ``labels``
-(list<int32>, -100 where nothing is predicted) in masked copies; ``token_type_ids``
-(list<int8>) and ``next_sentence_label`` / ``sentence_order_label`` (int8) for pair formats.
+Shards are numbered per split in corpus order; each comes from one chunk of documents
+(``data_prep.build``), so row counts vary from shard to shard (the manifest records each;
+``SplitData`` indexes rows across them). Every copy of a split holds the same sequences
+in the same order, so row ``i`` names one sequence whatever the copy. Columns:
+``input_ids`` (list<int32>, always); ``labels`` (list<int32>, -100 where nothing is
+predicted) in masked copies; ``word_starts`` (list<int8>, 1 where a token begins a word,
+special tokens included; ``data_prep.words``) for whole-word and n-gram masking;
+``token_type_ids`` (list<int8>: 0 for ``[CLS] A [SEP]``, 1 for ``B [SEP]``) and
+``next_sentence_label`` / ``sentence_order_label`` (int8; 0 = IsNext / in order) for pair
+formats. A row's length is the difference of its ``input_ids`` offsets
+(``SplitData.lengths``).
 
 Arrow IPC (uncompressed) is memory-mapped by the reader, so opening a corpus costs no
 copy and random access is O(1). A directory is written under a temporary name and renamed

@@ -16,7 +16,7 @@ from data_prep.build import build
 from data_prep.cli import main
 from data_prep.config import DataConfig, MaskingConfig, TokenizerConfig, data_fingerprint
 from data_prep.errors import UserError
-from data_prep.instances import PackStats, is_validation, pack_full_sentences
+from data_prep.instances import InstanceStats, is_validation, pack_full_sentences
 from data_prep.shards import MANIFEST, ShardSet
 from data_prep.tokenizer import load_tokenizer
 
@@ -65,7 +65,7 @@ def docs_of(lengths, start=10):
 
 def test_pack_full_sentences_layout():
     docs = docs_of([[3, 4], [5], [6, 2]])
-    st = PackStats()
+    st = InstanceStats()
     seqs = list(pack_full_sentences(docs, 15, CLS, SEP, st))
     # <s> [3] [4] </s> [5] </s> | <s> [6] [2] </s>: a document ending inside a sequence adds
     # one separator; a sentence that does not fit starts the next sequence.
@@ -79,7 +79,7 @@ def test_pack_full_sentences_layout():
 
 def test_pack_full_sentences_truncates_long_sentences_and_keeps_order():
     docs = docs_of([[2, 20, 3], [1, 1]])
-    st = PackStats()
+    st = InstanceStats()
     seqs = list(pack_full_sentences(docs, 10, CLS, SEP, st))
     assert all(len(s) <= 10 and s[0] == CLS and s[-1] == SEP for s in seqs)
     assert st.truncated_sentences == 1 and st.truncated_tokens == 20 - 8
@@ -189,8 +189,12 @@ def test_bad_corpora_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="too small") as e:
         build(small_cfg(tmp_path / "c", str(tiny)))
     one_line_error(e)
-    with pytest.raises(UserError, match="format=sentence_pair is not implemented"):
-        build(small_cfg(tmp_path / "d", format="sentence_pair", sentence_objective="nsp"))
+    two = tmp_path / "two.txt"
+    two.write_text("First document. It has two sentences.\n\nSecond document. Also two sentences.")
+    with pytest.raises(UserError, match="needs two or more documents per split") as e:
+        # validation_fraction 0.5 leaves one document per split: no other document for NotNext
+        build(small_cfg(tmp_path / "d", str(two), format="sentence_pair", sentence_objective="nsp", validation_fraction=0.5))
+    one_line_error(e)
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
 

@@ -1,0 +1,170 @@
+"""``data_prep.instances`` on real text: the pair semantics of BERT (NSP, Devlin et al. 2019,
+§3.1/A.2) and ALBERT (SOP, Lan et al. 2020, §3.1), DOC-SENTENCES boundaries (Liu et al.
+2019, §4.2), short targets, lengths and layout. Every row's ``source`` is checked against
+the documents' token streams, so a wrong provenance cannot hide a wrong row."""
+
+from __future__ import annotations
+
+import random
+import numpy as np
+import pytest
+
+from data_prep.corpus import read_documents
+from data_prep.instances import InstanceStats, chunk_random, create_pairs, make_rows, pack_sentences
+from data_prep.sentences import line_units, split_sentences
+from data_prep.tokenizer import load_tokenizer, train_tokenizer
+from data_prep.words import encode_with_words
+
+CLS, SEP = 0, 2
+
+
+@pytest.fixture(scope="module")
+def reuters(nltk_dir, tmp_path_factory):
+    """1500 reuters articles as (ids, word starts) per sentence, and the tokenizer."""
+    docs = [d.text for d in read_documents(str(nltk_dir / "reuters.zip"), max_documents=1500)]
+    tok = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    train_tokenizer("bpe", (u for t in docs for u in line_units(t)), 2000, 2, tok)
+    info = load_tokenizer(tok, "bpe")
+    ids, starts = [], []
+    for text in docs:
+        enc = [e for e in encode_with_words(info, split_sentences(text)) if e[0].size]
+        ids.append([e[0] for e in enc])
+        starts.append([e[1] for e in enc])
+    return ids, starts, info
+
+
+def piece_tokens(docs, piece):
+    d, first, end, lo, hi = piece
+    return np.concatenate(docs[d][first:end])[lo:hi]
+
+
+def check_pair_row(row, docs, max_len):
+    """Layout ``[CLS] A [SEP] B [SEP]``, types 0…0 1…1, and A/B equal to their sources."""
+    ids, types = row.input_ids, row.token_type_ids
+    a, b = row.source
+    la, lb = a[4] - a[3], b[4] - b[3]
+    assert len(ids) == la + lb + 3 <= max_len and la >= 1 and lb >= 1
+    assert ids[0] == CLS and ids[1 + la] == SEP and ids[-1] == SEP
+    assert types.tolist() == [0] * (la + 2) + [1] * (lb + 1)
+    assert np.array_equal(ids[1 : 1 + la], piece_tokens(docs, a))
+    assert np.array_equal(ids[2 + la : -1], piece_tokens(docs, b))
+    assert row.word_starts.shape == ids.shape and row.word_starts[[0, 1 + la, len(ids) - 1]].all()
+    return a, b
+
+
+def chunks_of(docs, size=200):
+    return [docs[i : i + size] for i in range(0, len(docs), size)]
+
+
+def test_nsp_segment_pairs_follow_or_come_from_another_document(reuters):
+    ids, starts, _ = reuters
+    labels, is_next, not_next = [], 0, 0
+    for c, (docs, ws) in enumerate(zip(chunks_of(ids), chunks_of(starts), strict=True)):
+        st = InstanceStats()
+        for row in create_pairs(docs, 64, CLS, SEP, "nsp", chunk_random(1, "train", c), word_starts=ws, stats=st):
+            a, b = check_pair_row(row, docs, 64)
+            labels.append(row.label)
+            if row.label == 0:  # IsNext: B is the text right after A's sentences, same document
+                assert b[0] == a[0] and b[1] == a[2] and b[2] > b[1]
+                is_next += 1
+            else:  # NotNext: B comes from another document of the chunk
+                assert b[0] != a[0] and b[0] < len(docs)
+                not_next += 1
+        assert st.is_next + st.not_next == st.sequences
+    assert is_next > 1000 and not_next > 1000
+    assert abs(np.mean(labels) - 0.5) < 0.02
+
+
+def test_sentence_pairs_are_single_sentences(reuters):
+    ids, starts, _ = reuters
+    docs, ws = ids[:300], starts[:300]
+    st = InstanceStats()
+    rows = list(create_pairs(docs, 128, CLS, SEP, "nsp", random.Random(3), sentence_pairs=True, word_starts=ws, stats=st))
+    for row in rows:
+        a, b = check_pair_row(row, docs, 128)
+        assert a[2] - a[1] == 1 and b[2] - b[1] == 1  # one sentence each
+        assert (b[0] == a[0] and b[1] == a[2]) if row.label == 0 else b[0] != a[0]
+    assert st.short_targets == 0 and st.unpaired_sentences > 0
+    assert 0.45 < np.mean([r.label for r in rows]) < 0.55
+
+
+def test_sop_swapped_pair_is_the_two_segments_reversed(reuters):
+    ids, starts, _ = reuters
+    docs, ws = ids, starts
+    st = InstanceStats()
+    rows = list(create_pairs(docs, 64, CLS, SEP, "sop", random.Random(5), word_starts=ws, stats=st))
+    for row in rows:
+        a, b = check_pair_row(row, docs, 64)
+        assert a[0] == b[0]  # both segments from one document
+        if row.label == 1:
+            assert b[2] == a[1]  # row's A is the later segment, B the one just before it
+        else:
+            assert a[2] == b[1]
+    assert st.swapped + st.in_order == len(rows) > 3000
+    assert abs(st.swapped / len(rows) - 0.5) < 0.03
+
+
+def test_doc_sentences_never_cross_a_document(reuters):
+    ids, starts, _ = reuters
+    docs, ws = ids[:300], starts[:300]
+    rows = list(pack_sentences(docs, 64, CLS, SEP, False, ws))
+    last_of = {}
+    for r in rows:
+        assert len(r.source) == 1 and len(r.input_ids) <= 64
+        d, first, end, lo, hi = r.source[0]
+        body = r.input_ids[1:-1]
+        assert SEP not in body  # no document separator inside
+        assert np.array_equal(body, np.concatenate(docs[d][first:end])[: hi - lo])
+        last_of[d] = end
+    assert all(last_of[d] == len(doc) for d, doc in enumerate(docs))  # every document's tail is kept
+    full = list(pack_sentences(docs, 64, CLS, SEP, True, ws))
+    assert sum(len(r.source) > 1 for r in full) > 100  # FULL-SENTENCES does cross documents
+    assert len(rows) > len(full)
+
+
+def test_every_format_respects_max_seq_length(reuters):
+    ids, starts, _ = reuters
+    docs, ws = ids[:200], starts[:200]
+    for fmt, obj in [("full_sentences", "none"), ("doc_sentences", "none"), ("segment_pair", "nsp"),
+                     ("segment_pair", "sop"), ("sentence_pair", "nsp"), ("sentence_pair", "sop")]:
+        for max_len in (16, 128):
+            st = InstanceStats()
+            rows = list(make_rows(fmt, obj, docs, max_len, CLS, SEP, random.Random(0), 0.1, ws, st))
+            assert rows and max(len(r.input_ids) for r in rows) <= max_len, fmt
+            assert all(r.word_starts.shape == r.input_ids.shape for r in rows)
+            assert st.sequences == len(rows) and st.tokens == sum(len(r.input_ids) for r in rows)
+
+
+def test_short_seq_prob_gives_that_share_of_short_pairs():
+    # One-token sentences: a pair's length is exactly its target + 3 (except at a
+    # document's end), so short rows measure short targets directly.
+    docs = [[np.asarray([10 + (i % 50)], np.int32) for i in range(8000)] for _ in range(40)]
+    for p in (0.0, 0.1, 0.3):
+        st = InstanceStats()
+        rows = list(create_pairs(docs, 32, CLS, SEP, "nsp", random.Random(11), short_seq_prob=p, stats=st))
+        short = np.mean([len(r.input_ids) < 32 for r in rows])
+        expected = p * 27 / 28  # target uniform in [2, 29]; 29 is not short
+        assert len(rows) > 10_000 and abs(short - expected) < 0.015, (p, short)
+        assert abs(st.short_targets / max(1, len(rows)) - p) < 0.015
+
+
+def test_one_sentence_documents_are_counted_and_give_no_pair():
+    rng = np.random.default_rng(0)
+    docs = [[rng.integers(10, 90, 7).astype(np.int32) for _ in range(n)] for n in (1, 5, 1, 8, 0, 6, 1)]
+    st = InstanceStats()
+    rows = list(create_pairs(docs, 40, CLS, SEP, "nsp", random.Random(2), stats=st))
+    assert st.one_sentence_documents == 3 and st.empty_documents == 1 and st.documents == 6
+    assert {r.source[0][0] for r in rows} <= {1, 3, 5}  # A never from a one-sentence document
+    with pytest.raises(ValueError, match="two non-empty documents"):
+        list(create_pairs([docs[1], []], 40, CLS, SEP, "nsp", random.Random(2)))
+    assert list(create_pairs([docs[1]], 40, CLS, SEP, "sop", random.Random(2)))  # SOP needs no other document
+
+
+def test_rows_depend_only_on_chunk_and_seed(reuters):
+    ids, starts, _ = reuters
+    docs, ws = ids[:100], starts[:100]
+    a = [r.input_ids.tobytes() for r in create_pairs(docs, 64, CLS, SEP, "nsp", chunk_random(7, "train", 3), word_starts=ws)]
+    b = [r.input_ids.tobytes() for r in create_pairs(docs, 64, CLS, SEP, "nsp", chunk_random(7, "train", 3), word_starts=ws)]
+    c = [r.input_ids.tobytes() for r in create_pairs(docs, 64, CLS, SEP, "nsp", chunk_random(7, "train", 4), word_starts=ws)]
+    assert a == b and a != c
+
