@@ -154,7 +154,7 @@ def test_validation_identical_between_static_and_dynamic(built):
 
 def test_dynamic_training_data_is_unmasked_same_sequences(built):
     s, d = built["static"]["train"], built["dynamic"]["train"]
-    assert not d.masked and d.num_copies == 1 and d.columns == ["input_ids"]
+    assert not d.masked and d.num_copies == 1 and d.columns == ["input_ids", "word_starts"]
     info = load_tokenizer(built["dynamic"].tokenizer_path, "bpe")
     dyn = originals(d)
     assert not any((row == info.mask_id).any() for row in dyn)
