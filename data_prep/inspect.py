@@ -1,9 +1,13 @@
 """``data-prep inspect DIR``: what a shard directory holds, in plain text.
 
-Prints the data-prep counters from the manifest, per split the sequences, tokens, copies
-and masking, a histogram of sequence lengths, the masked-token rate (of non-special
-tokens, with its 80/10/10 breakdown: Devlin et al. 2019, §3.1) and decoded examples in
-which every predicted position is marked:
+Prints the data-prep counters from the manifest (with the input format's own: pairs and
+their labels, short targets, truncated pairs, one-sentence documents), per split the
+sequences, tokens, copies and masking, a histogram of sequence lengths, the pair-label
+balance (``next_sentence_label``: 0 = IsNext, 1 = NotNext, Devlin et al. 2019, §3.1;
+``sentence_order_label``: 0 = in order, 1 = swapped, Lan et al. 2020, §3.1), the
+masked-token rate (of non-special tokens, with its 80/10/10 breakdown: Devlin et al. 2019,
+§3.1) and decoded examples, pairs shown as their A and B segments with the
+``token_type_ids`` layout, in which every predicted position is marked:
 
     [MASK:word]        replaced by the mask token (80 %)
     [RAND:word>other]  replaced by a random token ``other`` (10 %)
@@ -35,7 +39,8 @@ def inspect(directory: str | Path, num_examples: int = 3, split: str = "train", 
         split: the split whose examples are shown (all splits are counted).
     Returns:
         split → {"rows", "tokens", "copies", "mask_rate", "mask_share", "random_share",
-        "keep_share"}; rates are fractions (NaN where the split is not masked).
+        "keep_share"} and, for pair data, "<label column>_share" (the share of label 1);
+        rates are fractions (NaN where the split is not masked).
     Raises:
         UserError: not a shard directory, a corrupt shard, or an unknown ``split``.
     """
@@ -62,7 +67,8 @@ def _report(directory: str | Path, num_examples: int, split: str, out: TextIO) -
     cfg = m["data_config"]
     w(f"{ds.directory}  (fingerprint {m['fingerprint']}, format {m['format_version']})")
     w(
-        f"corpus {cfg['corpus']}  format {cfg['format']}  max_seq_length {cfg['max_seq_length']}  "
+        f"corpus {cfg['corpus']}  format {cfg['format']} (sentence objective {cfg['sentence_objective']})  "
+        f"max_seq_length {cfg['max_seq_length']}  "
         f"masking {cfg['masking']['mode']}  tokenizer {info.kind} vocab {info.vocab_size}"
     )
     st = m["stats"]
@@ -78,6 +84,11 @@ def _report(directory: str | Path, num_examples: int, split: str, out: TextIO) -
     )
     if st.get("sources"):
         w("sources: " + ", ".join(f"{k} {v}" for k, v in st["sources"].items()))
+    if "chunks" in m:
+        c = m["chunks"]
+        w(f"chunks of {c['documents_per_chunk']} documents: train {c['train']}, validation {c['validation']}")
+    for name, counts in st.get("instances", {}).items():
+        w(f"{name} instances: " + format_counters(cfg["format"], counts))
     report: Dict[str, Dict[str, float]] = {}
     for name, sd in ds.splits.items():
         w()
@@ -89,8 +100,57 @@ def _report(directory: str | Path, num_examples: int, split: str, out: TextIO) -
         for row in np.linspace(0, len(sd) - 1, num=min(num_examples, len(sd))).astype(int):
             r = sd.row(int(row))
             w(f"--- row {row} ({len(r['input_ids'])} tokens)")
-            w(render(r["input_ids"], r.get("labels"), info))
+            if "token_type_ids" in r:
+                for line in render_pair(r, info):
+                    w(line)
+            else:
+                w(render(r["input_ids"], r.get("labels"), info))
     return report
+
+
+LABEL_NAMES = {"next_sentence_label": ("IsNext", "NotNext"), "sentence_order_label": ("in order", "swapped")}
+
+
+def format_counters(fmt: str, c: Dict[str, int]) -> str:
+    """One line of a split's ``stats.instances`` counters relevant to format ``fmt``."""
+    if fmt in ("segment_pair", "sentence_pair"):
+        labels = (
+            f"IsNext {c.get('is_next', 0)} / NotNext {c.get('not_next', 0)}"
+            if c.get("is_next", 0) + c.get("not_next", 0)
+            else f"in order {c.get('in_order', 0)} / swapped {c.get('swapped', 0)}"
+        )
+        return (
+            f"{c.get('sequences', 0)} pairs ({labels}); {c.get('short_targets', 0)} short targets; "
+            f"{c.get('truncated_pairs', 0)} pairs truncated ({c.get('truncated_tokens', 0)} tokens); "
+            f"{c.get('one_sentence_documents', 0)} one-sentence documents (no pair of their own); "
+            f"{c.get('unpaired_sentences', 0)} unpaired sentences dropped"
+        )
+    per_doc = c.get("sequences", 0) / max(1, c.get("documents", 0))
+    return (
+        f"{c.get('sequences', 0)} sequences from {c.get('documents', 0)} documents ({per_doc:.2f} per document); "
+        f"{c.get('truncated_sentences', 0)} sentences truncated ({c.get('truncated_tokens', 0)} tokens)"
+    )
+
+
+def label_balance(sd: SplitData) -> Dict[str, float]:
+    """``{column: share of label 1}`` for each sentence-label column of ``sd``."""
+    return {col: float(sd.scalar_column(col).astype(np.float64).mean()) if len(sd) else float("nan") for col in LABEL_NAMES if col in sd.columns}
+
+
+def render_pair(row: Dict[str, np.ndarray], info: TokenizerInfo) -> List[str]:
+    """Lines showing a pair row: its ``token_type_ids`` layout and label, then segments
+    A and B decoded with predicted positions marked (``render``)."""
+    ids, types, labels = row["input_ids"], row["token_type_ids"], row.get("labels")
+    b_start = int(np.argmax(types == 1)) if (types == 1).any() else len(ids)
+    la, lb = b_start - 2, len(ids) - b_start - 1
+    label = ""
+    for col, names in LABEL_NAMES.items():
+        if col in row:
+            label = f"  {col}={int(row[col])} ({names[int(row[col])]})"
+    lines = [f"  layout: [CLS] A({la}) [SEP] | B({lb}) [SEP]   token_type_ids: 0 x {b_start}, 1 x {len(ids) - b_start}{label}"]
+    for name, lo, hi in (("A", 1, 1 + la), ("B", b_start, b_start + lb)):
+        lines.append(f"  {name}: " + render(ids[lo:hi], None if labels is None else labels[lo:hi], info).strip())
+    return lines
 
 
 def _split_report(name: str, sd: SplitData, info: TokenizerInfo, w) -> Dict[str, float]:
@@ -102,6 +162,11 @@ def _split_report(name: str, sd: SplitData, info: TokenizerInfo, w) -> Dict[str,
         bar = "#" * int(round(BAR_WIDTH * count / max(1, len(lengths))))
         w(f"  {lo:>5}-{hi:<5} {count:>8}  {bar}")
     result = {"rows": float(len(sd)), "tokens": float(sd.num_tokens), "copies": float(sd.num_copies)}
+    for col, share in label_balance(sd).items():
+        names = LABEL_NAMES[col]
+        n1 = int(round(share * len(sd)))
+        w(f"  {col}: 0 ({names[0]}) {len(sd) - n1} = {100 * (1 - share):.1f}%, 1 ({names[1]}) {n1} = {100 * share:.1f}%")
+        result[f"{col}_share"] = share
     rates = {"mask_rate": float("nan"), "mask_share": float("nan"), "random_share": float("nan"), "keep_share": float("nan")}
     if sd.masked:
         rates = mask_rates(sd, info)

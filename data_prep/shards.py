@@ -181,6 +181,15 @@ class SplitData:
             out[name] = col[local]
         return out
 
+    def scalar_column(self, name: str, copy: int = 0) -> np.ndarray:
+        """``[rows]`` values of per-row column ``name`` (e.g. ``next_sentence_label``, int8)
+        over all shards of copy ``copy``. Raises KeyError if the split has no such column."""
+        if not self._copies[0] or name not in self._copies[0][0].scalars:
+            if name in self.columns and not self._copies[0]:
+                return np.zeros(0, dtype=np.int8)
+            raise KeyError(f"split {self.name!r} has no per-row column {name!r} (columns: {', '.join(self.columns)})")
+        return np.concatenate([s.scalars[name] for s in self._copies[copy % len(self._copies)]])
+
     def lengths(self) -> np.ndarray:
         """int64 ``[rows]``: token count of every sequence."""
         return np.concatenate([np.diff(s.offsets["input_ids"]) for s in self._copies[0]]).astype(np.int64)

@@ -155,3 +155,21 @@ def test_partial_of_another_config_is_discarded(tmp_path, capsys):
     sep = ds.manifest["tokenizer"]["special_tokens"]["sep"]["id"]
     # DOC-SENTENCES: no document separator inside a row, only the closing one.
     assert all((ds["train"].row(i)["input_ids"][:-1] != sep).all() for i in range(len(ds["train"])))
+
+
+def test_inspect_shows_label_balance_layout_and_counters(nsp_build):
+    import io
+
+    from data_prep.inspect import inspect
+
+    buf = io.StringIO()
+    report = inspect(nsp_build.directory, num_examples=2, out=buf)
+    labels = nsp_build["train"].scalar_column("next_sentence_label")
+    assert labels.dtype == np.int8 and len(labels) == len(nsp_build["train"])
+    assert report["train"]["next_sentence_label_share"] == pytest.approx(labels.mean())
+    text = buf.getvalue()
+    inst = nsp_build.manifest["stats"]["instances"]["train"]
+    assert f"IsNext {inst['is_next']} / NotNext {inst['not_next']}" in text
+    assert "next_sentence_label: 0 (IsNext)" in text and "layout: [CLS] A(" in text and "\n  B: " in text
+    with pytest.raises(KeyError, match="sentence_order_label"):
+        nsp_build["train"].scalar_column("sentence_order_label")
