@@ -416,6 +416,10 @@ def _tokenizer(tmp: Path, cfg: DataConfig) -> Tuple[TokenizerInfo, str, Optional
     t = cfg.tokenizer
     done = _read_json(marker)
     if done is not None and dest.is_file():
+        src = Path(str(t.path)) if t.path and not str(t.path).startswith(HF_PREFIX) else None
+        if src is not None and src.is_file() and shards.sha256_file(src) != shards.sha256_file(dest):
+            # Chunks recorded so far were tokenized with the old file; UserError drops them.
+            raise UserError(f"tokenizer.path {src} changed since the interrupted build in {tmp}; rerun to start over")
         return load_tokenizer(dest, t.kind), done["source"], done.get("documents")
     counts: Optional[Dict[str, int]] = None
     if t.path:

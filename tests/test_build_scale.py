@@ -18,6 +18,7 @@ import pytest
 
 from data_prep.build import build
 from data_prep.config import DataConfig, MaskingConfig, TokenizerConfig
+from data_prep.errors import UserError
 from data_prep.shards import MANIFEST, ShardSet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +110,7 @@ _CHILD = """
 import sys
 from data_prep.build import build
 from data_prep.config import DataConfig, MaskingConfig, TokenizerConfig
+from data_prep.errors import UserError
 sys.path.insert(0, sys.argv[1])
 from test_build_scale import pydoc_cfg
 build(pydoc_cfg(sys.argv[2], num_workers=1))
@@ -173,3 +175,29 @@ def test_inspect_shows_label_balance_layout_and_counters(nsp_build):
     assert "next_sentence_label: 0 (IsNext)" in text and "layout: [CLS] A(" in text and "\n  B: " in text
     with pytest.raises(KeyError, match="sentence_order_label"):
         nsp_build["train"].scalar_column("sentence_order_label")
+
+
+def test_interrupted_build_keeps_partial_and_refuses_a_changed_tokenizer(tmp_path, monkeypatch):
+    import data_prep.build as b
+
+    tok = tmp_path / "tok.json"
+    tok.write_bytes((build(pydoc_cfg(tmp_path / "src", max_documents=30)) / "tokenizer.json").read_bytes())
+    cfg = pydoc_cfg(tmp_path / "d", tokenizer=TokenizerConfig(path=str(tok)))
+    finalize = b._SplitWriter.finalize
+
+    def interrupt_after_first(self, result):
+        finalize(self, result)
+        raise KeyboardInterrupt  # Ctrl-C right after a chunk is recorded
+
+    monkeypatch.setattr(b._SplitWriter, "finalize", interrupt_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        build(cfg)
+    monkeypatch.undo()
+    partial = tmp_path / "d.partial"
+    assert len(list((partial / ".progress").glob("train-*.json"))) == 1  # kept for a rerun
+    data = json.loads(tok.read_text())
+    data["added_tokens"][0]["content"] = "<S>"  # another tokenizer under the same path
+    tok.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="changed since the interrupted build") as e:
+        build(cfg)
+    assert "\n" not in str(e.value) and not partial.exists()
