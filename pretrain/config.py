@@ -86,23 +86,46 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimizerConfig:
-    """Optimizer (read by ``pretrain.trainer``). Defaults are RoBERTa's (Liu et al. 2019,
-    §3.1): AdamW, β1=0.9, β2=0.98, ε=1e-6, weight decay 0.01."""
+    """Optimizer (read by ``pretrain.optim`` and ``pretrain.trainer``). Defaults are
+    RoBERTa's (Liu et al. 2019, §3.1): AdamW, β1=0.9, β2=0.98, ε=1e-6, weight decay 0.01.
+
+    name: ``adamw`` (decoupled weight decay; BERT §A.2 uses β2=0.999, RoBERTa §3.1 0.98) or
+        ``lamb`` (You et al. 2020, Algorithm 2; ALBERT §4.1 trains with it at lr 0.00176,
+        batch 4096). Both leave biases and LayerNorm undecayed (``pretrain.optim``).
+    lamb_impl: which LAMB runs: ``fused`` = DeepSpeed's FusedLamb (CUDA only), ``torch`` =
+        ``pretrain.lamb.Lamb`` (any device), ``auto`` = fused when CUDA is available, torch
+        otherwise. Ignored for adamw.
+    """
 
     name: str = "adamw"
     lr: float = 6e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     weight_decay: float = 0.01
+    lamb_impl: str = "auto"
 
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule: linear warmup over ``warmup_steps`` to the peak lr, then
-    linear decay to zero at ``train.max_steps`` (BERT §A.2, RoBERTa §3.1)."""
+    """Learning-rate schedule (read by ``pretrain.optim.schedule_fn``). Every schedule warms
+    up linearly from 0 to the peak lr over ``warmup_steps``; then, by ``name``:
+
+    linear: linear decay from the peak to 0 at ``train.max_steps`` (RoBERTa §3.1).
+    polynomial: BERT's reference ``optimization.py``: the lr is ``peak · (1 - step /
+        max_steps) ^ power`` wherever warmup is over, so the decay is counted from step 0,
+        not from the end of warmup (BERT §A.2 "linear decay" is ``power`` 1.0; ALBERT's
+        code uses the same function).
+    wsd: warmup-stable-decay (Hu et al. 2024, "MiniCPM"): the peak lr until the last
+        ``decay_steps`` steps (or the last ``decay_fraction`` of ``max_steps``; set exactly
+        one), then a linear decay to 0 (MiniCPM decays exponentially; the linear cooldown
+        is Hägele et al. 2024's).
+    """
 
     name: str = "linear"
     warmup_steps: int = 100
+    power: float = 1.0
+    decay_steps: Optional[int] = None
+    decay_fraction: Optional[float] = None
 
 
 @dataclass
@@ -117,6 +140,14 @@ class TrainConfig:
     eval_every / log_every / checkpoint_every: in optimizer steps.
     keep_checkpoints: how many of the newest checkpoints to keep.
     seed: seeds model init, data order and dynamic masks.
+    zero_stage: DeepSpeed ZeRO stage 0-3 (Rajbhandari et al. 2020); 1-3 partition the
+        optimizer state over ranks, which LAMB's per-tensor trust ratio does not survive
+        (refused, ``pretrain.trainer.deepspeed_config``).
+    gradient_clipping: global gradient-norm clip; 0 = off. Default 1.0 (BERT's reference
+        code); RoBERTa's Table 9 trains with 0.0 (configs/train/roberta.yaml).
+    peak_flops: the peak FLOP/s of one device (one rank) for the model-FLOPs-utilization
+        column of the train metrics (``pretrain.mfu``); None = the table of known GPUs by
+        ``torch.cuda`` device name and precision, and no MFU on CPU.
     """
 
     global_batch_size: int = 32
@@ -133,6 +164,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     seed: int = 42
+    peak_flops: Optional[float] = None
 
 
 @dataclass
