@@ -6,7 +6,15 @@ so every step sees a full global batch). Step ``s`` (0-based) reads global batch
 ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch`` — a pure function of ``s``, so a
 resumed run reads exactly the batches an uninterrupted run would, without iterating over
 the ones it skips. Rank ``r`` of ``W`` takes the ``r``-th contiguous equal slice of the
-global batch and splits it into micro batches.
+global batch and splits it into micro batches (``rank_micro_batches``), so the ranks read
+disjoint parts of equal size.
+
+DOC-SENTENCES rows (RoBERTa §4.2) are often shorter than ``max_seq_length``: a document's
+last row is cut where the document ends. With ``data.doc_sentences_batching=tokens`` the
+sampler keeps the *tokens* per step about constant instead (``TokenBudgetSampler``), as
+RoBERTa did ("we dynamically increase the batch size to achieve a similar number of total
+tokens as FULL-SENTENCES"): a step reads a variable number of rows holding about
+``global_batch_size × max_seq_length`` tokens, still a pure function of the step.
 
 Collator: statically masked data (BERT, Devlin et al. 2019 §A.2: ``dupe_factor`` copies,
 each with its own mask) reads copy ``epoch % num_copies``, so a sequence shows the same
@@ -74,6 +82,97 @@ class GlobalBatchSampler:
         epoch, b = self.position(step)
         g = self.global_batch_size
         return epoch, self.epoch_order(epoch)[b * g : (b + 1) * g]
+
+    def epochs(self, step: int) -> float:
+        """Passes over the split's rows after ``step`` steps (the ``epoch`` metric)."""
+        return step * self.global_batch_size / self.num_rows
+
+
+class TokenBudgetSampler:
+    """Deterministic global batches of about ``tokens_per_batch`` tokens each (a variable
+    number of rows), for DOC-SENTENCES data (``data.doc_sentences_batching=tokens``).
+
+    Epoch ``e`` lays the rows out in the permutation seeded by ``(seed, e)`` (the same
+    permutations as ``GlobalBatchSampler``) and numbers their tokens consecutively; batch
+    ``b`` holds the rows whose first token falls in ``[b·T, (b+1)·T)``, T =
+    ``tokens_per_batch``. Each epoch has ``total_tokens // T`` batches (rows starting after
+    the last full budget are dropped), so step → (epoch, batch) is arithmetic and a resumed
+    run jumps straight to its step. A batch holds between ``T - max_row + 1`` and
+    ``T + max_row - 1`` tokens; with ``T = G × max_row`` that is at least G rows, so it
+    always splits into G micro batches or fewer without an empty one.
+
+    Args:
+        lengths: int ``[num_rows]`` tokens per training row (``SplitData.lengths()``).
+        tokens_per_batch: T, tokens per optimizer step over all ranks.
+        seed: ``train.seed``.
+    Raises:
+        UserError: fewer tokens in the split than one batch.
+    """
+
+    def __init__(self, lengths: np.ndarray, tokens_per_batch: int, seed: int) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.num_rows = len(self.lengths)
+        self.total_tokens = int(self.lengths.sum())
+        self.tokens_per_batch = int(tokens_per_batch)
+        if self.total_tokens < self.tokens_per_batch:
+            raise UserError(
+                f"the training split has {self.total_tokens} tokens, fewer than one batch of "
+                f"{self.tokens_per_batch} (train.global_batch_size x data.max_seq_length with "
+                f"data.doc_sentences_batching=tokens); lower the batch size or use more data"
+            )
+        self.seed = int(seed)
+        self.steps_per_epoch = self.total_tokens // self.tokens_per_batch
+        self._order = GlobalBatchSampler(self.num_rows, 1, seed)  # the same epoch permutations
+        self._cached: Tuple[int, Optional[np.ndarray]] = (-1, None)
+
+    def position(self, step: int) -> Tuple[int, int]:
+        """``(epoch, batch index within the epoch)`` read by 0-based optimizer step ``step``."""
+        return divmod(int(step), self.steps_per_epoch)
+
+    def _starts(self, epoch: int) -> np.ndarray:
+        # Offset of each row's first token in the epoch's layout (exclusive prefix sum).
+        if self._cached[0] != epoch:
+            laid_out = self.lengths[self._order.epoch_order(epoch)]
+            self._cached = (epoch, np.cumsum(laid_out) - laid_out)
+        return self._cached[1]
+
+    def global_batch(self, step: int) -> Tuple[int, np.ndarray]:
+        """``(epoch, rows)`` of 0-based step ``step``; rows int64 ``[n]``, n varies."""
+        epoch, b = self.position(step)
+        starts = self._starts(epoch)
+        t = self.tokens_per_batch
+        lo, hi = np.searchsorted(starts, [b * t, (b + 1) * t], side="left")
+        return epoch, self._order.epoch_order(epoch)[lo:hi]
+
+    def epochs(self, step: int) -> float:
+        """Passes over the split's tokens after ``step`` steps (the ``epoch`` metric)."""
+        return step * self.tokens_per_batch / self.total_tokens
+
+
+def make_sampler(data_cfg, lengths: np.ndarray, global_batch_size: int, seed: int):
+    """The sampler of a run: ``TokenBudgetSampler`` with ``global_batch_size ×
+    data.max_seq_length`` tokens per step for ``data.format=doc_sentences`` with
+    ``data.doc_sentences_batching=tokens``, else ``GlobalBatchSampler`` over
+    ``global_batch_size`` rows. Raises UserError if the split is smaller than one batch."""
+    if data_cfg.format == "doc_sentences" and data_cfg.doc_sentences_batching == "tokens":
+        return TokenBudgetSampler(lengths, global_batch_size * data_cfg.max_seq_length, seed)
+    return GlobalBatchSampler(len(lengths), global_batch_size, seed)
+
+
+def rank_micro_batches(rows: np.ndarray, rank: int, world_size: int, accumulation: int) -> List[np.ndarray]:
+    """Rank ``rank``'s micro batches of one global batch: ``rows`` cut into ``world_size ×
+    accumulation`` consecutive pieces whose sizes differ by at most one, of which the rank
+    takes pieces ``rank·accumulation`` to ``(rank+1)·accumulation - 1``.
+
+    With ``len(rows) = world_size × accumulation × micro`` (fixed batches) these are the
+    rank's contiguous slice cut into micro batches of ``micro``; 1 rank accumulating W
+    pieces reads the same pieces as W ranks with one each. Raises ValueError when there
+    are fewer rows than pieces (a micro batch would be empty).
+    """
+    pieces = world_size * accumulation
+    if len(rows) < pieces:
+        raise ValueError(f"{len(rows)} rows cannot fill {pieces} micro batches ({world_size} ranks x {accumulation})")
+    return np.array_split(rows, pieces)[rank * accumulation : (rank + 1) * accumulation]
 
 
 def rank_slice(rows: np.ndarray, rank: int, world_size: int) -> np.ndarray:

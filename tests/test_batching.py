@@ -13,7 +13,8 @@ from data_prep.errors import UserError
 from data_prep.masking import IGNORE_INDEX, Masker
 from data_prep.shards import ShardSet
 from data_prep.tokenizer import load_tokenizer
-from pretrain.batching import Collator, GlobalBatchSampler, micro_batches, rank_slice
+from pretrain.batching import (Collator, GlobalBatchSampler, TokenBudgetSampler, micro_batches, rank_micro_batches,
+                               rank_slice)
 from pretrain.config import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +79,50 @@ def test_rank_slices_are_disjoint_equal_and_cover_the_batch():
     assert [m.tolist() for m in micro_batches(slices[1], 2)] == [slices[1][:2].tolist(), slices[1][2:].tolist()]
     with pytest.raises(ValueError):
         rank_slice(rows, 0, 5)
+
+
+def test_rank_micro_batches_split_every_global_batch_into_equal_disjoint_pieces():
+    rows = GlobalBatchSampler(200, 24, seed=1).global_batch(5)[1]
+    # fixed batches: the same pieces as the rank's contiguous slice cut into micro batches
+    for r in range(3):
+        got = [m.tolist() for m in rank_micro_batches(rows, r, 3, accumulation=2)]
+        assert got == [m.tolist() for m in micro_batches(rank_slice(rows, r, 3), 4)]
+    # 1 rank accumulating 4 pieces reads what 4 ranks with 1 piece each read, in order
+    one = rank_micro_batches(rows, 0, 1, accumulation=4)
+    assert [m.tolist() for m in one] == [rank_micro_batches(rows, r, 4, 1)[0].tolist() for r in range(4)]
+    # a variable-size batch (token budget): sizes differ by at most one row, nothing lost
+    odd = np.arange(23)
+    pieces = [p for r in range(2) for p in rank_micro_batches(odd, r, 2, 3)]
+    assert np.array_equal(np.concatenate(pieces), odd) and {len(p) for p in pieces} == {3, 4}
+    with pytest.raises(ValueError, match="5 rows cannot fill 6 micro batches"):
+        rank_micro_batches(np.arange(5), 0, 2, 3)
+
+
+def test_token_budget_batches_hold_about_the_same_tokens():
+    rng = np.random.default_rng(0)
+    max_len, g = 64, 8
+    lengths = np.where(rng.random(1000) < 0.4, rng.integers(5, max_len, 1000), max_len)  # short document tails
+    s = TokenBudgetSampler(lengths, g * max_len, seed=3)
+    budget = g * max_len
+    assert s.steps_per_epoch == lengths.sum() // budget
+    for e in range(2):
+        batches = [s.global_batch(e * s.steps_per_epoch + b) for b in range(s.steps_per_epoch)]
+        assert all(epoch == e for epoch, _ in batches)
+        rows = np.concatenate([r for _, r in batches])
+        assert len(np.unique(rows)) == len(rows)  # each row at most once per epoch
+        tokens = np.array([lengths[r].sum() for _, r in batches])
+        sizes = np.array([len(r) for _, r in batches])
+        assert tokens.min() > budget - max_len and tokens.max() < budget + max_len
+        assert sizes.min() >= g and sizes.max() > sizes.min()  # row counts vary, never below G
+        assert len(rows) > len(lengths) - 2 * budget / 5  # only the tail after the last budget is dropped
+    # the step alone picks the batch: a resumed sampler jumps straight there
+    late = s.steps_per_epoch + 7
+    assert np.array_equal(TokenBudgetSampler(lengths, budget, seed=3).global_batch(late)[1], s.global_batch(late)[1])
+    assert not np.array_equal(TokenBudgetSampler(lengths, budget, seed=4).global_batch(late)[1], s.global_batch(late)[1])
+    assert s.epochs(s.steps_per_epoch) == pytest.approx(s.steps_per_epoch * budget / lengths.sum())
+    with pytest.raises(UserError, match=r"has 300 tokens, fewer than one batch of 512 \(train.global_batch_size x "
+                                        r"data.max_seq_length with data.doc_sentences_batching=tokens\)"):
+        TokenBudgetSampler(np.full(10, 30), 512, seed=0)
 
 
 def test_dataset_smaller_than_one_global_batch_is_refused():
