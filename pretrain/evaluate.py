@@ -1,10 +1,12 @@
-"""Held-out masked-LM evaluation.
+"""Held-out masked-LM (and sentence-task) evaluation.
 
 The validation split is masked once at data-prep time (``masking.validation_seed``), so
 every arm of an ablation is scored on the same positions. The loss is a token average over
 the whole split — the sum of per-token cross-entropies divided by the number of predicted
 tokens — not a mean of batch means, so it does not depend on how the split is batched or
-on the world size (up to float summation order).
+on the world size (up to float summation order). A model with an NSP or SOP head is also
+scored on the split's sentence labels when it has them (BERT §3.1 reports NSP accuracy,
+ALBERT Table 5 SOP accuracy), as an average over pairs.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def evaluate(
     Returns:
         ``{"mlm_loss": nats per predicted token, "perplexity": exp(mlm_loss),
         "mlm_accuracy": share of predicted tokens whose argmax is right,
-        "num_tokens": predicted tokens scored}``.
+        "num_tokens": predicted tokens scored}``, plus, when the model returns sentence
+        scores (a sentence head and labels in the split), ``"<nsp|sop>_loss"`` (nats per
+        pair) and ``"sentence_accuracy"`` (share of pairs classified right).
     """
     n = len(collator.split)
     step = batch_size * world_size
@@ -53,7 +57,9 @@ def evaluate(
     if max_batches is not None:
         starts = starts[: max(1, int(max_batches))]
     # Sums in float64: thousands of batch losses lose digits in float32.
-    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    # MLM loss sum, correct, count; sentence loss sum, correct, count.
+    totals = torch.zeros(6, dtype=torch.float64)
+    sentence_key = None
     was_training = getattr(model, "training", True)
     model.eval()
     try:
@@ -63,14 +69,26 @@ def evaluate(
             keep = len(mine) > 0
             batch = collator(mine if keep else rows[:1], epoch=0)
             out = model(**batch)
-            if keep:
-                count = float(out["mlm_count"])
-                totals += torch.tensor([float(out["mlm_loss"]) * count, float(out["mlm_correct"]), count], dtype=torch.float64)
+            if not keep:
+                continue
+            count = float(out["mlm_count"])
+            totals[:3] += torch.tensor([float(out["mlm_loss"]) * count, float(out["mlm_correct"]), count], dtype=torch.float64)
+            if "sentence_count" in out:
+                sentence_key = next(k for k in ("nsp_loss", "sop_loss") if k in out)
+                pairs = float(out["sentence_count"])
+                totals[3:] += torch.tensor([float(out[sentence_key]) * pairs, float(out["sentence_correct"]), pairs],
+                                           dtype=torch.float64)
     finally:
         model.train(was_training)
     all_reduce_sum(totals)
-    loss_sum, correct, count = totals.tolist()
+    loss_sum, correct, count, s_loss_sum, s_correct, s_count = totals.tolist()
     if count == 0:
         raise ValueError("the validation split has no labelled tokens")
     loss = loss_sum / count
-    return {"mlm_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "mlm_accuracy": correct / count, "num_tokens": int(count)}
+    result = {"mlm_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "mlm_accuracy": correct / count,
+              "num_tokens": int(count)}
+    if s_count > 0:
+        # Every rank that scored pairs knows the key; all ranks see the same model and split.
+        result[sentence_key or "sentence_loss"] = s_loss_sum / s_count
+        result["sentence_accuracy"] = s_correct / s_count
+    return result
