@@ -50,6 +50,7 @@ RESUMABLE_KEYS = (
     "train.log_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.peak_flops",
 )
 
 
@@ -109,10 +110,21 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    """``key: saved -> current`` for every run-changing key whose value differs."""
+    """``key: saved -> current`` for every run-changing key whose value differs. A key one
+    side lacks counts as its RunConfig default, so a checkpoint written before a key was
+    added resumes when the key keeps its default."""
+    from omegaconf import OmegaConf
+
+    from pretrain.config import RunConfig
+
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False))
     a, b = flatten(saved), flatten(current)
     keys = sorted((set(a) | set(b)) - set(RESUMABLE_KEYS))
-    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys if a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+    def value(d: Dict[str, Any], k: str) -> Any:
+        return d[k] if k in d else defaults.get(k, "<unset>")
+
+    return [f"{k}: {value(a, k)!r} -> {value(b, k)!r}" for k in keys if value(a, k) != value(b, k)]
 
 
 def rng_state() -> Dict[str, Any]:

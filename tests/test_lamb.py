@@ -289,6 +289,15 @@ _DEEPSPEED_SCRIPT = textwrap.dedent(
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
     assert all(s["step"] == 3 for s in opt.state.values())
+    # bf16 without ZeRO (what the trainer allows LAMB with): DeepSpeed keeps one fp32 master
+    # per parameter, so the trust ratio still sees whole tensors, not flat partitions.
+    bf = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    shapes = [tuple(p.shape) for p in bf.parameters()]
+    bf_opt = Lamb(bf.parameters(), lr=0.01)
+    deepspeed.initialize(model=bf, optimizer=bf_opt, config={"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8,
+                                                             "bf16": {"enabled": True}})
+    masters = [p for g in bf_opt.param_groups for p in g["params"]]
+    assert [tuple(p.shape) for p in masters] == shapes and all(p.dtype == torch.float32 for p in masters), masters
     print("ENGINE_STEPPED_WITH_LAMB")
     """
 )

@@ -1,10 +1,12 @@
-"""Resume exactness: a run killed with SIGKILL after its first checkpoint and resumed with
---resume writes the same metrics, final eval and weights as an uninterrupted run (fp32, CPU)."""
+"""Resume exactness: a run killed with SIGKILL at a random (seeded) step and resumed with
+--resume writes the same metrics, final eval and weights as an uninterrupted run (fp32,
+CPU); so does a run stopped by SIGUSR1 or SIGTERM (preemption, exit code 75)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -33,8 +35,12 @@ OVERRIDES = [
     "train.schedule.warmup_steps=3", "train.log_every=3", "train.eval_every=4", "train.checkpoint_every=4",
     "train.keep_checkpoints=3", "train.precision=fp32",
 ]
+# The kill step: random, but the same in every run of the suite unless the seed is changed
+# (TEST_RESUME_KILL_SEED=N to explore others). Steps 5-18 of 24: after the first checkpoint
+# (step 4), before the run can finish.
+KILL_SEED = int(os.environ.get("TEST_RESUME_KILL_SEED", "5"))
 # Only these may differ between the two runs' metric lines.
-TIMING = ("tokens_per_s", "time_s")
+TIMING = ("tokens_per_s", "time_s", "model_tflops", "mfu")
 
 
 def _overrides(run: Path, data: Path):
@@ -45,15 +51,25 @@ def _strip(lines):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in lines]
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+def _last_step(metrics: Path) -> int:
+    try:
+        lines = metrics.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    steps = [json.loads(x)["step"] for x in lines if x.endswith("}")]
+    return max(steps, default=0)
+
+
+def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    """Return once the run's metrics show ``step`` (or later) done."""
     t0 = time.time()
-    while not path.is_file():
+    while _last_step(run / rundir.METRICS) < step:
         if proc.poll() is not None:
-            raise AssertionError(f"training subprocess exited ({proc.returncode}) before writing {path}:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"training subprocess exited ({proc.returncode}) before step {step}:\n{log.read_text()[-3000:]}")
         if time.time() - t0 > timeout:
             proc.kill()
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.005)
+            raise AssertionError(f"step {step} not reached within {timeout} s")
+        time.sleep(0.002)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,6 +110,7 @@ def _assert_same_run(run: Path, summary, reference: Path, expected) -> None:
 
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, data: Path, uninterrupted):
     straight, expected = uninterrupted
+    kill_after = random.Random(KILL_SEED).randint(5, 18)
     killed = tmp_path / "killed"
     # This process set RANK/MASTER_PORT/... for its own world of one; the child must pick its own.
     launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
@@ -103,14 +120,14 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, data: P
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
         try:
-            _wait_for(killed / "checkpoints" / checkpoint.LATEST, proc, log)
+            _wait_for_step(killed, kill_after, proc, log)  # metrics are written every 3-4 steps
             os.kill(proc.pid, signal.SIGKILL)
         finally:
             proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / rundir.SUMMARY).exists(), "the subprocess finished before it was killed"
     stopped_at = int(checkpoint.latest(killed).name.split("-")[1])
-    assert 4 <= stopped_at < 24
+    assert 4 <= stopped_at < 24 and _last_step(killed / rundir.METRICS) >= kill_after, (kill_after, stopped_at)
 
     # A checkpoint cut off mid-save (never renamed, never named by `latest`) must be ignored.
     half = killed / "checkpoints" / ".tmp-step-0000099"
@@ -122,25 +139,29 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, data: P
     assert resumed["wall_time_s"] > 0
 
 
-def test_sigusr1_checkpoints_the_current_step_and_exits_75(tmp_path: Path, data: Path, uninterrupted):
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+def test_stop_signal_checkpoints_the_current_step_and_exits_75(tmp_path: Path, data: Path, uninterrupted, sig):
+    """SIGUSR1 (Slurm's warning before the time limit) and SIGTERM (what Slurm, Kubernetes
+    and torchrun send before a kill): checkpoint after the step in progress, exit 75."""
     straight, expected = uninterrupted
     run = tmp_path / "preempted"
     first = run / "checkpoints" / checkpoint.LATEST
 
-    def warn_like_slurm():  # USR1 once the first checkpoint exists: mid log window, off the cadence
+    def warn_like_slurm():  # the signal once the first checkpoint exists: mid log window, off the cadence
         while not first.is_file():
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), sig)
 
     threading.Thread(target=warn_like_slurm, daemon=True).start()
     with pytest.raises(Preempted) as stopped:
         train(load_run_config(RECIPE, "smoke", _overrides(run, data)))
-    assert stopped.value.code == PREEMPTED_EXIT_CODE == 75
+    assert stopped.value.code == PREEMPTED_EXIT_CODE == 75 and stopped.value.signal_name == sig.name
     at = stopped.value.step
     assert 4 <= at < 24 and checkpoint.latest(run).name == checkpoint.tag(at)
     assert 0 <= at - max(r["step"] for r in rundir.read_metrics(run)) < 3  # nothing past the stop; log every 3
     assert not (run / rundir.SUMMARY).exists()
-    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler removed again
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers removed again
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
     resumed = train(load_run_config(RECIPE, "smoke", _overrides(run, data)), resume=True)
     _assert_same_run(run, resumed, straight, expected)
