@@ -12,8 +12,9 @@ the corpus size:
    line units give the same word counts as their sentences, without the splitter's cost.
 2. **Chunks**: documents in read order go to train or validation by a sha256 of their id
    (``instances.is_validation``); each split's documents are cut into chunks of
-   ``chunk_documents`` (a split's last chunk takes a lone remaining document, so every
-   chunk of a split with two or more documents has two or more). A chunk is processed on
+   ``chunk_documents`` documents or ``CHUNK_CHARACTERS`` characters, whichever is reached
+   first (a split's last chunk takes a lone remaining document, so every chunk of a split
+   with two or more documents has two or more). A chunk is processed on
    its own, by ``num_workers`` processes in parallel: sentences
    (``sentences.split_sentences``), ids and word starts (``words.encode_with_words``),
    documents shuffled inside the chunk (``instances.document_order``), rows
@@ -91,13 +92,17 @@ from data_prep.words import encode_with_words
 # Bumped whenever the code changes the bytes a config builds (sentence rules, packing,
 # tokenizer settings): the fingerprint covers the config only, so a directory built by
 # other code is refused instead of being reported up to date.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 # Ids of a split's documents in the order they were used, one per line.
 DOCUMENTS_FILE = "documents.txt"
 PROGRESS_DIR = ".progress"  # inside <out>.partial: what a rerun may reuse
 ENCODE_BATCH = 8192  # sentences per encode_batch call: big enough to keep Rust threads busy
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: keeps workers busy, bounds memory
+# A chunk also closes at this many characters of text (about 1.5M words): documents vary
+# from a 20-word review to a 1M-word book, and a worker's memory grows with its chunk's
+# text (~8 bytes per character while it splits, encodes and packs; measured on nltk).
+CHUNK_CHARACTERS = 8_000_000
 SPLITS = ("train", "validation")
 
 
@@ -479,12 +484,15 @@ class _Chunk:
 def _chunks(cfg: DataConfig, stats: ReadStats) -> Iterator[_Chunk]:
     """The corpus as chunks, in read order (see the module docstring).
 
-    A full chunk is emitted once two more documents of its split have been read, so a
-    split's last chunk never holds a lone document unless the split has only one.
+    A split's chunk closes at ``chunk_documents`` documents or ``CHUNK_CHARACTERS``
+    characters, whichever comes first, and holds at least two documents. It is emitted
+    once two more documents of its split have been read, so that a lone last document can
+    join it: a chunk has one document only if its split has one.
     Raises UserError: no document in a split; a split of one document with NSP.
     """
-    k = cfg.chunk_documents
     bufs: Dict[str, List[Tuple[str, str]]] = {s: [] for s in SPLITS}
+    chars = {s: 0 for s in SPLITS}
+    pending: Dict[str, Optional[List[Tuple[str, str]]]] = {s: None for s in SPLITS}
     index = {s: 0 for s in SPLITS}
     counts = {s: 0 for s in SPLITS}
 
@@ -500,9 +508,12 @@ def _chunks(cfg: DataConfig, stats: ReadStats) -> Iterator[_Chunk]:
         counts[split] += 1
         buf = bufs[split]
         buf.append((doc.id, doc.text))
-        if len(buf) == k + 2:
-            yield emit(split, buf[:k])
-            del buf[:k]
+        chars[split] += len(doc.text)
+        if pending[split] is not None and len(buf) >= 2:
+            yield emit(split, pending[split])
+            pending[split] = None
+        if len(buf) >= 2 and (len(buf) >= cfg.chunk_documents or chars[split] >= CHUNK_CHARACTERS):
+            pending[split], bufs[split], chars[split] = buf, [], 0
     _check_both_splits(cfg, counts, stats)
     for split in SPLITS:
         if counts[split] == 1 and cfg.sentence_objective == "nsp":
@@ -511,8 +522,13 @@ def _chunks(cfg: DataConfig, stats: ReadStats) -> Iterator[_Chunk]:
                 f"NotNext segments from another document, but the {split} split of {cfg.corpus} has 1; "
                 "use a larger corpus or change validation_fraction"
             )
-        if bufs[split]:
-            yield emit(split, bufs[split])
+        rest = bufs[split]
+        if pending[split] is not None:
+            if len(rest) == 1:
+                pending[split], rest = pending[split] + rest, []
+            yield emit(split, pending[split])
+        if rest:
+            yield emit(split, rest)
 
 
 # --------------------------------------------------------------------------- workers

@@ -201,3 +201,24 @@ def test_interrupted_build_keeps_partial_and_refuses_a_changed_tokenizer(tmp_pat
     with pytest.raises(UserError, match="changed since the interrupted build") as e:
         build(cfg)
     assert "\n" not in str(e.value) and not partial.exists()
+
+
+def test_chunks_close_at_documents_or_characters_and_never_leave_a_lone_document(tmp_path, monkeypatch):
+    import data_prep.build as b
+    from data_prep.corpus import ReadStats
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    # Characters per document; d00, d01 and d08 hash into validation at fraction 0.05.
+    sizes = [50, 50, 900, 60, 60, 60, 60, 60, 2000, 40, 40, 40, 40, 70, 30]
+    for i, n in enumerate(sizes):
+        (corpus / f"d{i:02d}.txt").write_text("x" * n)
+    monkeypatch.setattr(b, "CHUNK_CHARACTERS", 1000)
+    cfg = DataConfig(corpus=str(corpus), chunk_documents=4, validation_fraction=0.05)
+    got = [(c.split, c.index, [d.split(":")[0][:3] for d, _ in c.docs]) for c in b._chunks(cfg, ReadStats())]
+    assert got == [
+        ("train", 0, ["d02", "d03", "d04"]),  # 1020 characters: closed by the character budget
+        ("train", 1, ["d05", "d06", "d07", "d09"]),  # closed at chunk_documents
+        ("train", 2, ["d10", "d11", "d12", "d13", "d14"]),  # the lone last document joins
+        ("validation", 0, ["d00", "d01", "d08"]),  # remainders go out at the end of the corpus
+    ]
