@@ -102,7 +102,8 @@ class DataConfig:
     chunk_documents: documents per chunk (``data_prep.build``): the unit of streaming,
         parallel work and resuming, the window in which documents are shuffled and
         FULL-SENTENCES crosses documents, and the pool NotNext segments are drawn from.
-        Memory is bounded by it, not by the corpus size. A split's last chunk takes a
+        A chunk also closes at ``data_prep.build.CHUNK_CHARACTERS`` characters, so memory
+        is bounded by the chunk size, not by the corpus size. A split's last chunk takes a
         lone remaining document, so every chunk of a split with >= 2 documents has >= 2.
     doc_sentences_batching: how the trainer batches ``format=doc_sentences`` rows, whose
         lengths vary: ``tokens`` = a variable number of rows with about
