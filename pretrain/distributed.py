@@ -90,7 +90,15 @@ def barrier() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """In-place sum of ``t`` over ranks (float64/int64 CPU tensors on gloo); returns ``t``."""
+    """In-place sum of the CPU tensor ``t`` (float64/int64) over ranks; returns ``t``.
+
+    NCCL reduces only CUDA tensors, so on GPUs the values travel through the current device
+    and back (a few numbers per step)."""
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        if torch.distributed.get_backend() == "nccl":
+            on_device = t.to(torch.device("cuda", torch.cuda.current_device()))
+            torch.distributed.all_reduce(on_device, op=torch.distributed.ReduceOp.SUM)
+            t.copy_(on_device.cpu())
+        else:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return t

@@ -433,7 +433,7 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
         while step < t.max_steps:
             epoch, rows = sampler.global_batch(step)
             lr = engine.get_lr()[0]
-            sums: Dict[str, float] = {}
+            sums: Dict[str, torch.Tensor] = {}
             pieces = rank_micro_batches(rows, world.rank, world.size, accumulation)
             grad_norm = None
             for i, mb in enumerate(pieces):
@@ -445,7 +445,8 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
                 engine.step()  # DeepSpeed updates the weights after the last micro batch only
                 for k, v in out.items():
                     if k == "loss" or k.endswith("_loss"):
-                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                        # summed on the device in float64: one host sync per step, not per micro batch
+                        sums[k] = sums.get(k, 0.0) + v.detach().double()
             if grad_norm is None:
                 gn = engine.get_global_grad_norm()
                 grad_norm = None if gn is None else float(gn)
@@ -455,8 +456,9 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
             # Step loss = mean over every micro batch of every rank (what was optimised).
             keys = sorted(sums)
             # The stop flag rides along, so every rank stops after the same step.
-            reduced = distributed.all_reduce_sum(torch.tensor(
-                [sums[k] for k in keys] + [len(pieces), float(bool(signals_received))], dtype=torch.float64))
+            reduced = distributed.all_reduce_sum(torch.cat([
+                torch.stack([sums[k] for k in keys]).cpu(),
+                torch.tensor([len(pieces), float(bool(signals_received))], dtype=torch.float64)]))
             n_micro, stop = reduced[-2].item(), reduced[-1].item() > 0
             losses = {k: v / n_micro for k, v in zip(keys, reduced[:-2].tolist())}
             finite = all(math.isfinite(v) for v in losses.values())
