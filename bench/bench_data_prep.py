@@ -245,17 +245,20 @@ def run_measured(args: List[str], repeat: int = 1) -> Dict[str, float]:
 def _run_once(args: List[str]) -> Dict[str, float]:
     import psutil
 
-    t = time.perf_counter()
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
-    proc = psutil.Process(p.pid)
-    peak = peak_sum = 0
-    while p.poll() is None:
-        peak = max(peak, _tree_rss(proc))
-        peak_sum = max(peak_sum, _tree_rss_sum(proc))
-        time.sleep(0.05)
-    out, err = p.communicate()
-    wall = time.perf_counter() - t
+    # Output goes to files: an unread pipe fills up with progress bars and blocks the child.
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        t = time.perf_counter()
+        p = subprocess.Popen(args, stdout=out_f, stderr=err_f, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        proc = psutil.Process(p.pid)
+        peak = peak_sum = 0
+        while p.poll() is None:
+            peak = max(peak, _tree_rss(proc))
+            peak_sum = max(peak_sum, _tree_rss_sum(proc))
+            time.sleep(0.05)
+        wall = time.perf_counter() - t
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
     if p.returncode != 0:
         sys.exit(f"{' '.join(args[:4])} failed:\n{err[-3000:]}")
     r = json.loads(out.strip().splitlines()[-1])

@@ -43,7 +43,8 @@ Where we differ from the reference, and why:
   chunk that reached its target with one sentence takes the next one too, and a single
   sentence that would be left at the end of a document joins the chunk before it. The
   reference turns a one-sentence chunk into a forced NotNext pair, which tilts the label
-  balance (on nltk-corpora at length 128, ~54% NotNext instead of 50%). A lone sentence
+  balance (on nltk-corpora: 54.7% NotNext at length 128, 54.9% at 512; this rule: 50.1%
+  and 49.9%; ``python bench/bench_data_prep.py --nsp-balance``). A lone sentence
   left by a NotNext put-back at a document's end is dropped and counted
   (``unpaired_sentences``). So every pair's label is a fair coin.
 - The NotNext document is drawn uniformly from the *other* documents of the same chunk
