@@ -1,12 +1,14 @@
 """Resume exactness: a run killed with SIGKILL at a random (seeded) step and resumed with
 --resume writes the same metrics, final eval and weights as an uninterrupted run (fp32,
-CPU); so does a run stopped by SIGUSR1 or SIGTERM (preemption, exit code 75)."""
+CPU); so does a run stopped by SIGUSR1 or SIGTERM (preemption, exit code 75), and a bf16
+run with LAMB or ZeRO-3 resumed from a middle checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,3 +178,19 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, data: Path, caps
     assert summary["steps"] == 4
     lines = rundir.read_metrics(tmp_path / "fresh", "train")
     assert [r["step"] for r in lines] == [1, 2, 3, 4] and lines[2]["loss"] != 1.0
+
+
+@pytest.mark.parametrize("extra", [["train.precision=bf16", "train.optimizer.name=lamb"],
+                                   ["train.precision=bf16", "train.zero_stage=3"]], ids=["bf16-lamb", "bf16-zero3"])
+def test_resume_is_exact_with_bf16_lamb_and_zero3(tmp_path: Path, data: Path, extra):
+    """Resuming from a middle checkpoint restores what these engines keep elsewhere: bf16
+    master weights and LAMB state (DeepSpeed's unfused bf16 optimizer), ZeRO-3 partitions."""
+    overrides = [*_overrides(tmp_path / "a", data), "train.max_steps=8", "train.keep_checkpoints=5", *extra]
+    straight = train(load_run_config(RECIPE, "smoke", overrides))
+    # Rewind a copy to its step-4 checkpoint, as if it had stopped there, and resume it.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-0000008")
+    (tmp_path / "b" / "checkpoints" / checkpoint.LATEST).write_text("step-0000004\n")
+    resumed = train(load_run_config(RECIPE, "smoke", [*overrides, f"run_dir={tmp_path / 'b'}"]), resume=True)
+    assert _strip(rundir.read_metrics(tmp_path / "b")) == _strip(rundir.read_metrics(tmp_path / "a"))
+    assert resumed["final_eval"] == straight["final_eval"]
