@@ -5,16 +5,23 @@
         config.yaml                 resolved RunConfig (all interpolations expanded)
         metrics.jsonl               one JSON object per line, see below
         summary.json                written once, atomically, when the run finishes
-        checkpoints/step-000100/    DeepSpeed checkpoint + client state; ``latest`` names the newest
-        tb/                         TensorBoard event files
+        checkpoints/step-0000100/   DeepSpeed checkpoint + client state; ``latest`` names the newest
+        tb/                         TensorBoard event files (the numeric fields of metrics.jsonl)
     runs/<ablation>/ablation.yaml   the ablation definition the arms came from
 
 metrics.jsonl lines have ``"kind"``:
-- ``"train"``: step, epoch (float), tokens_seen, loss, mlm_loss, lr, grad_norm, tokens_per_s, time_s
-- ``"eval"``:  step, epoch, tokens_seen, mlm_loss, perplexity, mlm_accuracy, time_s
+- ``"train"`` (every ``log_every`` steps, averaged over the window): step, epoch (float,
+  passes over the training split), tokens_seen (non-padding tokens), loss (total, nats),
+  mlm_loss (nats per masked token), nsp_loss or sop_loss (nats per pair; with a sentence
+  head), lr, grad_norm (before clipping), tokens_per_s, model_tflops (model FLOP/s per
+  device / 1e12, 6N + 12LHT per token), mfu (0-1; when a peak is known), skipped_steps
+  (fp16 only), time_s (training wall seconds since the run began, over resumed segments).
+- ``"eval"``: step, epoch, tokens_seen, mlm_loss, perplexity (exp of mlm_loss),
+  mlm_accuracy (0-1), num_tokens (masked tokens scored), nsp_loss/sop_loss and
+  sentence_accuracy (with a sentence head and labels), time_s.
 summary.json: status ("done"), steps, tokens_seen, epochs, wall_time_s (training time summed
-over resumed segments), final_eval {mlm_loss, perplexity, mlm_accuracy}, data_dir,
-num_train_sequences.
+over resumed segments), final_eval {mlm_loss, perplexity, mlm_accuracy[, sentence_accuracy]},
+data_dir, num_train_sequences, num_parameters, skipped_steps (fp16 only).
 """
 
 from __future__ import annotations
