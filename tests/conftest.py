@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ENV = "BERT_RECIPES_DATA"
@@ -36,3 +37,17 @@ def nltk_dir(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def configs_dir() -> Path:
     return REPO / "configs"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the module's training runs (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): tiny models gain little from a second thread,
+    and OpenMP threads spin badly when the suite shares the cores with other jobs (or with a
+    second rank). train() honours OMP_NUM_THREADS, subprocesses inherit it."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)

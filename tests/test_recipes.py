@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from pretrain.config import load_run_config
 from pretrain.rundir import read_metrics, read_summary
@@ -16,14 +15,7 @@ from pretrain.trainer import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    # Tiny models lose time to OpenMP barriers when the cores are shared; train() honours it.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

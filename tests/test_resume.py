@@ -74,16 +74,7 @@ def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, log: Path, time
         time.sleep(0.002)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain little from a second thread, and OpenMP threads spin badly when the
-    suite shares the cores with other jobs; train() honours OMP_NUM_THREADS."""
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
