@@ -207,16 +207,18 @@ def test_time_limit_sends_usr1_and_the_job_requeues_itself_and_completes(slurm_c
     assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1")
     log = log_of(run / "slurm")
     assert "SIGUSR1 (time limit near)" in log and f"requeueing job {job}" in log, log[-3000:]
-    assert "User defined signal 1" not in log  # torchrun passed USR1 on instead of dying of it
     assert "restart 1 on" in log and "finished: runs/timelimit/summary.json (exit 0)" in log
     # Slurm may send the warning as early as the job's start (seen: 1 s in, before the first
     # step). Mid-run, the trainer checkpoints and the restart resumes there; before training,
     # there is nothing to save and the restart begins afresh.
     saved = re.search(r"SIGUSR1: checkpoint step-(\d+) saved", log)
     if saved:
+        assert "User defined signal 1" not in log  # torchrun passed USR1 on instead of dying of it
         assert 0 < int(saved.group(1)) < steps, log[-3000:]
         assert f"resumed runs/timelimit from step-{saved.group(1)} " in log, log[-3000:]
     else:
+        # A warning within torchrun's first second, before it installs its handler, kills it
+        # (srun: "task 0: User defined signal 1"); the script requeues all the same.
         first = log[:log.index("restart 1 on")]
         assert not re.search(r"\d(step/s|s/step)", first), first[-3000:]  # no step was trained (no rate)
         assert "no checkpoint in runs/timelimit/checkpoints; starting fresh" in log, log[-3000:]
