@@ -24,7 +24,7 @@ Throughput is non-padding tokens per second between the end of step ``--warmup``
 last step (start-up, first-touch allocations and the first steps are left out), in both
 runs. The pair (ours, Hugging Face) runs ``--repeats`` times in turn; the table gives the
 median of each and the range of the per-pair ratios, since a machine shared with other
-jobs slows whichever run a neighbour's burst falls on. MFU = tokens/s × model FLOPs per token (``pretrain.mfu``: 6N + 12·L·H·T over each
+jobs slows whichever run a neighbour's burst falls on. MFU = tokens/s × model FLOPs per token (``pretrain.training.mfu``: 6N + 12·L·H·T over each
 row's own length, from ours' metrics) / measured peak; the Hugging Face MFU uses the same
 model FLOPs, since the model is the same size.
 """
@@ -84,8 +84,15 @@ def run_ours(work: Path, preset: str, precision: str, threads: int, steps: int, 
 def hf_worker(args: argparse.Namespace) -> None:
     """(In its own process.) Train BertForMaskedLM with transformers.Trainer; write JSON."""
     import torch
-    from transformers import (BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerFast,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        DataCollatorForLanguageModeling,
+        PreTrainedTokenizerFast,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from data_prep.shards import ShardSet
     from data_prep.tokenizer import SPECIAL_TOKENS

@@ -70,13 +70,17 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from common.errors import UserError
+from common.schema import LABEL_COLUMNS, PAIR_FORMATS
 from data_prep import shards
-from data_prep.config import DataConfig, check_data_config, data_fingerprint, resolve_output_dir
+from data_prep.config import (
+    DataConfig,
+    check_data_config,
+    data_fingerprint,
+    resolve_output_dir,
+)
 from data_prep.corpus import ReadStats, read_documents
-from data_prep.errors import UserError
 from data_prep.instances import (
-    LABEL_COLUMNS,
-    PAIR_FORMATS,
     InstanceStats,
     Row,
     chunk_random,
@@ -86,7 +90,13 @@ from data_prep.instances import (
 )
 from data_prep.masking import STREAM_STATIC, STREAM_VALIDATION, Masker, sequence_rng
 from data_prep.sentences import DEFAULT_BACKEND, line_units, split_sentences
-from data_prep.tokenizer import HF_PREFIX, SPECIAL_TOKENS, TokenizerInfo, load_tokenizer, train_tokenizer
+from data_prep.tokenizer import (
+    HF_PREFIX,
+    SPECIAL_TOKENS,
+    TokenizerInfo,
+    load_tokenizer,
+    train_tokenizer,
+)
 from data_prep.words import encode_with_words
 
 # Bumped whenever the code changes the bytes a config builds (sentence rules, packing,

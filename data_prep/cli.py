@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from data_prep.errors import run_cli
+from common.errors import run_cli
 
 
 def _build(args: argparse.Namespace) -> None:

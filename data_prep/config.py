@@ -1,5 +1,4 @@
-"""Typed data configuration (OmegaConf structured configs) and the YAML loader shared by
-both command-line tools.
+"""Typed data configuration (OmegaConf structured configs).
 
 Every recipe choice of the data pipeline lives in exactly one key here; the module that
 acts on a key is named next to it.
@@ -11,19 +10,18 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Type, TypeVar
+from typing import List, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf import OmegaConf
 
-from data_prep.errors import UserError
+from common.configfile import merge_into, parse_overrides, read_yaml
+from common.errors import UserError
+from common.schema import FORMATS, SENTENCE_OBJECTIVES
 
-FORMATS = ("segment_pair", "sentence_pair", "full_sentences", "doc_sentences")
-SENTENCE_OBJECTIVES = ("none", "nsp", "sop")
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
 MASKING_MODES = ("static", "dynamic")
 MASKING_UNITS = ("token", "whole_word", "ngram")
-# How the trainer batches DOC-SENTENCES rows (read by pretrain.batching; data bytes unchanged).
+# How the trainer batches DOC-SENTENCES rows (read by pretrain.training.batching; data bytes unchanged).
 DOC_SENTENCES_BATCHING = ("tokens", "sequences")
 
 
@@ -190,75 +188,9 @@ def _choice(key: str, value: str, valid: Sequence[str]) -> None:
         raise UserError(f"{key}={value!r} is not one of: {', '.join(valid)}")
 
 
-# --------------------------------------------------------------------------- loading
-
-T = TypeVar("T")
-
-
-def read_yaml(path: str | Path) -> DictConfig:
-    """Load one YAML file; a missing or unparsable file is a UserError naming it."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        cfg = OmegaConf.load(p)
-    except Exception as e:  # yaml.YAMLError and friends: say which file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot parse {p}: {first}") from None
-    if not isinstance(cfg, DictConfig):
-        raise UserError(f"{p} must hold a mapping of config keys at the top level")
-    return cfg
-
-
-def parse_overrides(pairs: Iterable[str]) -> DictConfig:
-    """``["a.b=1", "c=x"]`` → a nested DictConfig. A malformed pair is a UserError."""
-    pairs = list(pairs)
-    for p in pairs:
-        if "=" not in p or p.startswith("="):
-            raise UserError(f"override {p!r} must look like key=value (e.g. corpus=PATH)")
-    try:
-        return OmegaConf.from_dotlist(pairs)
-    except OmegaConfBaseException as e:
-        raise UserError(f"bad override: {_first_line(e)}") from None
-
-
-def merge_into(schema: Type[T], *layers: Any, where: str = "config") -> T:
-    """Merge ``layers`` (DictConfigs or dicts) over the defaults of dataclass ``schema``.
-
-    Returns a typed, read-only-by-convention DictConfig that duck-types as ``schema``.
-    Raises UserError naming the unknown key and the valid names at that level, or the key
-    whose value has the wrong type.
-    """
-    base = OmegaConf.structured(schema)
-    try:
-        merged = OmegaConf.merge(base, *layers)
-    except (ConfigKeyError, ValidationError, OmegaConfBaseException) as e:
-        raise UserError(_explain(e, base, where)) from None
-    missing = sorted(OmegaConf.missing_keys(merged))
-    if missing:
-        raise UserError(f"{where}: required key(s) not set: {', '.join(missing)}")
-    return merged  # type: ignore[return-value]
-
-
 def load_data_config(path: Optional[str], overrides: Sequence[str] = ()) -> DataConfig:
     """Data config from an optional YAML file plus ``key=value`` overrides; validated."""
     layers = [read_yaml(path)] if path else []
     cfg = merge_into(DataConfig, *layers, parse_overrides(overrides), where=path or "data config")
     check_data_config(cfg)
     return cfg
-
-
-def _explain(e: OmegaConfBaseException, base: DictConfig, where: str) -> str:
-    key = getattr(e, "full_key", None) or ""
-    if isinstance(e, ConfigKeyError) or "Key '" in str(e) and "not in" in str(e):
-        parent = key.rsplit(".", 1)[0] if "." in key else ""
-        node = OmegaConf.select(base, parent) if parent else base
-        valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "?"
-        return f"{where}: unknown key '{key}'; valid keys{' under ' + parent if parent else ''}: {valid}"
-    return f"{where}: bad value for '{key}': {_first_line(e)}"
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from data_prep.errors import UserError
+from common.errors import UserError
 
 # Members of corpus archives that describe the corpus rather than belong to it (NLTK's
 # zips hold README, cats.txt, CONTENTS and stopwords next to the texts).

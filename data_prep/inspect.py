@@ -21,8 +21,8 @@ from typing import Dict, List, TextIO
 
 import numpy as np
 
-from data_prep.errors import UserError
-from data_prep.masking import IGNORE_INDEX
+from common.errors import UserError
+from common.schema import IGNORE_INDEX
 from data_prep.shards import ShardSet, SplitData
 from data_prep.tokenizer import TokenizerInfo, load_tokenizer
 

@@ -32,7 +32,7 @@ sentences go back to the stream); the pair is then cut to ``max_seq_length - 3``
 one token at a time from its longer side, front or back at random. Layout
 ``[CLS] A [SEP] B [SEP]``, ``token_type_ids`` 0 up to and including the first ``[SEP]``,
 1 after. ``next_sentence_label``: 0 = IsNext, 1 = NotNext (the Hugging Face convention
-``pretrain.objectives`` expects).
+``pretrain.criterions.pretraining`` expects).
 
 Where we differ from the reference, and why:
 
@@ -78,12 +78,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.schema import LABEL_COLUMNS, PACKED_FORMATS, PAIR_FORMATS
+
 # Ids of a document's sentences: one int array of token ids per sentence.
 Document = Sequence[np.ndarray]
 
-PAIR_FORMATS = ("segment_pair", "sentence_pair")
-PACKED_FORMATS = ("full_sentences", "doc_sentences")
-LABEL_COLUMNS = {"nsp": "next_sentence_label", "sop": "sentence_order_label"}
 
 
 def _unit_hash(text: str) -> float:

@@ -51,9 +51,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from data_prep.errors import UserError
+from common.errors import UserError
+from common.schema import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 UNITS = ("token", "whole_word", "ngram")
 
 # Streams keep the static copies, dynamic epochs and the validation mask from ever sharing

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from data_prep.errors import UserError
+from common.errors import UserError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

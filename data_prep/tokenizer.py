@@ -39,7 +39,7 @@ from typing import Dict, Iterable, List
 import numpy as np
 from tokenizers import Tokenizer
 
-from data_prep.errors import UserError
+from common.errors import UserError
 
 # Role → token string for each kind; the order is the id order when training.
 SPECIAL_TOKENS: Dict[str, Dict[str, str]] = {
@@ -179,7 +179,14 @@ def _bpe(vocab_size: int, min_frequency: int, specials: List[str]):
 
 
 def _unigram(vocab_size: int, min_frequency: int, specials: List[str]):
-    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Regex,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
 
     tok = Tokenizer(models.Unigram())
     # ALBERT's tokenization.preprocess_text (quotes, NFKD without combining marks,

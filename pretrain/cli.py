@@ -14,44 +14,44 @@ import argparse
 import sys
 from typing import List, Optional
 
-from data_prep.errors import run_cli
+from common.errors import run_cli
 
 
 def _train(args: argparse.Namespace) -> None:
     from pretrain.config import load_run_config
-    from pretrain.trainer import train
+    from pretrain.training.loop import train
 
     cfg = load_run_config(args.config, args.preset, args.overrides)
     train(cfg, resume=args.resume)
 
 
 def _ablate(args: argparse.Namespace) -> None:
-    from pretrain.ablation import run_ablation
+    from pretrain.ablations.runner import run_ablation
 
     run_ablation(args.ablation, args.preset, args.overrides, runs_root=args.runs, results_dir=args.results)
 
 
 def _tables(args: argparse.Namespace) -> None:
-    from pretrain.tables import rebuild_tables
+    from pretrain.ablations.tables import rebuild_tables
 
     for path in rebuild_tables(args.runs, args.results):
         print(path)
 
 
 def _describe(args: argparse.Namespace) -> None:
-    from pretrain.describe import describe
+    from pretrain.models.describe import describe
 
     print(describe(args.model, args.overrides, args.sentence, all_presets=args.all, markdown=args.markdown))
 
 
 def _export(args: argparse.Namespace) -> None:
-    from pretrain.hf import export_checkpoint
+    from pretrain.models.hf import export_checkpoint
 
     print(export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.drop_sentence_head))
 
 
 def _submit(args: argparse.Namespace) -> None:
-    from pretrain.submit import submit
+    from pretrain.cluster.submit import submit
 
     flags = {k: getattr(args, k) for k in ("nodes", "gpus_per_node", "procs_per_node", "cpus_per_task", "partition",
                                            "time", "account", "qos", "launcher", "signal_seconds")}
@@ -59,7 +59,7 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
-    from pretrain.slurm_status import print_status
+    from pretrain.cluster.slurm_status import print_status
 
     print_status(args.target, args.runs)
 

@@ -22,13 +22,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from data_prep.config import DataConfig, check_data_config, merge_into, parse_overrides, read_yaml
-from data_prep.errors import UserError
+from common.configfile import merge_into, parse_overrides, read_yaml
+from common.errors import UserError
+from data_prep.config import DataConfig, check_data_config
 
 
 @dataclass
 class ModelConfig:
-    """Encoder shape (read by ``pretrain.model``). Names follow Hugging Face's BertConfig.
+    """Encoder shape (read by ``pretrain.models.encoder``). Names follow Hugging Face's BertConfig.
 
     vocab_size: None = taken from the data's tokenizer at run time. The presets in
         configs/model set ``${oc.select:data.tokenizer.vocab_size,N}``: the data's
@@ -41,7 +42,7 @@ class ModelConfig:
     hidden_dropout_prob / attention_probs_dropout_prob: 0.1 in BERT and RoBERTa.
     initializer_range: std of the truncated-normal init (0.02).
     family: ``bert`` | ``roberta`` | ``albert``: which Hugging Face class a checkpoint is
-        exported to / imported from (``pretrain.hf``); the architecture itself is set by the
+        exported to / imported from (``pretrain.models.hf``); the architecture itself is set by the
         keys below, and ``pretrain export`` refuses a family its keys do not fit.
     embedding_size (E): None = H; E < H factorizes the embedding with an E→H projection
         (Lan et al. 2020, §3.1 "Factorized embedding parameterization"; ALBERT: E=128).
@@ -75,7 +76,7 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Training objective (read by ``pretrain.objectives``).
+    """Training objective (read by ``pretrain.criterions.pretraining``).
 
     sentence: the sentence-level loss added to MLM; defaults to the data's
         ``sentence_objective`` so the two agree unless set on purpose.
@@ -86,14 +87,14 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimizerConfig:
-    """Optimizer (read by ``pretrain.optim`` and ``pretrain.trainer``). Defaults are
+    """Optimizer (read by ``pretrain.training.optim`` and ``pretrain.training.loop``). Defaults are
     RoBERTa's (Liu et al. 2019, §3.1): AdamW, β1=0.9, β2=0.98, ε=1e-6, weight decay 0.01.
 
     name: ``adamw`` (decoupled weight decay; BERT §A.2 uses β2=0.999, RoBERTa §3.1 0.98) or
         ``lamb`` (You et al. 2020, Algorithm 2; ALBERT §4.1 trains with it at lr 0.00176,
-        batch 4096). Both leave biases and LayerNorm undecayed (``pretrain.optim``).
+        batch 4096). Both leave biases and LayerNorm undecayed (``pretrain.training.optim``).
     lamb_impl: which LAMB runs: ``fused`` = DeepSpeed's FusedLamb (CUDA only), ``torch`` =
-        ``pretrain.lamb.Lamb`` (any device), ``auto`` = fused when CUDA is available, torch
+        ``pretrain.training.lamb.Lamb`` (any device), ``auto`` = fused when CUDA is available, torch
         otherwise. Ignored for adamw.
     """
 
@@ -107,7 +108,7 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule (read by ``pretrain.optim.schedule_fn``). Every schedule warms
+    """Learning-rate schedule (read by ``pretrain.training.optim.schedule_fn``). Every schedule warms
     up linearly from 0 to the peak lr over ``warmup_steps``; then, by ``name``:
 
     linear: linear decay from the peak to 0 at ``train.max_steps`` (RoBERTa §3.1).
@@ -130,7 +131,7 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    """Training loop (read by ``pretrain.trainer``).
+    """Training loop (read by ``pretrain.training.loop``).
 
     global_batch_size: sequences per optimizer step over all ranks
         (= micro_batch_size × gradient accumulation × world size).
@@ -142,11 +143,11 @@ class TrainConfig:
     seed: seeds model init, data order and dynamic masks.
     zero_stage: DeepSpeed ZeRO stage 0-3 (Rajbhandari et al. 2020); 1-3 partition the
         optimizer state over ranks, which LAMB's per-tensor trust ratio does not survive
-        (refused, ``pretrain.trainer.deepspeed_config``).
+        (refused, ``pretrain.training.loop.deepspeed_config``).
     gradient_clipping: global gradient-norm clip; 0 = off. Default 1.0 (BERT's reference
         code); RoBERTa's Table 9 trains with 0.0 (configs/train/roberta.yaml).
     peak_flops: the peak FLOP/s of one device (one rank) for the model-FLOPs-utilization
-        column of the train metrics (``pretrain.mfu``); None = the table of known GPUs by
+        column of the train metrics (``pretrain.training.mfu``); None = the table of known GPUs by
         ``torch.cuda`` device name and precision, and no MFU on CPU.
     """
 

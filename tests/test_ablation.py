@@ -15,10 +15,15 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from common.errors import UserError
 from data_prep.config import data_fingerprint
-from data_prep.errors import UserError
-from pretrain import rundir
-from pretrain.ablation import check_fair, compose_arms, load_ablation, run_ablation
+from pretrain.ablations.runner import (
+    check_fair,
+    compose_arms,
+    load_ablation,
+    run_ablation,
+)
+from pretrain.training import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
@@ -57,7 +62,7 @@ def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
     """The per-arm `pretrain train` line in the table must reproduce the arm exactly."""
     import shlex
 
-    from pretrain.ablation import AblationRecord, arm_command
+    from pretrain.ablations.runner import AblationRecord, arm_command
     from pretrain.config import load_run_config, to_dict
 
     arms = {"a": {"data": {"masking": {"mode": "static", "mlm_probability": 0.2}}, "train": {"optimizer": {"betas": [0.9, 0.99]}}},
@@ -102,7 +107,7 @@ def test_arm_may_not_choose_its_run_dir(tmp_path: Path):
 
 
 class _Recorder:
-    """Doubles of ``data_prep.build.build`` and ``pretrain.trainer.train`` that record
+    """Doubles of ``data_prep.build.build`` and ``pretrain.training.loop.train`` that record
     their calls and write what the real ones would (a manifest; a finished run dir)."""
 
     def __init__(self, root: Path, val_sha=lambda data: "v" * 64):
@@ -136,11 +141,11 @@ class _Recorder:
 @pytest.fixture()
 def recorder(tmp_path: Path, monkeypatch) -> _Recorder:
     import data_prep.build
-    import pretrain.trainer
+    import pretrain.training.loop
 
     rec = _Recorder(tmp_path)
     monkeypatch.setattr(data_prep.build, "build", rec.build)
-    monkeypatch.setattr(pretrain.trainer, "train", rec.train)  # its config checks stay real
+    monkeypatch.setattr(pretrain.training.loop, "train", rec.train)  # its config checks stay real
     return rec
 
 

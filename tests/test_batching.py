@@ -8,14 +8,21 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
+from common.schema import IGNORE_INDEX
 from data_prep.build import build
-from data_prep.errors import UserError
-from data_prep.masking import IGNORE_INDEX, Masker
+from data_prep.masking import Masker
 from data_prep.shards import ShardSet
 from data_prep.tokenizer import load_tokenizer
-from pretrain.batching import (Collator, GlobalBatchSampler, TokenBudgetSampler, micro_batches, rank_micro_batches,
-                               rank_slice)
 from pretrain.config import load_run_config
+from pretrain.training.batching import (
+    Collator,
+    GlobalBatchSampler,
+    TokenBudgetSampler,
+    micro_batches,
+    rank_micro_batches,
+    rank_slice,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from data_prep.build import build
 from data_prep.config import DataConfig, MaskingConfig, TokenizerConfig
-from data_prep.errors import UserError
 from data_prep.shards import MANIFEST, ShardSet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ _CHILD = """
 import sys
 from data_prep.build import build
 from data_prep.config import DataConfig, MaskingConfig, TokenizerConfig
-from data_prep.errors import UserError
+from common.errors import UserError
 sys.path.insert(0, sys.argv[1])
 from test_build_scale import pydoc_cfg
 build(pydoc_cfg(sys.argv[2], num_workers=1))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import UserError
 from data_prep.config import data_fingerprint, load_data_config
-from data_prep.errors import UserError
 from pretrain.config import load_run_config, read_composed
 
 REPO = Path(__file__).resolve().parents[1]

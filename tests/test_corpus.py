@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from common.errors import UserError
 from data_prep.corpus import ReadStats, read_documents, split_text_file, strip_tags
-from data_prep.errors import UserError
 from data_prep.instances import document_order, is_validation
 from data_prep.sentences import BACKENDS, line_units, split_sentences
 

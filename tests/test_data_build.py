@@ -12,10 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from data_prep.build import build
 from data_prep.cli import main
-from data_prep.config import DataConfig, MaskingConfig, TokenizerConfig, data_fingerprint
-from data_prep.errors import UserError
+from data_prep.config import (
+    DataConfig,
+    MaskingConfig,
+    TokenizerConfig,
+    data_fingerprint,
+)
 from data_prep.instances import InstanceStats, is_validation, pack_full_sentences
 from data_prep.shards import MANIFEST, ShardSet
 from data_prep.tokenizer import load_tokenizer

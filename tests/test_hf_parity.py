@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.config import merge_into
-from data_prep.errors import UserError
+from common.configfile import merge_into
+from common.errors import UserError
 from pretrain.config import ModelConfig, load_run_config, to_dict
-from pretrain.model import build_model
+from pretrain.models.encoder import build_model
 
 transformers = pytest.importorskip("transformers")
-from pretrain.hf import export_hf, export_run, from_hf  # noqa: E402
+from pretrain.models.hf import export_hf, export_run, from_hf  # noqa: E402
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -102,7 +102,7 @@ def test_export_then_transformers_gives_our_logits(family, tmp_path):
 def test_transformers_then_import_gives_their_logits(family, tmp_path):
     kw, sentence, cls, mlm_key, sent_key, pad = FAMILIES[family]
     cfg = model_cfg(**kw)
-    from pretrain.hf import hf_config
+    from pretrain.models.hf import hf_config
 
     hf_cfg = hf_config(cfg, sentence)
     hf_cfg.architectures = [cls]
@@ -127,7 +127,7 @@ def test_transformers_then_import_gives_their_logits(family, tmp_path):
 
 def test_albert_with_learned_square_projection_is_refused(tmp_path):
     cfg = model_cfg(family="albert")
-    from pretrain.hf import hf_config
+    from pretrain.models.hf import hf_config
 
     c = hf_config(cfg, "none")
     c.architectures = ["AlbertForMaskedLM"]
@@ -176,8 +176,8 @@ def test_exported_run_fills_a_fill_mask_pipeline(bpe_tokenizer, tmp_path):
 
 
 def test_cli_export_of_a_checkpoint_finds_the_runs_tokenizer(bpe_tokenizer, tmp_path):
-    from pretrain.checkpoint import CLIENT_KEY, LATEST, MODEL_STATES
     from pretrain.cli import main
+    from pretrain.training.checkpoint import CLIENT_KEY, LATEST, MODEL_STATES
 
     cfg, model = _roberta_run(bpe_tokenizer)
     run = tmp_path / "run"

@@ -6,11 +6,18 @@ the documents' token streams, so a wrong provenance cannot hide a wrong row."""
 from __future__ import annotations
 
 import random
+
 import numpy as np
 import pytest
 
 from data_prep.corpus import read_documents
-from data_prep.instances import InstanceStats, chunk_random, create_pairs, make_rows, pack_sentences
+from data_prep.instances import (
+    InstanceStats,
+    chunk_random,
+    create_pairs,
+    make_rows,
+    pack_sentences,
+)
 from data_prep.sentences import line_units, split_sentences
 from data_prep.tokenizer import load_tokenizer, train_tokenizer
 from data_prep.words import encode_with_words

@@ -1,4 +1,4 @@
-"""pretrain.lamb.Lamb against the LAMB update rule of You et al., ICLR 2020 (arXiv:1904.00962),
+"""pretrain.training.lamb.Lamb against the LAMB update rule of You et al., ICLR 2020 (arXiv:1904.00962),
 Algorithm 2, restated independently below with plain float64 tensor math, one tensor at a time."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import torch
 
-from pretrain.lamb import Lamb
+from pretrain.training.lamb import Lamb
 
 F64 = torch.float64
 
@@ -259,7 +259,7 @@ def test_bad_hyperparameters_fail_at_construction(kwargs):
 _DEEPSPEED_SCRIPT = textwrap.dedent(
     """
     import copy, importlib, torch, deepspeed
-    from pretrain.lamb import Lamb
+    from pretrain.training.lamb import Lamb
     # Not `import deepspeed.comm.torch as m`: that resolves to the torch package, which
     # deepspeed.comm re-exports under the same attribute name.
     ds_comm_torch = importlib.import_module("deepspeed.comm.torch")

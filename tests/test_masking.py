@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.schema import IGNORE_INDEX
 from data_prep.build import build
 from data_prep.config import DataConfig, MaskingConfig, TokenizerConfig
-from data_prep.masking import IGNORE_INDEX, STREAM_STATIC, STREAM_VALIDATION, Masker, sequence_rng
+from data_prep.masking import STREAM_STATIC, STREAM_VALIDATION, Masker, sequence_rng
 from data_prep.shards import ShardSet
 from data_prep.tokenizer import load_tokenizer
 

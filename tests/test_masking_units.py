@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.errors import UserError
+from common.schema import IGNORE_INDEX
 from data_prep.config import DataConfig, MaskingConfig, check_data_config
 from data_prep.corpus import read_documents
-from data_prep.errors import UserError
-from data_prep.masking import IGNORE_INDEX, Masker, ngram_probabilities, sequence_rng
+from data_prep.masking import Masker, ngram_probabilities, sequence_rng
 from data_prep.sentences import split_sentences
 from data_prep.tokenizer import load_tokenizer, train_tokenizer
 from data_prep.words import encode_with_words, word_index

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_prep.config import DataConfig, merge_into
-from data_prep.errors import UserError
+from common.configfile import merge_into
+from common.errors import UserError
+from data_prep.config import DataConfig
 from pretrain.config import ModelConfig
-from pretrain.model import build_model, check_model_fits_data, flops_per_token
-from pretrain.objectives import check_objective, score_sentence_task
+from pretrain.criterions.pretraining import check_objective, score_sentence_task
+from pretrain.models.encoder import build_model, check_model_fits_data, flops_per_token
 
 V, H, L, A, FF = 97, 32, 3, 4, 48
 

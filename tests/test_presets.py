@@ -12,10 +12,17 @@ import pytest
 import torch
 
 from pretrain.cli import main
-from pretrain.describe import PAPER_OBJECTIVE, PAPER_PARAMETERS, describe, load_model_config, meta_model, parameter_groups
+from pretrain.models.describe import (
+    PAPER_OBJECTIVE,
+    PAPER_PARAMETERS,
+    describe,
+    load_model_config,
+    meta_model,
+    parameter_groups,
+)
 
 transformers = pytest.importorskip("transformers")
-from pretrain.hf import check_exportable, hf_config  # noqa: E402
+from pretrain.models.hf import check_exportable, hf_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ["bert-base", "bert-large", "roberta-base", "albert-base", "albert-large", "albert-xlarge", "albert-xxlarge"]

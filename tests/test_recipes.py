@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pretrain.config import load_run_config
-from pretrain.rundir import read_metrics, read_summary
-from pretrain.trainer import train
+from pretrain.training.loop import train
+from pretrain.training.rundir import read_metrics, read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 

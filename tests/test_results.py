@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.tables import rebuild_tables
+from pretrain.ablations.tables import rebuild_tables
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "results" / "runs"

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from data_prep.build import build
-from pretrain import checkpoint, rundir
 from pretrain.config import load_run_config
-from pretrain.trainer import PREEMPTED_EXIT_CODE, Preempted, train
+from pretrain.training import checkpoint, rundir
+from pretrain.training.loop import PREEMPTED_EXIT_CODE, Preempted, train
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pretrain import rundir
 from pretrain.config import load_run_config
-from pretrain.distributed import free_port
-from pretrain.trainer import train
+from pretrain.training import rundir
+from pretrain.training.distributed import free_port
+from pretrain.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from pretrain import checkpoint, rundir
+from pretrain.training import checkpoint, rundir
 
 try:  # tests/ imported as a package (tests/__init__.py, importlib mode)
-    from tests.slurm_cluster import TERMINAL_STATES, job_info, run as slurm_cmd, scancel, slurm_cluster  # noqa: F401
+    from tests.slurm_cluster import TERMINAL_STATES, job_info, scancel, slurm_cluster  # noqa: F401
+    from tests.slurm_cluster import run as slurm_cmd
 except ImportError:  # tests/ is a plain directory on sys.path (rootdir-less default)
-    from slurm_cluster import TERMINAL_STATES, job_info, run as slurm_cmd, scancel, slurm_cluster  # type: ignore[no-redef]  # noqa: F401
+    from slurm_cluster import TERMINAL_STATES, job_info, scancel, slurm_cluster  # type: ignore[no-redef]  # noqa: F401
+    from slurm_cluster import run as slurm_cmd
 
 pytestmark = pytest.mark.slurm
 

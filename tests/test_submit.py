@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from data_prep.errors import UserError
+from common.errors import UserError
 from pretrain.cli import main
-from pretrain.slurm_status import JobRecord, classify, print_status
-from pretrain.submit import parse_time
+from pretrain.cluster.slurm_status import JobRecord, classify, print_status
+from pretrain.cluster.submit import parse_time
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"

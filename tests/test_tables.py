@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from data_prep.errors import UserError
-from pretrain import rundir
+from common.errors import UserError
+from pretrain.ablations.tables import collect_arm, rebuild_tables
 from pretrain.cli import main as pretrain_main
-from pretrain.tables import collect_arm, rebuild_tables
+from pretrain.training import rundir
 
 PAPER_COLS = ["SQuAD 2.0 F1", "MNLI-m acc"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from data_prep.corpus import read_documents
-from data_prep.errors import UserError
 from data_prep.sentences import split_sentences
 from data_prep.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
 from data_prep.words import encode_with_words, word_index, word_starts_from_word_ids

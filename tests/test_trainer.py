@@ -1,7 +1,7 @@
 """The DeepSpeed trainer: its DeepSpeed config (AdamW, LAMB, ZeRO), optimizer groups and
 schedules, the train presets against their papers, the checks made before the first step,
 the non-finite-loss guard, and short real runs: the run directory contract of
-``pretrain.rundir`` (with model FLOPs / MFU), bf16 with ZeRO 0/2/3 and LAMB, NSP accuracy,
+``pretrain.training.rundir`` (with model FLOPs / MFU), bf16 with ZeRO 0/2/3 and LAMB, NSP accuracy,
 DOC-SENTENCES token batching."""
 
 from __future__ import annotations
@@ -15,15 +15,21 @@ import pytest
 import torch
 import yaml
 
-from data_prep.config import merge_into
-from data_prep.errors import UserError
+from common.configfile import merge_into
+from common.errors import UserError
 from data_prep.shards import ShardSet
-from pretrain import checkpoint, rundir
 from pretrain.config import ModelConfig, TrainConfig, load_run_config
-from pretrain.model import build_model
-from pretrain.mfu import gpu_peak_flops, peak_flops
-from pretrain.optim import param_groups, schedule_fn
-from pretrain.trainer import NonFiniteLoss, accumulation_steps, check_device, deepspeed_config, train
+from pretrain.models.encoder import build_model
+from pretrain.training import checkpoint, rundir
+from pretrain.training.loop import (
+    NonFiniteLoss,
+    accumulation_steps,
+    check_device,
+    deepspeed_config,
+    train,
+)
+from pretrain.training.mfu import gpu_peak_flops, peak_flops
+from pretrain.training.optim import param_groups, schedule_fn
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
@@ -212,7 +218,7 @@ def test_bad_runs_are_refused_before_any_step(tmp_path: Path, data: Path):
 def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path: Path, data: Path, monkeypatch):
     """fp32: the loss of step 3 turns NaN (as after a blow-up); the run stops at once, saves
     nothing of the broken state, and names the checkpoint of step 2."""
-    import pretrain.trainer as trainer
+    import pretrain.training.loop as trainer
 
     micro_per_step = 2  # global 16 = 2 micro batches of 8
 
@@ -300,7 +306,7 @@ def test_run_directory_follows_the_contract(short_run):
     assert Path(s["data_dir"]) == Path(cfg.data.output_dir).resolve()
 
     # tokens_seen counts the non-padding tokens of exactly the rows the sampler handed out
-    from pretrain.batching import GlobalBatchSampler
+    from pretrain.training.batching import GlobalBatchSampler
 
     sampler = GlobalBatchSampler(train_rows, 16, cfg.train.seed)
     expected = sum(int(lengths[sampler.global_batch(i)[1]].sum()) for i in range(24))

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on cluster nodes or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pretrain import rundir  # noqa: E402
+from pretrain.training import rundir  # noqa: E402
 
 
 def last_per_step(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

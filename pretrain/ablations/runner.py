@@ -25,10 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from data_prep.config import data_fingerprint, merge_into, parse_overrides, read_yaml, resolve_output_dir
-from data_prep.errors import UserError
-from pretrain import rundir
+from common.configfile import merge_into, parse_overrides, read_yaml
+from common.errors import UserError
+from data_prep.config import data_fingerprint, resolve_output_dir
 from pretrain.config import RunConfig, load_run_config, resolve_preset, to_dict
+from pretrain.training import rundir
 
 # Arm and ablation names become directory names; keep them portable.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -189,9 +190,9 @@ def precheck_arms(cfgs: Dict[str, RunConfig]) -> None:
     arm now, so an arm that would fail — e.g. warmup longer than max_steps — stops the
     ablation before any data is built or any arm is trained. Raises UserError naming the
     arm. World size from ``WORLD_SIZE`` (1 on one machine)."""
-    from pretrain.model import check_model_fits_data
-    from pretrain.optim import schedule_fn
-    from pretrain.trainer import check_train_config, deepspeed_config
+    from pretrain.models.encoder import check_model_fits_data
+    from pretrain.training.loop import check_train_config, deepspeed_config
+    from pretrain.training.optim import schedule_fn
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     for arm, cfg in cfgs.items():
@@ -319,7 +320,7 @@ def run_ablation(
     (skip ``done``, resume ``partial``) and rewrite the table after each. Returns the
     written paths (``results_dir/<name>.md``, ``.csv``, ``.png``).
     """
-    from pretrain.tables import write_ablation_table, write_text_atomic
+    from pretrain.ablations.tables import write_ablation_table, write_text_atomic
 
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     precheck_arms(cfgs)
@@ -327,7 +328,9 @@ def run_ablation(
     abl_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(abl_dir / rundir.ABLATION, OmegaConf.to_yaml(rec))
 
-    from pretrain.trainer import train  # imported here: `pretrain tables` imports this module, keep it light
+    from pretrain.training.loop import (
+        train,  # imported here: `pretrain tables` imports this module, keep it light
+    )
 
     written: List[Path] = []
     n = len(cfgs)

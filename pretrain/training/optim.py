@@ -7,9 +7,9 @@ applies BERT's rule to every recipe so that arms differ only in what they ablate
 LAMB excludes the same parameters.
 
 The optimizer is ``train.optimizer.name``: AdamW runs as ``torch.optim.AdamW`` built by
-DeepSpeed from its config (``pretrain.trainer.deepspeed_config``); LAMB (You et al. 2020)
+DeepSpeed from its config (``pretrain.training.loop.deepspeed_config``); LAMB (You et al. 2020)
 runs either as DeepSpeed's FusedLamb (CUDA only, built from the DeepSpeed config) or as
-``pretrain.lamb.Lamb`` handed to ``deepspeed.initialize`` (``build_optimizer``), chosen by
+``pretrain.training.lamb.Lamb`` handed to ``deepspeed.initialize`` (``build_optimizer``), chosen by
 ``train.optimizer.lamb_impl``.
 
 A schedule is a function from the optimizer step to a multiplier of the peak lr, picked by
@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from data_prep.errors import UserError
+from common.errors import UserError
 
 OPTIMIZERS = ("adamw", "lamb")
 LAMB_IMPLS = ("auto", "fused", "torch")
@@ -55,7 +55,7 @@ def lamb_impl(opt_cfg, cuda_available: bool) -> str:
     """``fused`` or ``torch``: the LAMB that ``train.optimizer.lamb_impl`` selects on a
     machine with or without CUDA (``auto`` = fused with CUDA, torch without).
 
-    Does not check that ``fused`` can run here (``pretrain.trainer.check_device`` does, so
+    Does not check that ``fused`` can run here (``pretrain.training.loop.check_device`` does, so
     a GPU job can be checked on a login node without one). Raises UserError for an
     unknown value.
     """
@@ -92,13 +92,13 @@ def build_optimizer(opt_cfg, groups: List[Dict], cuda_available: bool) -> Option
         groups: ``param_groups(model, weight_decay)``.
         cuda_available: whether this process trains on a GPU.
     Returns:
-        ``pretrain.lamb.Lamb`` over ``groups`` (lr, betas, eps and weight decay from the
+        ``pretrain.training.lamb.Lamb`` over ``groups`` (lr, betas, eps and weight decay from the
         config; BERT-style bias correction; trust bounds φ = min(‖w‖, 10)) when the config
         selects the torch LAMB, else None.
     """
     if opt_cfg.name != "lamb" or lamb_impl(opt_cfg, cuda_available) != "torch":
         return None
-    from pretrain.lamb import Lamb
+    from pretrain.training.lamb import Lamb
 
     return Lamb(groups, lr=float(opt_cfg.lr), betas=tuple(float(b) for b in opt_cfg.betas), eps=float(opt_cfg.eps),
                 weight_decay=float(opt_cfg.weight_decay))

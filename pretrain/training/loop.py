@@ -3,14 +3,14 @@
 Reads top to bottom: world → config checks → data (built or found) → data and resume
 checks → config.yaml → model → DeepSpeed engine → resume → loop (micro batches, optimizer
 step, guards, log, eval, checkpoint, preemption) → summary. Everything a run writes
-follows ``pretrain.rundir``; only rank 0 writes files.
+follows ``pretrain.training.rundir``; only rank 0 writes files.
 
 Recipe details and where they come from (each is one config key, read here or in the
 module named):
-- optimizer (``train.optimizer``, ``pretrain.optim``): AdamW with β1, β2, ε and decoupled
+- optimizer (``train.optimizer``, ``pretrain.training.optim``): AdamW with β1, β2, ε and decoupled
   weight decay (BERT §A.2: β2=0.999, decay 0.01; RoBERTa §3.1: β2=0.98, ε=1e-6) or LAMB
   (You et al. 2020; ALBERT §4.1); no decay on biases and LayerNorm;
-- lr schedule (``train.schedule``, ``pretrain.optim``): warmup, then linear (RoBERTa),
+- lr schedule (``train.schedule``, ``pretrain.training.optim``): warmup, then linear (RoBERTa),
   polynomial (BERT's code) or warmup-stable-decay;
 - gradient clipping by global norm (``train.gradient_clipping``; BERT's reference
   ``optimization.py`` clips at 1.0; RoBERTa's Table 9 does not clip; 0 turns it off);
@@ -18,8 +18,8 @@ module named):
   RoBERTa Table 3: 256 / 2K / 8K, ALBERT §4.1: 4096) with gradient accumulation derived
   from it, the micro batch and the world size, never set by hand; DOC-SENTENCES batches
   hold a constant number of tokens instead (``data.doc_sentences_batching``, RoBERTa §4.2,
-  ``pretrain.batching``);
-- static vs. dynamic masking (``data.masking.mode``; RoBERTa §4.1): see ``pretrain.batching``.
+  ``pretrain.training.batching``);
+- static vs. dynamic masking (``data.masking.mode``; RoBERTa §4.1): see ``pretrain.training.batching``.
 
 Precision (``train.precision``): fp32 or bf16 anywhere, fp16 with dynamic loss scaling on
 GPU. A non-finite loss stops an fp32/bf16 run (``NonFiniteLoss``, naming the last good
@@ -46,19 +46,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.errors import UserError
+from common.errors import UserError
 from data_prep.masking import Masker
 from data_prep.shards import ShardSet
 from data_prep.tokenizer import load_tokenizer
-from pretrain import checkpoint, distributed
-from pretrain.batching import Collator, make_sampler, rank_micro_batches
 from pretrain.config import run_dir, to_dict, to_yaml
-from pretrain.evaluate import evaluate
-from pretrain.mfu import ModelFlops, peak_flops
-from pretrain.model import build_model, check_model_fits_data
-from pretrain.objectives import check_objective
-from pretrain.optim import build_optimizer, build_scheduler, check_optimizer, lamb_impl, param_groups, schedule_fn
-from pretrain.rundir import CONFIG, METRICS, SUMMARY, TENSORBOARD, write_json_atomic
+from pretrain.criterions.pretraining import check_objective
+from pretrain.models.encoder import build_model, check_model_fits_data
+from pretrain.training import checkpoint, distributed
+from pretrain.training.batching import Collator, make_sampler, rank_micro_batches
+from pretrain.training.evaluate import evaluate
+from pretrain.training.mfu import ModelFlops, peak_flops
+from pretrain.training.optim import (
+    build_optimizer,
+    build_scheduler,
+    check_optimizer,
+    lamb_impl,
+    param_groups,
+    schedule_fn,
+)
+from pretrain.training.rundir import (
+    CONFIG,
+    METRICS,
+    SUMMARY,
+    TENSORBOARD,
+    write_json_atomic,
+)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: slurm/templates/train.sbatch.j2 requeues the job on it
@@ -113,8 +126,8 @@ def deepspeed_config(train_cfg, world_size: int) -> Dict[str, Any]:
     AdamW runs as ``torch.optim.AdamW`` (``torch_adam``): DeepSpeed's fused CPU Adam keeps
     step counters process-wide, which breaks bit-exact resume. LAMB runs as DeepSpeed's
     FusedLamb (an ``optimizer`` section here) or, with ``lamb_impl`` torch (the default
-    without CUDA), as ``pretrain.lamb.Lamb`` passed to ``deepspeed.initialize`` (no section
-    here; ``pretrain.optim.build_optimizer``). The weight decay here is a default; the param
+    without CUDA), as ``pretrain.training.lamb.Lamb`` passed to ``deepspeed.initialize`` (no section
+    here; ``pretrain.training.optim.build_optimizer``). The weight decay here is a default; the param
     groups set it per group. fp16 uses dynamic loss scaling (start 2^16, halve on overflow).
     Machine-independent except for ``lamb_impl: auto``, so a GPU job can be checked on a
     login node.
@@ -288,7 +301,7 @@ def train(cfg, resume: bool = False) -> Dict[str, Any]:
     progress and raise ``Preempted`` (exit code 75); every rank stops after the same step.
 
     Returns:
-        The summary dict written to summary.json (see ``pretrain.rundir``).
+        The summary dict written to summary.json (see ``pretrain.training.rundir``).
     Raises:
         UserError: anything wrong with the config, data, or run directory — all checked
             before the first step.
@@ -479,7 +492,7 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
                 seconds = max(now - window["start_time_s"], 1e-9)
                 rec = {"kind": "train", "step": step, "epoch": sampler.epochs(step), "tokens_seen": tokens_seen}
                 rec.update({k: v / max(1, window["steps"]) for k, v in sorted(window["losses"].items())})
-                # Model FLOP/s per device (pretrain.mfu): the window's FLOPs over all ranks / ranks.
+                # Model FLOP/s per device (pretrain.training.mfu): the window's FLOPs over all ranks / ranks.
                 device_flops = window["flops"] / seconds / world.size
                 rec.update(lr=lr, grad_norm=grad_norm, tokens_per_s=window["tokens"] / seconds,
                            model_tflops=device_flops / 1e12, time_s=now)

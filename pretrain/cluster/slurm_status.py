@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, TextIO
 
-from data_prep.config import read_yaml
-from data_prep.errors import UserError
-from pretrain import rundir
+from common.configfile import read_yaml
+from common.errors import UserError
+from pretrain.training import rundir
 
 SLURM_DIR = "slurm"  # below a run directory or an ablation directory: scripts, logs, jobs.json
 JOBS = "jobs.json"
@@ -212,7 +212,7 @@ def _helper(name: str, job_id: str) -> RunStatus:
 def _unsubmitted(base: Path) -> tuple[str, List[RunStatus]]:
     """A directory never submitted from: the run-directory states alone."""
     if (base / rundir.ABLATION).is_file():
-        from pretrain.ablation import load_record
+        from pretrain.ablations.runner import load_record
 
         runs = {arm: base / arm for arm in load_record(base).ablation.arms}
     else:

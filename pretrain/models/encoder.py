@@ -11,13 +11,13 @@ One module covers the three papers' architectures through ``ModelConfig`` keys:
   Table 4): a shared block is one module applied at every layer;
 - the MLM head of BERT (dense → activation → LayerNorm → decoder tied to the word
   embeddings + bias); with E ≠ H the dense maps H→E, as ALBERT does;
-- an optional NSP/SOP head (``pretrain.objectives.SentenceHead``).
+- an optional NSP/SOP head (``pretrain.criterions.pretraining.SentenceHead``).
 
 The MLM head runs only at labelled positions in ``forward`` (for 15% masking ~7x less work
 and memory than full-vocabulary logits everywhere); ``logits`` gives every position.
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention``.
 
-Parameter names mirror Hugging Face's (``query``, ``LayerNorm``, ...) so ``pretrain.hf``
+Parameter names mirror Hugging Face's (``query``, ``LayerNorm``, ...) so ``pretrain.models.hf``
 maps them one to one; a shared block appears once in the state dict.
 """
 
@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_prep.errors import UserError
-from data_prep.masking import IGNORE_INDEX
-from pretrain.objectives import (
-    LABEL_COLUMN,
+from common.errors import UserError
+from common.schema import IGNORE_INDEX, LABEL_COLUMNS, PAIR_FORMATS
+from pretrain.criterions.pretraining import (
     SentenceHead,
     check_sentence_objective,
     mlm_criterion,
@@ -42,7 +41,6 @@ from pretrain.objectives import (
 FAMILIES = ("bert", "roberta", "albert")
 SHARING = ("none", "all", "attention", "ffn")
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
-PAIR_FORMATS = ("segment_pair", "sentence_pair")
 
 
 def embedding_size(cfg) -> int:
@@ -287,7 +285,7 @@ class BertForPretraining(nn.Module):
     Raises:
         UserError: at construction, for a config or objective it cannot build.
         ValueError: in forward, when only the other sentence task's labels are given
-            (score cross-task with ``pretrain.objectives.score_sentence_task``).
+            (score cross-task with ``pretrain.criterions.pretraining.score_sentence_task``).
     """
 
     def __init__(self, cfg, sentence: str = "none") -> None:
@@ -323,8 +321,8 @@ class BertForPretraining(nn.Module):
         other = "sop" if self.sentence == "nsp" else "nsp"
         if mine is None and given[other] is not None:
             raise ValueError(
-                f"model trained for {self.sentence} got only {LABEL_COLUMN[other]}; "
-                "score cross-task with pretrain.objectives.score_sentence_task"
+                f"model trained for {self.sentence} got only {LABEL_COLUMNS[other]}; "
+                "score cross-task with pretrain.criterions.pretraining.score_sentence_task"
             )
         return mine
 

@@ -1,6 +1,6 @@
 """Result tables of ablations, rebuilt from run directories alone (no training).
 
-For every ``runs_root/<name>/ablation.yaml`` (written by ``pretrain.ablation``) this writes
+For every ``runs_root/<name>/ablation.yaml`` (written by ``pretrain.ablations.runner``) this writes
 ``results/<name>.md``, ``results/<name>.csv`` and the loss-curve plot ``results/<name>.png``:
 one row per arm with our held-out MLM metrics and the paper's numbers for the same arm,
 labelled "(paper)". Arms that have not finished are listed and marked, so a table can be
@@ -21,10 +21,15 @@ from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
 
-from data_prep.errors import UserError
-from pretrain import rundir
-from pretrain.ablation import AblationRecord, ablate_command, arm_command, load_record
-from pretrain.plots import last_per_step, plot_loss_curves
+from common.errors import UserError
+from pretrain.ablations.plots import last_per_step, plot_loss_curves
+from pretrain.ablations.runner import (
+    AblationRecord,
+    ablate_command,
+    arm_command,
+    load_record,
+)
+from pretrain.training import rundir
 
 
 @dataclass

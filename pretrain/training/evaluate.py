@@ -17,8 +17,8 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from pretrain.batching import Collator
-from pretrain.distributed import all_reduce_sum
+from pretrain.training.batching import Collator
+from pretrain.training.distributed import all_reduce_sum
 
 
 @torch.no_grad()

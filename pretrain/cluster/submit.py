@@ -38,15 +38,16 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from omegaconf import OmegaConf
 
-from data_prep.config import data_fingerprint, merge_into, read_yaml
-from data_prep.errors import UserError
-from pretrain import rundir
+from common.configfile import merge_into, read_yaml
+from common.errors import UserError
+from data_prep.config import data_fingerprint
+from pretrain.cluster.slurm_status import JOBS, SLURM_DIR, queued_jobs
 from pretrain.config import RunConfig, load_run_config, run_dir, to_dict, to_yaml
-from pretrain.slurm_status import JOBS, SLURM_DIR, queued_jobs
+from pretrain.training import rundir
 
 LAUNCHERS = ("torchrun", "deepspeed")
 DEFAULT_SITE = Path("slurm") / "site.yaml"
-TEMPLATES = Path(__file__).resolve().parents[1] / "slurm" / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "slurm" / "templates"
 _WORD_RE = re.compile(r"^[^\s'\"\\;&|<>`$]+$")  # a value safe on an #SBATCH line
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -201,7 +202,7 @@ def is_ablation(path: str | Path) -> bool:
 
 def plan_run(config: str | Path, preset: Optional[str], overrides: Sequence[str]) -> Plan:
     """One run: its RunConfig, unless the run already finished. Raises UserError."""
-    from pretrain.ablation import arm_state
+    from pretrain.ablations.runner import arm_state
 
     cfg = load_run_config(config, preset, overrides)
     run = run_dir(cfg)
@@ -216,7 +217,7 @@ def plan_ablation(
 ) -> Plan:
     """Every arm of an ablation, composed and checked as ``pretrain ablate`` does; finished
     arms are left out. Raises UserError naming the arm that fails — before any job exists."""
-    from pretrain.ablation import arm_state, plan_arms
+    from pretrain.ablations.runner import arm_state, plan_arms
 
     if not preset:
         raise UserError(f"{path} is an ablation: pass --preset NAME (as for `pretrain ablate`)")
@@ -233,7 +234,7 @@ def plan_ablation(
 def check_resumable(run: Path, cfg: RunConfig) -> None:
     """A run directory with a checkpoint must hold the same experiment: the job resumes it,
     and the trainer would refuse a different config only once the job runs."""
-    from pretrain import checkpoint
+    from pretrain.training import checkpoint
 
     ckpt = checkpoint.latest(run)
     if ckpt is None:
@@ -254,9 +255,9 @@ def check_resumable(run: Path, cfg: RunConfig) -> None:
 def check_world(plan: Plan, job: JobOptions) -> None:
     """The trainer's config checks for the job's world size (nodes × processes per node),
     so a batch that does not split fails here, not after queueing. Raises UserError."""
-    from pretrain.model import check_model_fits_data
-    from pretrain.optim import schedule_fn
-    from pretrain.trainer import check_train_config, deepspeed_config
+    from pretrain.models.encoder import check_model_fits_data
+    from pretrain.training.loop import check_train_config, deepspeed_config
+    from pretrain.training.optim import schedule_fn
 
     nproc = procs_per_node(job)
     world = job.nodes * nproc
@@ -446,7 +447,7 @@ def submit(
 
 def _write_inputs(plan: Plan, scripts: Dict[str, str]) -> None:
     """Everything the jobs read: run configs, data configs, scripts, ablation.yaml."""
-    from pretrain.tables import write_text_atomic
+    from pretrain.ablations.tables import write_text_atomic
 
     plan.slurm_dir.mkdir(parents=True, exist_ok=True)
     for cfg in plan.runs.values():

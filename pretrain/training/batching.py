@@ -32,15 +32,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from data_prep.errors import UserError
-from data_prep.masking import IGNORE_INDEX, STREAM_DYNAMIC, Masker, sequence_rng
+from common.errors import UserError
+from common.schema import IGNORE_INDEX, SENTENCE_LABELS
+from data_prep.masking import STREAM_DYNAMIC, Masker, sequence_rng
 from data_prep.shards import SplitData
 
 # Keeps the epoch permutations apart from every masking stream even with equal seeds.
 _ORDER_STREAM = 0x5A4D
 
 # Per-sequence scalar columns handed to the model unchanged (NSP, BERT §3.1; SOP, ALBERT §4.2).
-SENTENCE_LABELS = ("next_sentence_label", "sentence_order_label")
 
 
 class GlobalBatchSampler:

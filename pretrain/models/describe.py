@@ -14,10 +14,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from data_prep.config import merge_into, parse_overrides, read_yaml
-from data_prep.errors import UserError
+from common.configfile import merge_into, parse_overrides, read_yaml
+from common.errors import UserError
 from pretrain.config import ModelConfig
-from pretrain.model import BertForPretraining, build_model, embedding_size, flops_per_token
+from pretrain.models.encoder import (
+    BertForPretraining,
+    build_model,
+    embedding_size,
+    flops_per_token,
+)
 
 # The sentence objective each family's paper trains with: BERT §3.1 (NSP), RoBERTa §4.2
 # (none), ALBERT §3.1 (SOP). Used only to pick which head describe and the tables count.
@@ -34,7 +39,7 @@ PAPER_PARAMETERS: Dict[str, Tuple[str, str]] = {
     "albert-xxlarge": ("235M", "Lan et al. 2020, Table 1"),
 }
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def model_presets_dir() -> Path:

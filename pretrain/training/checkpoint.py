@@ -25,10 +25,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from data_prep.config import merge_into
-from data_prep.errors import UserError
-from pretrain.distributed import World, barrier
-from pretrain.rundir import CHECKPOINTS
+from common.configfile import merge_into
+from common.errors import UserError
+from pretrain.training.distributed import World, barrier
+from pretrain.training.rundir import CHECKPOINTS
 
 LATEST = "latest"
 PREFIX = "step-"
@@ -207,7 +207,7 @@ def read_client_state(ckpt: Path) -> Dict[str, Any]:
     # mmap: only the small client state is read, not the weights.
     sd = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
     if CLIENT_KEY not in sd:
-        raise UserError(f"{files[0]} was not written by pretrain.trainer (no {CLIENT_KEY!r} client state)")
+        raise UserError(f"{files[0]} was not written by pretrain.training.loop (no {CLIENT_KEY!r} client state)")
     return sd[CLIENT_KEY]
 
 
@@ -240,8 +240,8 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
         UserError: no checkpoint there, or not one written by this trainer.
     """
     from pretrain.config import RunConfig
-    from pretrain.model import build_model
-    from pretrain.optim import param_groups
+    from pretrain.models.encoder import build_model
+    from pretrain.training.optim import param_groups
 
     ckpt = _resolve_checkpoint(Path(ckpt_or_run_dir))
     state = read_client_state(ckpt)
@@ -250,7 +250,9 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
     if any(ckpt.glob("*zero_pp_rank_*optim_states.pt")):
         # ZeRO partitions (and flattens) the fp32 master weights; DeepSpeed's own tool
         # gathers them back by parameter name.
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.utils.zero_to_fp32 import (
+            get_fp32_state_dict_from_zero_checkpoint,
+        )
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
         missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -262,7 +264,7 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
         opt = sd.get("optimizer") or {}
         if isinstance(opt, dict) and "fp32_groups" in opt:
             # bf16/fp16 without ZeRO: master weights are kept per param group, in the order
-            # pretrain.optim.param_groups lists them.
+            # pretrain.training.optim.param_groups lists them.
             groups = param_groups(model, 0.0)
             with torch.no_grad():
                 for g, masters in zip(groups, opt["fp32_groups"]):

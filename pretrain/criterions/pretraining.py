@@ -25,11 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_prep.config import SENTENCE_OBJECTIVES
-from data_prep.errors import UserError
-
-# Shard column holding each sentence objective's labels (data_prep.shards).
-LABEL_COLUMN: Dict[str, str] = {"nsp": "next_sentence_label", "sop": "sentence_order_label"}
+from common.errors import UserError
+from common.schema import LABEL_COLUMNS, SENTENCE_OBJECTIVES
 
 
 def check_sentence_objective(sentence: str) -> None:
@@ -51,9 +48,9 @@ def check_objective(sentence: str, shard_columns: Sequence[str]) -> None:
     check_sentence_objective(sentence)
     if sentence == "none":
         return
-    need = LABEL_COLUMN[sentence]
+    need = LABEL_COLUMNS[sentence]
     if need not in shard_columns:
-        have = [c for c in LABEL_COLUMN.values() if c in shard_columns]
+        have = [c for c in LABEL_COLUMNS.values() if c in shard_columns]
         hint = f"they carry {have[0]}" if have else "they hold no sentence pairs"
         raise UserError(
             f"objective.sentence={sentence} needs a {need} column in the shards, but {hint}; "
@@ -140,7 +137,7 @@ def score_sentence_task(
     which gives the chance-level accuracy that Table 5's "None" row reports (52.4 / 53.3).
 
     Args:
-        model: a ``pretrain.model.BertForPretraining`` (any objective); put in eval mode
+        model: a ``pretrain.models.encoder.BertForPretraining`` (any objective); put in eval mode
             for the duration and restored afterwards.
         batches: dicts of int64 tensors: ``input_ids``, ``attention_mask``,
             ``token_type_ids`` ``[batch, seq]`` and the task's label column
@@ -152,9 +149,9 @@ def score_sentence_task(
     Raises:
         UserError: unknown task, a batch without the task's labels, or no examples.
     """
-    if task not in LABEL_COLUMN:
-        raise UserError(f"sentence task {task!r} is not one of: {', '.join(LABEL_COLUMN)}")
-    column = LABEL_COLUMN[task]
+    if task not in LABEL_COLUMNS:
+        raise UserError(f"sentence task {task!r} is not one of: {', '.join(LABEL_COLUMNS)}")
+    column = LABEL_COLUMNS[task]
     head: Optional[nn.Module] = getattr(model, "sentence_head", None)
     if head is None:
         hidden = model.config.hidden_size

@@ -1,7 +1,7 @@
 """Model FLOPs utilization (MFU): the model FLOP/s a run achieves over the device's peak.
 
 Model FLOPs count what the model needs, not what the hardware ran: per token
-``6N + 12·L·H·T`` (``pretrain.model.flops_per_token``; Kaplan et al. 2020 §2.1 for 6N,
+``6N + 12·L·H·T`` (``pretrain.models.encoder.flops_per_token``; Kaplan et al. 2020 §2.1 for 6N,
 PaLM, Chowdhery et al. 2022, appendix B for the attention term and the MFU definition),
 with N the non-embedding parameters applied per token and T the length of the token's
 own sequence — so padding, recomputation and the logits we skip at unmasked positions
@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from pretrain.model import flops_per_token
+from pretrain.models.encoder import flops_per_token
 
 # (device-name pattern, precision, dense peak FLOP/s per GPU). NVIDIA data sheets:
 # A100 (SXM and PCIe) 312 TFLOP/s BF16/FP16 tensor cores; H100 SXM 989 TFLOP/s BF16/FP16

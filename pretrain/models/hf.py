@@ -25,9 +25,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from data_prep.config import merge_into
-from data_prep.errors import UserError
-from pretrain.model import BertForPretraining, build_model, check_model_config, embedding_size
+from common.configfile import merge_into
+from common.errors import UserError
+from pretrain.models.encoder import (
+    BertForPretraining,
+    build_model,
+    check_model_config,
+    embedding_size,
+)
 
 # (family, has sentence head) → transformers class name.
 EXPORT_CLASSES: Dict[Tuple[str, bool], str] = {
@@ -252,7 +257,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer_path: Optiona
     """Export a training checkpoint (a run directory, its checkpoints/ or one step-*
     directory) with the tokenizer of the run's shards (``find_run_tokenizer``) unless
     ``tokenizer_path`` is given. Raises UserError as ``export_hf``."""
-    from pretrain.checkpoint import load_model_state
+    from pretrain.training.checkpoint import load_model_state
 
     cfg, state = load_model_state(ckpt)
     tok = Path(tokenizer_path) if tokenizer_path else find_run_tokenizer(Path(ckpt), cfg)
@@ -265,7 +270,7 @@ def find_run_tokenizer(ckpt: Path, cfg) -> Path:
     Raises UserError naming the places tried."""
     from data_prep.config import resolve_output_dir
     from data_prep.shards import TOKENIZER_FILE
-    from pretrain.rundir import SUMMARY
+    from pretrain.training.rundir import SUMMARY
 
     tried = []
     for run in [ckpt, *ckpt.resolve().parents][:4]:

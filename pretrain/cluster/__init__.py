@@ -1,0 +1,1 @@
+"""Cluster jobs: `pretrain submit` renders and submits sbatch scripts; `pretrain status` reads their state."""
