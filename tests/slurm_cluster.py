@@ -1,4 +1,6 @@
-"""Session-wide access to the local one-node Slurm cluster (slurm/local-cluster.sh).
+"""Session-wide access to the local Slurm cluster (slurm/local-cluster.sh): node
+``localhost`` in the default partition ``debug``, and partition ``twonodes`` of
+``localhost`` and ``node1`` (a second slurmd on the same host) for multi-node jobs.
 
 Not a conftest: import the fixture into a test module to use it::
 

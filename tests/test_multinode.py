@@ -4,11 +4,11 @@ preset in one shared run directory, and give bit for bit the metrics and final w
 one agent running both ranks (``--standalone --nproc_per_node 2``).
 
 What the two-agent run exercises that one agent does not: the c10d rendezvous between
-agents, a world whose ranks each sit alone on their "node" (``LOCAL_RANK=0`` and
-``LOCAL_WORLD_SIZE=1`` on both), node 0 building the shards while node 1 waits at the
-barrier and then only opens them, and checkpoints written into the shared run directory by
-ranks of different agents. Both agents share this host's file system: the shared-file-system
-set-up the README asks for.
+agents, ranks that each sit alone on their "node" (torchrun gives both ``LOCAL_RANK=0`` and
+``LOCAL_WORLD_SIZE=1``, so anything keyed on the local rank would run twice), node 0
+building the shards while node 1 waits at the barrier and then only opens them, and
+checkpoints written into the shared run directory by ranks of different agents. Both agents
+share this host's file system: the shared-file-system set-up the README asks for.
 
 Why equality is exact: both runs have ranks 0 and 1 with the same seeds and the same rows,
 and a sum over two ranks is the same float whatever the all-reduce algorithm (a + b == b + a).
