@@ -318,7 +318,9 @@ def run_ablation(
     other arms/preset/overrides; prepare data once per distinct data config and check the
     validation data are identical; write ``runs_root/<name>/ablation.yaml``; train each arm
     (skip ``done``, resume ``partial``) and rewrite the table after each. Returns the
-    written paths (``results_dir/<name>.md``, ``.csv``, ``.png``).
+    written paths (``results_dir/<preset>/<name>.md``, ``.csv``, ``.png``: each preset has its
+    own directory, so the README's ``--preset smoke`` quick start leaves the committed
+    ``results/small/`` tables alone).
     """
     from pretrain.ablations.tables import write_ablation_table, write_text_atomic
 
