@@ -249,3 +249,159 @@ def test_override_value_that_is_not_yaml_is_one_line(capsys, monkeypatch, tmp_pa
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(RECIPE), "train.optimizer.betas=[0.9"]) == 2
     assert "override 'train.optimizer.betas=[0.9': its value is not valid YAML" in _one_error_line(capsys)
+
+
+# ------------------------------------------------------------------ case 9: the quick start
+
+
+def _readme_quick_start() -> list:
+    """The README's quick-start `pretrain ablate ...` command, as argv."""
+    import shlex
+
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("pip install") and "pretrain ablate" in line:
+            return shlex.split(line.split("&&")[-1])
+    raise AssertionError("README has no quick-start line `pip install ... && pretrain ablate ...`")
+
+
+@pytest.mark.slow
+def test_readme_quick_start_leaves_the_committed_results_alone(tmp_path):
+    """On a fresh copy of the repository, the README's quick start (with a shorter run: fewer
+    documents and steps, which change no output path) writes its table under results/smoke/,
+    leaves `git status` clean and tests/test_results.py passing there."""
+    clone = tmp_path / "clone"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in filter(None, files.split("\0")):
+        src = REPO / rel
+        if src.is_file():  # a file deleted in the working tree but not yet committed
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            (clone / rel).write_bytes(src.read_bytes())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "fresh clone"]):
+        subprocess.run(git + cmd, cwd=clone, check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("BERT_RECIPES_SLURM", "PYTEST_ADDOPTS")}
+    env.update(PYTHONPATH=str(clone), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+
+    argv = _readme_quick_start()
+    assert argv[:2] == ["pretrain", "ablate"] and "--preset" in argv
+    shorter = ["data.max_documents=24", "train.max_steps=4", "train.schedule.warmup_steps=1", "train.eval_every=2",
+               "train.log_every=2", "train.checkpoint_every=2"]
+    r = subprocess.run([sys.executable, "-m", "pretrain.cli", *argv[1:], *shorter], cwd=clone, env=env,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "on corpus pydoc (the CPython reference documentation" in r.stdout
+    assert "table: results/smoke/roberta_masking.md" in r.stdout and "runs: runs/roberta_masking/" in r.stdout
+    assert "roberta_masking: all 2 arms" in r.stderr  # the overall bar
+    for ext in ("md", "csv", "png"):
+        assert (clone / "results" / "smoke" / f"roberta_masking.{ext}").is_file()
+        committed = REPO / "results" / "small" / f"roberta_masking.{ext}"
+        assert (clone / "results" / "small" / committed.name).read_bytes() == committed.read_bytes()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
+    assert status.stdout == "", status.stdout
+    t = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_results.py"],
+                       cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    assert t.returncode == 0, t.stdout[-3000:]
+
+
+# ------------------------------------------------------------------ case 11: newcomer items
+
+
+def _subcommands(parser):
+    import argparse
+
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in action._choices_actions}
+    return action.choices, helps
+
+
+@pytest.mark.parametrize("prog", ["pretrain", "data-prep"])
+def test_every_command_and_option_has_help(prog, capsys):
+    import argparse
+
+    from data_prep.cli import build_parser as data_prep_parser
+    from pretrain.cli import build_parser as pretrain_parser
+
+    parser = pretrain_parser() if prog == "pretrain" else data_prep_parser()
+    commands, helps = _subcommands(parser)
+    if prog == "pretrain":
+        assert {"train", "ablate", "tables", "describe", "export", "submit", "status"} <= set(commands)
+    for name, sub in commands.items():
+        assert helps.get(name), f"{prog} {name}: no one-line help"
+        assert sub.description, f"{prog} {name}: no description"
+        assert f"{prog} {name}" in parser.description, f"`{prog} --help` does not show a `{prog} {name}` usage line"
+        for a in sub._actions:
+            if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
+                continue
+            assert a.help and len(a.help) > 10, f"{prog} {name} {a.option_strings or a.dest}: no help text"
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in commands:
+        assert name in out
+
+
+def test_train_ends_by_naming_its_outputs(tmp_path, monkeypatch, capsys):
+    """The trainer's own work is covered elsewhere; here a stand-in writes what a run writes
+    and `pretrain train` must name each file at the end."""
+    import pretrain.training.loop as loop
+
+    def fake_train(cfg, resume=False):
+        run = Path(cfg.run_dir)
+        for f in ("config.yaml", "metrics.jsonl", "summary.json"):
+            (run / f).parent.mkdir(parents=True, exist_ok=True)
+            (run / f).write_text("{}")
+        for step in ("step-0000010", "step-0000020"):
+            (run / "checkpoints" / step).mkdir(parents=True)
+        return {"status": "done", "data_dir": "data-cache/abc"}
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loop, "train", fake_train)
+    assert main(["train", str(RECIPE), "--preset", "smoke", "run_dir=out/r1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "outputs of out/r1/:"
+    text = "\n".join(out)
+    for piece in ("out/r1/config.yaml", "out/r1/metrics.jsonl", "tensorboard --logdir out/r1/tb", "out/r1/summary.json",
+                  "out/r1/checkpoints/ (step-0000010, step-0000020)", "data-cache/abc"):
+        assert piece in text, piece
+
+
+def test_plain_test_run_skips_slurm_tests_and_starts_no_cluster(tmp_path):
+    """`python -m pytest` without BERT_RECIPES_SLURM=1 skips the slurm-marked tests with the
+    reason and never runs slurm/local-cluster.sh — also as root (checked with a `bash` on
+    PATH that records any call)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    called = tmp_path / "bash-called"
+    _tool(bin_dir, "bash", f"#!/bin/sh\necho \"$@\" >> {called}\nexit 1\n")
+    _tool(bin_dir, "sbatch", "#!/bin/sh\nexit 1\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("BERT_RECIPES_SLURM", "PYTEST_ADDOPTS")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                        "tests/test_local_slurm.py", "tests/test_slurm_jobs.py"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert "passed" not in r.stdout and " skipped" in r.stdout
+    assert "Slurm tests run only when asked for (BERT_RECIPES_SLURM=1 or --slurm" in r.stdout
+    assert not called.exists(), called.read_text()
+
+
+def test_user_error_under_torchrun_is_printed_once(tmp_path):
+    """Two ranks under torchrun fail the same config check: one `error:` line (rank 0's),
+    both ranks exit 2, and torchrun's own failure report names the message instead of
+    "To enable traceback see ...". torchrun itself still prints that report (with a traceback
+    of its own code) and exits 1 whenever a worker fails; README says so."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(v, None)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                        "-m", "pretrain.cli", "train", str(RECIPE), "--preset", "smoke",
+                        "train.global_batch_size=33", f"run_dir={tmp_path / 'run'}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    message = "train.global_batch_size=33 does not split over 2 ranks; use a multiple of 2"
+    lines = (r.stdout + r.stderr).splitlines()
+    assert [ln for ln in lines if ln.startswith("error: ")] == [f"error: {message}"], r.stderr[-3000:]
+    assert r.returncode == 1  # torchrun's own exit code for any failed worker
+    assert r.stderr.count("exitcode  : 2") == 2
+    assert r.stderr.count(f"traceback : error: {message}") == 2 and "To enable traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
