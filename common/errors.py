@@ -8,6 +8,9 @@ import sys
 import time
 
 
+NON_ZERO_RANK_GRACE_S = 2.0
+
+
 class UserError(Exception):
     """Bad input the user can fix: a missing file, an unknown config key, a corrupt shard.
 
@@ -30,16 +33,21 @@ def run_cli(fn, *args, **kwargs) -> int:
     and Ctrl-C into exit code 130 (long jobs resume from their last complete piece).
 
     Under a launcher every rank runs the same checks and fails with the same message, so
-    only rank 0 prints it; the other ranks exit quietly with the same code. Under torchrun
+    only rank 0 prints it; the other ranks exit quietly with the same code, after
+    ``NON_ZERO_RANK_GRACE_S`` so that rank 0 is the first to exit. Under torchrun
     each rank also leaves its message in torchrun's error file (``TORCHELASTIC_ERROR_FILE``),
     so torchrun's failure report names it — also a message only a non-zero rank had.
     """
     try:
         fn(*args, **kwargs)
     except UserError as e:
+        _tell_torchrun(f"error: {e}")
         if launcher_rank() == 0:
             print(f"error: {e}", file=sys.stderr)
-        _tell_torchrun(f"error: {e}")
+        else:
+            # A launcher stops every worker once one has exited: give rank 0 the time to
+            # print the message and be the first failure its report names.
+            time.sleep(NON_ZERO_RANK_GRACE_S)
         return UserError.exit_code
     except KeyboardInterrupt:
         if launcher_rank() == 0:
