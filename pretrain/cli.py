@@ -17,12 +17,11 @@ checkpoints, and run the same as Slurm jobs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from common.errors import run_cli
+from common.errors import launcher_rank, run_cli
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -31,7 +30,7 @@ def _train(args: argparse.Namespace) -> None:
 
     cfg = load_run_config(args.config, args.preset, args.overrides)
     summary = train(cfg, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":
+    if launcher_rank() == 0:
         print(outputs_report(run_dir(cfg), summary))
 
 

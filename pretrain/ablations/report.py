@@ -121,10 +121,8 @@ class AblationProgress:
         self._set(arm, self.max_steps[arm])
 
     def write(self, text: str) -> None:
-        """Print a line above the bars without breaking them."""
-        if self.bar.disable:
-            print(text, flush=True)
-        else:
+        """Print a line above the bars without breaking them (rank 0 only, like the bar)."""
+        if launcher_rank() == 0:
             tqdm.write(text)
 
     def close(self) -> None:

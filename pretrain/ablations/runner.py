@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from common.configfile import merge_into, parse_overrides, read_yaml
-from common.errors import UserError
+from common.errors import UserError, launcher_rank
 from data_prep.config import data_fingerprint, resolve_output_dir
 from pretrain.config import RunConfig, load_run_config, resolve_preset, to_dict
 from pretrain.training import rundir
@@ -327,7 +327,8 @@ def run_ablation(
 
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     precheck_arms(cfgs)
-    print(report.header(abl.name, preset, cfgs), flush=True)
+    if launcher_rank() == 0:
+        print(report.header(abl.name, preset, cfgs), flush=True)
     prepare_data(cfgs)
     abl_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(abl_dir / rundir.ABLATION, OmegaConf.to_yaml(rec))
