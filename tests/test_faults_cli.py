@@ -49,8 +49,8 @@ def _tool(bin_dir: Path, name: str, text: str) -> None:
     p.chmod(p.stat().st_mode | stat.S_IXUSR)
 
 
-# Slurm stand-ins. sbatch prints job ids; srun records its argv (one word per line, NUL
-# between words) and the environment the script exported, then exits with $FAKE_SRUN_RC;
+# Slurm stand-ins. sbatch prints job ids; srun records its argv (a NUL after each word, a
+# newline after each call) and two variables the script exported, then exits with $FAKE_SRUN_RC;
 # scontrol resolves the node list and refuses to requeue (the path that echoes the script).
 FAKE_SBATCH = '#!/bin/bash\nif [[ $1 == --test-only ]]; then exit 0; fi\necho "$*" >> "$FAKE_LOG"\necho $((100 + $(grep -c . "$FAKE_LOG")))\n'
 FAKE_SRUN = """#!/bin/bash
