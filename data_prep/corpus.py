@@ -159,7 +159,7 @@ class FileReport:
     ``replaced``: undecodable byte sequences replaced by U+FFFD or dropped; ``cut_lines``:
     lines over ``LONG_LINE_CHARS`` cut into ``pieces``; ``cut_documents``: documents over
     ``MAX_DOCUMENT_CHARS`` cut into ``parts`` more; ``skipped``: why the file was not read
-    (binary, metadata, not a corpus file, hidden); ``bytes``: its size when skipped as binary."""
+    (binary, metadata, not a corpus file); ``bytes``: its size when skipped as binary."""
 
     characters: int = 0
     replaced: int = 0
@@ -324,7 +324,8 @@ def _check_decodable(spec: str, stats: ReadStats, opts: ReadOptions) -> None:
     share = stats.undecodable_share()
     if share <= MOSTLY_UNDECODABLE:
         return
-    worst = sorted(stats.files.items(), key=lambda kv: -(kv[1].get("replaced", 0) + kv[1].get("bytes", 0)))[:3]
+    bad = [kv for kv in stats.files.items() if kv[1].get("replaced") or kv[1].get("bytes")]
+    worst = sorted(bad, key=lambda kv: -(kv[1].get("replaced", 0) + kv[1].get("bytes", 0)))[:3]
     names = ", ".join(f"{k} ({v['skipped']})" if v.get("skipped") else f"{k} ({v.get('replaced', 0)} undecodable)" for k, v in worst)
     raise UserError(
         f"corpus {spec} is mostly undecodable: {share:.0%} of what was read is binary or not {opts.encoding} text "
@@ -374,7 +375,7 @@ def _files_as_sources(files: List[Path], root: Path, stats: ReadStats, opts: Rea
         suffix = f.suffix.lower()
         rel = _relname(f, root)
         if any(part.startswith(".") for part in rel.split("/")):
-            stats.note(rel, FileReport(skipped="hidden"))
+            stats.skipped_members += 1  # counted, not listed: a .git/ would flood the report
         elif suffix in MULTI_DOC_SUFFIXES:
             sources.append(_file_source(f, rel, stats, opts))
         elif suffix in TEXT_SUFFIXES and not is_metadata_member(f.name):
@@ -445,7 +446,7 @@ def _zip(path: Path, label: str, stats: ReadStats, opts: ReadOptions) -> Iterato
             if is_metadata_member(info.filename):
                 stats.note(member, FileReport(skipped="metadata"))
                 continue
-            yield from _text_documents(lambda: zf.open(info), member, f"{path} member {info.filename}", info.file_size, stats, opts)
+            yield from _text_documents(lambda info=info: zf.open(info), member, f"{path} member {info.filename}", info.file_size, stats, opts)
 
 
 def _text_documents(opener: Callable[[], IO[bytes]], base: str, where: str, size: int,
@@ -571,7 +572,7 @@ def _units(stream: IO[str], piece_bytes: int, rep: FileReport) -> Iterator[Tuple
             break
         rep.characters += len(seg)
         if first:
-            seg, first = (seg[1:] if seg.startswith("\ufeff") else seg), False
+            seg, first = seg.removeprefix("\ufeff"), False
         ended = seg.endswith("\n")
         if ended:
             seg = seg[:-1]

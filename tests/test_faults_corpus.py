@@ -74,6 +74,17 @@ def test_over_long_line_is_cut_into_pieces_within_the_budget_and_nothing_is_lost
     assert st.cut_lines == 1
 
 
+def test_rows_of_jsonl_are_cut_the_same_way(tmp_path):
+    text = words_line(30_000, seed=2)  # ~170K characters in one row
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps({"id": "a", "text": "short row"}) + "\n" + json.dumps({"id": "b", "text": text}) + "\n")
+    docs, st = read(f, piece_bytes=100)
+    assert [d.id for d in docs] == ["c.jsonl:a", "c.jsonl:b"] and docs[0].text == "short row"
+    pieces = docs[1].text.split("\n\n")
+    assert all(len(p.encode()) <= 100 for p in pieces) and " ".join(pieces).split() == text.split()
+    assert st.files["c.jsonl"]["cut_lines"] == 1
+
+
 def test_cut_pieces_prefers_sentence_end_then_whitespace_then_budget():
     assert cut_pieces("One two. Three four five", 16, final=True)[0] == ["One two.", "Three four five"]
     assert cut_pieces("aaaa bbbb cccc dddd", 16, final=True)[0] == ["aaaa bbbb cccc", "dddd"]
