@@ -340,7 +340,10 @@ def run_ablation(
         action = {"done": "done, skipping", "partial": "resuming from checkpoint", "new": "training"}[state]
         print(f"=== [{i}/{n}] {abl.name} / {arm}: {action} → {run}", flush=True)
         if state != "done":
-            train(cfg, resume=(state == "partial"))
+            # Always --resume: an arm cut off before `latest` was written (or whose latest
+            # checkpoint is damaged) continues from its newest intact checkpoint; one with no
+            # checkpoint starts fresh. A fresh start would refuse to overwrite its files.
+            train(cfg, resume=True)
         written = write_ablation_table(abl_dir, results_dir, runs_root)
     print(f"table: {written[0]}  (csv: {written[1]}, plot: {written[2]})", flush=True)
     return written

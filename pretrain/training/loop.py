@@ -33,7 +33,6 @@ import gc
 import json
 import logging
 import math
-import os
 import random
 import signal
 import threading
@@ -46,6 +45,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common.atomic import write_text_atomic
+from common.diskspace import disk_full_error, is_disk_full
 from common.errors import UserError
 from data_prep.masking import Masker
 from data_prep.shards import ShardSet
@@ -70,6 +71,7 @@ from pretrain.training.rundir import (
     METRICS,
     SUMMARY,
     TENSORBOARD,
+    locked,
     write_json_atomic,
 )
 
@@ -207,7 +209,7 @@ class MetricsLog:
         self.tb = None
         if not enabled:
             return
-        path = run / METRICS
+        path = self.path = run / METRICS
         if resume_step is None:
             path.unlink(missing_ok=True)
         else:
@@ -223,8 +225,15 @@ class MetricsLog:
         and each numeric field as TensorBoard scalar ``<kind>/<field>`` at ``step``."""
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        line = json.dumps(record) + "\n"
+        try:
+            self.file.write(line)
+            self.file.flush()
+        except OSError as e:
+            # A line cut short here is dropped when the run resumes (_truncate_metrics).
+            if is_disk_full(e, self.path):
+                raise disk_full_error(self.path, len(line), ", then rerun with --resume") from None
+            raise
         for k, v in record.items():
             if k not in ("kind", "step") and isinstance(v, (int, float)) and v is not None:
                 self.tb.add_scalar(f"{record['kind']}/{k}", v, record["step"])
@@ -232,7 +241,10 @@ class MetricsLog:
     def close(self) -> None:
         """Close metrics.jsonl and flush the TensorBoard writer."""
         if self.file:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass  # a full disk, already reported by write()
         if self.tb:
             self.tb.close()
 
@@ -250,9 +262,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue
         if rec.get("step", 0) <= step:
             keep.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(keep))
 
 
 def _locate_data(cfg, world: distributed.World) -> Path:
@@ -308,7 +318,8 @@ def train(cfg, resume: bool = False) -> Dict[str, Any]:
         NonFiniteLoss: (a UserError) a NaN/inf loss in an fp32/bf16 run.
         Preempted: stopped by a signal (a checkpoint of the last finished step exists).
     """
-    with _stop_on_signals() as signals_received:
+    # The run directory is locked for the whole run (a second process stops with one line).
+    with _stop_on_signals() as signals_received, locked(run_dir(cfg)):
         return _train(cfg, resume, signals_received)
 
 
@@ -330,9 +341,7 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
     accumulation = ds_config["gradient_accumulation_steps"]
     schedule_fn(t.schedule, t.max_steps)
     check_model_fits_data(cfg.model, cfg.data)
-    ckpt = checkpoint.latest(run) if resume else None
-    if not resume and (checkpoint.latest(run) is not None or checkpoint.list_checkpoints(run)):
-        raise UserError(f"{run} already has checkpoints; pass --resume to continue it or set run_dir to a new directory")
+    ckpt = checkpoint.resume_point(run, resume, world)
 
     data_dir = _locate_data(cfg, world)
     shards = ShardSet(data_dir, verify=world.is_main)
@@ -351,8 +360,6 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
     if len(val_split) == 0:
         raise UserError(f"{data_dir} has an empty validation split; raise data.validation_fraction")
     cfg_dict = to_dict(cfg)
-    if resume and ckpt is None and world.is_main:
-        print(f"no checkpoint in {run / 'checkpoints'}; starting fresh")
     if ckpt is not None:
         saved = checkpoint.read_client_state(ckpt)
         diff = checkpoint.config_differences(saved["config"], cfg_dict)
@@ -363,9 +370,7 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
 
     if world.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        tmp = run / (CONFIG + ".tmp")
-        tmp.write_text(to_yaml(cfg))
-        os.replace(tmp, run / CONFIG)
+        write_text_atomic(run / CONFIG, to_yaml(cfg))
         (run / SUMMARY).unlink(missing_ok=True)
         if ckpt is None:
             import shutil

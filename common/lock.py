@@ -1,0 +1,202 @@
+"""An exclusive lock on a directory, held for as long as one process works in it, that
+names its holder and leaves no file behind.
+
+The lock is a small JSON file (host, pid, process start time, boot id, a random token)
+created with ``O_CREAT | O_EXCL``, which is atomic on local file systems and on the shared
+ones clusters use (NFSv3+, Lustre, GPFS), so two processes on two nodes cannot both take
+it. ``flock`` is not used: on Lustre mounted with ``localflock`` it silently excludes only
+processes of the same node.
+
+A lock file outlives a process killed with SIGKILL. A later process on the *same host*
+takes it over when the holder is provably gone: the host rebooted since (another boot
+id), no process has that pid, or the pid now belongs to a process started at another
+time (pid reuse). On another host nothing can be proven, so the error names the holder
+and the file to delete once that process is known to be gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import psutil
+
+from common.errors import UserError
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _boot_id() -> str:
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> Optional[float]:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def describe(holder: Optional[Dict[str, Any]]) -> str:
+    """``host <name> pid <n> (since <UTC time>)`` of a lock's content, for messages."""
+    if not holder:
+        return "another process (its lock file is being written or is unreadable)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("since", 0)))
+    return f"host {holder.get('host', '?')} pid {holder.get('pid', '?')} (since {since})"
+
+
+def holder_is_gone(holder: Dict[str, Any]) -> bool:
+    """True if ``holder`` (a lock's content) names a process of this host that no longer
+    runs. False for a live process and for any process of another host (unknowable)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    boot = _boot_id()
+    if boot and holder.get("boot_id") and holder["boot_id"] != boot:
+        return True  # the host rebooted since the lock was taken
+    started = _start_time(int(holder.get("pid", -1)))
+    if started is None:
+        return True
+    # The pid was reused by a process started at another time.
+    return holder.get("started") is not None and abs(started - float(holder["started"])) > 1.0
+
+
+class DirLock:
+    """Exclusive lock file ``path`` guarding a directory (``what`` names it in messages).
+
+    Use as a context manager (``with DirLock(run / ".lock", f"run directory {run}"):``) or
+    call ``acquire``/``release``. ``acquire`` raises UserError naming the holder's host and
+    pid if another live process holds the lock, unless ``wait`` is set, in which case it
+    says once whom it waits for and polls every ``poll_s`` seconds. A lock left by a dead
+    process of this host is taken over, saying so on stderr. ``release`` deletes the file
+    (only if it is still this process's) and, if ``acquire`` created the directory the
+    file lives in and that directory is empty, the directory too.
+    """
+
+    def __init__(self, path: Path, what: str, wait: bool = False, poll_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.what = what
+        self.wait = wait
+        self.poll_s = poll_s
+        self._token: Optional[str] = None
+        self._made_dir = False
+
+    # -- content
+    def _content(self) -> Dict[str, Any]:
+        pid = os.getpid()
+        return {"host": socket.gethostname(), "pid": pid, "started": _start_time(pid), "boot_id": _boot_id(),
+                "since": time.time(), "token": self._token}
+
+    def read(self) -> Optional[Dict[str, Any]]:
+        """The lock file's content, or None if it does not exist or is not yet written."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    # -- acquire / release
+    def _try_create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, json.dumps(self._content()).encode())
+        finally:
+            os.close(fd)
+        return True
+
+    def _take_over(self, stale: Dict[str, Any]) -> None:
+        """Remove a stale lock file, unless another process replaced it meanwhile."""
+        grave = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return  # someone else removed it first
+        try:
+            moved = json.loads(grave.read_text())
+        except (OSError, ValueError):
+            moved = None
+        if moved is not None and moved.get("token") != stale.get("token"):
+            # A live process took the lock between our read and the rename: give it back.
+            try:
+                os.link(grave, self.path)
+            except FileExistsError:
+                pass
+        else:
+            print(f"warning: taking over the lock on {self.what}: {describe(stale)} is no longer running",
+                  file=sys.stderr)
+        grave.unlink(missing_ok=True)
+
+    def acquire(self) -> "DirLock":
+        """Take the lock. Raises UserError (exit 2) naming the holder if it is taken."""
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True)
+            self._made_dir = True
+        self._token = secrets.token_hex(16)
+        announced = False
+        while True:
+            try:
+                if self._try_create():
+                    return self
+            except OSError as e:
+                self._token = None
+                raise UserError(f"cannot create lock file {self.path}: {e.strerror or e}") from None
+            holder = self.read()
+            if holder is None:
+                time.sleep(0.05)  # created but not yet written, or just removed: look again
+                holder = self.read()
+                if holder is None:
+                    continue
+            if holder_is_gone(holder):
+                self._take_over(holder)
+                continue
+            if not self.wait:
+                self._token = None
+                self._remove_made_dir()
+                raise UserError(
+                    f"{self.what} is in use by {describe(holder)}; wait for it to finish, or, if that process is "
+                    f"gone, delete {self.path}"
+                )
+            if not announced:
+                print(f"waiting for {describe(holder)}, which holds {self.what} ({self.path})", file=sys.stderr)
+                announced = True
+            time.sleep(self.poll_s)
+
+    def release(self) -> None:
+        """Delete the lock file if this process still holds it; idempotent."""
+        if self._token is None:
+            return
+        held = self.read()
+        if held is not None and held.get("token") == self._token:
+            self.path.unlink(missing_ok=True)
+        self._token = None
+        self._remove_made_dir()
+
+    def _remove_made_dir(self) -> None:
+        if self._made_dir:
+            try:
+                self.path.parent.rmdir()  # only if empty: the process wrote nothing else
+            except OSError:
+                pass
+            self._made_dir = False
+
+    @property
+    def held(self) -> bool:
+        """True between a successful ``acquire`` and ``release``."""
+        return self._token is not None
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
