@@ -200,7 +200,8 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     (ck / "latest").write_text("step-0000010")
     paths = run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
     assert len(recorder.builds) == 2 and len(set(recorder.builds)) == 2  # dynamic and dynamic2 share data
-    assert recorder.trains == [("toy/static", False), ("toy/dynamic", False), ("toy/dynamic2", True)]
+    # every arm runs with --resume: one without a checkpoint starts fresh, none is overwritten
+    assert recorder.trains == [("toy/static", True), ("toy/dynamic", True), ("toy/dynamic2", True)]
     out = capsys.readouterr().out
     assert "=== [1/3] toy / static: training" in out and "=== [3/3] toy / dynamic2: resuming from checkpoint" in out
     assert f"table: {results / 'toy.md'}" in out

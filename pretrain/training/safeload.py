@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,20 +50,20 @@ class UnsafeCheckpoint(UserError):
 
 
 def _refuse(path: Any, e: BaseException) -> UnsafeCheckpoint:
-    first = str(e).strip().splitlines()
-    # torch's message names the refused global on one of its first lines ("Unsupported global: GLOBAL os.system").
-    why = next((line.strip() for line in first if "global" in line.lower()), first[0] if first else type(e).__name__)
+    # torch names the refused global: "Unsupported global: GLOBAL posix.system ...".
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    why = f"it would call {found.group(1)}" if found else "it holds objects other than tensors"
     return UnsafeCheckpoint(
-        f"refusing to load {path}: it holds objects other than tensors, which could run code ({why}); "
-        "use only checkpoints written by `pretrain train`, from a source you trust"
+        f"refusing to load {path}: {why}, code could run on loading; use only checkpoints written by "
+        "`pretrain train` (or safetensors files) from a source you trust"
     )
 
 
 @contextmanager
-def tensors_only() -> Iterator[None]:
+def tensors_only(what: Any = "a checkpoint file") -> Iterator[None]:
     """Within the block every ``torch.load`` in the process is weights-only (whatever its
     caller passed), with ``ALLOWED``'s DeepSpeed classes; a file holding anything else
-    raises ``UnsafeCheckpoint``. Nested use is fine."""
+    raises ``UnsafeCheckpoint`` naming ``what``. Nested use is fine."""
     with _env_lock:
         previous = os.environ.get(_FORCE)
         os.environ[_FORCE] = "1"
@@ -70,7 +71,7 @@ def tensors_only() -> Iterator[None]:
         with torch.serialization.safe_globals(_allowed()):
             yield
     except pickle.UnpicklingError as e:
-        raise _refuse("a checkpoint file", e) from None
+        raise _refuse(what, e) from None
     finally:
         with _env_lock:
             if previous is None:
@@ -111,7 +112,10 @@ def tensors_only_engine_class() -> type:
             try:
                 super().save(state_dict, path)
             except (OSError, RuntimeError) as e:
-                self.failures.append((Path(path), e))
+                # A copy without traceback or context: their frames would keep torch's writer,
+                # and with it the open file and its disk space, alive.
+                copy = OSError(e.errno, e.strerror, e.filename) if isinstance(e, OSError) else RuntimeError(str(e))
+                self.failures.append((Path(path), copy))
 
         def load(self, path: str, map_location=None):
             return load_tensors(path)  # to CPU, as DeepSpeed asks for its own files
