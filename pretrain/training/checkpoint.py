@@ -441,7 +441,7 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
 
     ckpt = _resolve_checkpoint(Path(ckpt_or_run_dir))
     state = read_client_state(ckpt)
-    cfg = merge_into(RunConfig, state["config"], where=f"{ckpt} client state")
+    cfg = merge_into(RunConfig, state["config"], where=f"{ckpt / STATE}")
     model = build_model(cfg.model, cfg.objective.sentence).float()
     if any(ckpt.glob("*zero_pp_rank_*optim_states.pt")):
         # ZeRO partitions (and flattens) the fp32 master weights; DeepSpeed's own tool

@@ -303,8 +303,11 @@ def _stop_on_signals() -> Iterator[List[str]]:
 def train(cfg, resume: bool = False) -> Dict[str, Any]:
     """Pretrain ``cfg`` (a RunConfig) to ``train.max_steps`` and return its summary.
 
-    With ``resume`` the run continues from ``<run_dir>/checkpoints/latest`` (or starts
-    fresh, saying so, if there is none); the result — losses, eval metrics, weights — is
+    With ``resume`` the run continues from ``<run_dir>/checkpoints/latest``, or the newest
+    intact checkpoint if that one is damaged or ``latest`` is missing, or starts fresh,
+    saying so, if there is none (``checkpoint.resume_point``); without it, a run directory
+    that already holds a run is refused. The run directory is locked meanwhile
+    (``rundir.locked``). The result — losses, eval metrics, weights — is
     bit-identical to an uninterrupted run in fp32 on CPU. Callable repeatedly in one process.
 
     SIGUSR1 or SIGTERM at any time makes the run save a checkpoint after the step in
