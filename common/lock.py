@@ -7,11 +7,14 @@ ones clusters use (NFSv3+, Lustre, GPFS), so two processes on two nodes cannot b
 it. ``flock`` is not used: on Lustre mounted with ``localflock`` it silently excludes only
 processes of the same node.
 
-A lock file outlives a process killed with SIGKILL. A later process on the *same host*
-takes it over when the holder is provably gone: the host rebooted since (another boot
-id), no process has that pid, or the pid now belongs to a process started at another
-time (pid reuse). On another host nothing can be proven, so the error names the holder
-and the file to delete once that process is known to be gone.
+A lock file outlives a process killed with SIGKILL. A later process takes it over when the
+holder is provably gone: on the *same host*, the host rebooted since (another boot id), no
+process has that pid, or the pid now belongs to a process started at another time (pid
+reuse); on any host, the holder was an earlier run of this same Slurm job (same
+``SLURM_JOB_ID``, lower ``SLURM_RESTART_COUNT``: Slurm runs one instance of a job at a time,
+and a requeued job may land on another node after its predecessor was killed). Otherwise
+nothing can be proven about another host, so the error names the holder and the file to
+delete once that process is known to be gone.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import psutil
 
@@ -54,9 +57,22 @@ def describe(holder: Optional[Dict[str, Any]]) -> str:
     return f"host {holder.get('host', '?')} pid {holder.get('pid', '?')} (since {since})"
 
 
+def _slurm() -> Optional[Dict[str, Any]]:
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return {"job": job, "restart": int(restart) if restart.isdigit() else 0}
+
+
 def holder_is_gone(holder: Dict[str, Any]) -> bool:
-    """True if ``holder`` (a lock's content) names a process of this host that no longer
-    runs. False for a live process and for any process of another host (unknowable)."""
+    """True if ``holder`` (a lock's content) names a process known to be gone: an earlier
+    run of this process's Slurm job, or a process of this host that no longer runs. False
+    for a live process and for any other process of another host (unknowable)."""
+    mine, theirs = _slurm(), holder.get("slurm")
+    if mine and isinstance(theirs, dict) and theirs.get("job") == mine["job"]:
+        if int(theirs.get("restart", 0)) < mine["restart"]:
+            return True
     if holder.get("host") != socket.gethostname():
         return False
     boot = _boot_id()
@@ -77,8 +93,8 @@ class DirLock:
     pid if another live process holds the lock, unless ``wait`` is set, in which case it
     says once whom it waits for and polls every ``poll_s`` seconds. A lock left by a dead
     process of this host is taken over, saying so on stderr. ``release`` deletes the file
-    (only if it is still this process's) and, if ``acquire`` created the directory the
-    file lives in and that directory is empty, the directory too.
+    (only if it is still this process's) and the directories ``acquire`` created for it
+    that are still empty.
     """
 
     def __init__(self, path: Path, what: str, wait: bool = False, poll_s: float = 1.0) -> None:
@@ -87,13 +103,13 @@ class DirLock:
         self.wait = wait
         self.poll_s = poll_s
         self._token: Optional[str] = None
-        self._made_dir = False
+        self._made: List[Path] = []  # directories acquire() created, innermost first
 
     # -- content
     def _content(self) -> Dict[str, Any]:
         pid = os.getpid()
         return {"host": socket.gethostname(), "pid": pid, "started": _start_time(pid), "boot_id": _boot_id(),
-                "since": time.time(), "token": self._token}
+                "since": time.time(), "token": self._token, "slurm": _slurm()}
 
     def read(self) -> Optional[Dict[str, Any]]:
         """The lock file's content, or None if it does not exist or is not yet written."""
@@ -139,9 +155,9 @@ class DirLock:
 
     def acquire(self) -> "DirLock":
         """Take the lock. Raises UserError (exit 2) naming the holder if it is taken."""
-        if not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True)
-            self._made_dir = True
+        missing = [d for d in [self.path.parent, *self.path.parent.parents] if not d.exists()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._made = missing
         self._token = secrets.token_hex(16)
         announced = False
         while True:
@@ -183,12 +199,12 @@ class DirLock:
         self._remove_made_dir()
 
     def _remove_made_dir(self) -> None:
-        if self._made_dir:
+        for d in self._made:
             try:
-                self.path.parent.rmdir()  # only if empty: the process wrote nothing else
+                d.rmdir()  # only if empty: the process wrote nothing else there
             except OSError:
-                pass
-            self._made_dir = False
+                break
+        self._made = []
 
     @property
     def held(self) -> bool:

@@ -336,6 +336,34 @@ def test_a_lock_of_another_host_is_not_taken(tmp_path: Path):
         DirLock(lock, "the run").acquire()
     assert lock.is_file()
 
+    # a refused or finished lock leaves no directory it created behind
+    fresh = tmp_path / "runs" / "a" / "b" / ".lock"
+    with DirLock(fresh, "the run"):
+        with pytest.raises(UserError, match=rf"in use by host {socket.gethostname()} pid {os.getpid()}"):
+            DirLock(fresh, "the run").acquire()
+        assert fresh.is_file()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_requeued_slurm_job_takes_over_its_earlier_runs_lock(tmp_path: Path, monkeypatch):
+    """Killed on node A (SIGKILL after the grace time), requeued onto node B: same job id,
+    a higher restart count. The same job at the same restart count is not taken over."""
+    lock = tmp_path / ".lock"
+    held = {"host": "node-a", "pid": 4321, "since": 0, "token": "t", "slurm": {"job": "77", "restart": 0}}
+    lock.write_text(json.dumps(held))
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(UserError, match="in use by host node-a pid 4321"):
+        DirLock(lock, "the run").acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.raises(UserError, match="in use by host node-a pid 4321"):
+        DirLock(lock, "the run").acquire()  # another job
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    with DirLock(lock, "the run"):
+        assert json.loads(lock.read_text())["slurm"] == {"job": "77", "restart": 1}
+    assert not lock.exists()
+
 
 def test_build_lock_waits_names_the_holder_and_leaves_no_file(tmp_path: Path, data: Path, capsys):
     lock = tmp_path / ".shards.lock"
