@@ -298,9 +298,10 @@ def newest_intact(run: Path, say=print) -> Tuple[Optional[Path], List[str]]:
     """The checkpoint to resume ``run`` from and what was wrong with the ones passed over.
 
     Candidates in order: the one ``latest`` names, then every other ``step-*`` directory,
-    newest first. The first whose manifest matches its files (sizes and sha256) wins; each
-    damaged one before it is reported through ``say`` in one line. Returns ``(checkpoint or
-    None, [problems])``.
+    newest first. The first whose manifest matches its files (sizes and sha256) wins. If
+    it is not the one ``latest`` names (damaged ones passed over, or no ``latest``), one
+    line through ``say`` names what was wrong and the checkpoint used. Returns
+    ``(checkpoint or None, ["checkpoint <dir> is damaged: <why>", ...])``.
     """
     root = checkpoints_dir(run)
     steps = sorted(_step_dirs(run), key=_step_of, reverse=True)
