@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
 
+# Tables are written through a temporary name and a rename; a full disk is one line.
+from common.atomic import write_text_atomic
 from common.errors import UserError
 from pretrain.ablations.plots import last_per_step, plot_loss_curves
 from pretrain.ablations.runner import (
@@ -251,9 +252,3 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename (readers never see
-    half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -485,7 +485,7 @@ def submit(
 
 def _write_inputs(plan: Plan, scripts: Dict[str, str]) -> None:
     """Everything the jobs read: run configs, data configs, scripts, ablation.yaml."""
-    from pretrain.ablations.tables import write_text_atomic
+    from common.atomic import write_text_atomic
 
     plan.slurm_dir.mkdir(parents=True, exist_ok=True)
     for cfg in plan.runs.values():

@@ -246,7 +246,10 @@ class MetricsLog:
             except OSError:
                 pass  # a full disk, already reported by write()
         if self.tb:
-            self.tb.close()
+            try:
+                self.tb.close()
+            except OSError:
+                pass  # the same full disk: metrics.jsonl is the record, TensorBoard a view of it
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
