@@ -39,8 +39,8 @@ up to ``rows_per_shard`` rows and their row counts vary (the manifest records ea
 Resumability: the directory is built as ``<out>.partial`` and renamed when complete,
 under an exclusive lock (``.<out>.lock`` beside it, ``common.lock``: a second build of the
 same directory waits, naming the holder's host and pid, then finds it built; the file is
-deleted when the build ends). The tokenizer and each finished chunk are recorded in ``<out>.partial/.progress/``
-(a chunk's JSON record names its shards and a sha256 of its input documents). A build
+deleted when the build ends). The tokenizer and each finished chunk are recorded in
+``<out>.partial/.progress/`` (a chunk's JSON record names its shards and a sha256 of its input documents). A build
 that is killed or interrupted leaves the ``.partial`` directory; rerunning the same config
 reuses the tokenizer and every recorded chunk whose input is unchanged, redoes the rest,
 and ends byte-identical to an uninterrupted build (``manifest.json`` differs only in its

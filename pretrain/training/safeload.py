@@ -4,7 +4,7 @@ A ``.pt`` file is a pickle, and unpickling can call any function the file names 
 ``__reduce__`` that runs a shell command). Checkpoints are shared and downloaded, so every
 ``.pt`` this project opens goes through ``torch.load(weights_only=True)``: torch's
 restricted unpickler, which builds tensors, plain containers and numbers and refuses any
-other global. ``ALLOWED`` adds the few DeepSpeed classes its own checkpoints hold (checked
+other global. ``_allowed()`` adds the few DeepSpeed classes its own checkpoints hold (checked
 with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on fp32, bf16, LAMB and ZeRO
 1-3 checkpoints); each is plain data — an enum, a dataclass of two ints, the loss scaler's
 attributes — whose construction runs no code of the file's choosing. torch >= 2.6 (earlier
@@ -62,7 +62,7 @@ def _refuse(path: Any, e: BaseException) -> UnsafeCheckpoint:
 @contextmanager
 def tensors_only(what: Any = "a checkpoint file") -> Iterator[None]:
     """Within the block every ``torch.load`` in the process is weights-only (whatever its
-    caller passed), with ``ALLOWED``'s DeepSpeed classes; a file holding anything else
+    caller passed), with the DeepSpeed classes of ``_allowed()``; a file holding anything else
     raises ``UnsafeCheckpoint`` naming ``what``. Nested use is fine."""
     with _env_lock:
         previous = os.environ.get(_FORCE)
