@@ -11,9 +11,10 @@ Layout under ``<run>/checkpoints/``::
         manifest.json                written last: every file's bytes and sha256
     latest                           text: the tag of the newest complete checkpoint
 
-Saving: every rank writes its part under ``.tmp-step-XXXXXXX``; after a barrier rank 0
-writes ``trainer_state.json`` and the manifest, renames the directory to ``step-XXXXXXX``
-and replaces ``latest`` atomically. A ``step-*`` directory is valid only if its manifest
+Saving: rank 0 writes ``trainer_state.json`` and every rank its DeepSpeed part under
+``.tmp-step-XXXXXXX``; after a barrier the ranks hash a share of the files each, rank 0
+writes the manifest, renames the directory to ``step-XXXXXXX`` and replaces ``latest``
+atomically. A ``step-*`` directory is valid only if its manifest
 matches its files (``pretrain.training.manifest``), so a save cut off by a kill or a full
 disk is never taken for a checkpoint.
 
@@ -231,9 +232,15 @@ def save(engine, run: Path, step: int, client_state: Dict[str, Any], keep: int, 
     else:
         rngs[0] = rng_state()
     needed = _expected_bytes(run, engine)
+    failure: Optional[Tuple[Path, BaseException]] = None
     if world.is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that was killed
+        tmp.mkdir()
+        try:
+            write_json_atomic(tmp / STATE, {**client_state, "rng": rngs})
+        except (OSError, UserError) as e:  # UserError: a full disk
+            failure = (tmp / STATE, e)
     barrier()
     safeload.secure_engine(engine)
     writer = engine.checkpoint_engine
@@ -242,12 +249,23 @@ def save(engine, run: Path, step: int, client_state: Dict[str, Any], keep: int, 
     # through DeepSpeed's collectives and reaches the vote below.
     engine.save_checkpoint(str(root), tag=tmp_tag, client_state={}, save_latest=False)
     barrier()
-    failure: Optional[Tuple[Path, BaseException]] = writer.failures[0] if writer.failures else None
+    failure = failure or (writer.failures[0] if writer.failures else None)
+    # The manifest: every rank hashes a share of the files (all ranks see them: the run
+    # directory is on a shared file system), rank 0 writes it.
+    listing = broadcast_object(manifest.files(tmp) if world.is_main else None)
+    try:
+        share = manifest.entries(tmp, listing[world.rank::world.size])
+    except OSError as e:
+        share, failure = {}, failure or (tmp, e)
+    shares: List[Any] = [None] * world.size
+    if world.size > 1:
+        torch.distributed.all_gather_object(shares, share)
+    else:
+        shares[0] = share
     if world.is_main and failure is None:
         try:
-            write_json_atomic(tmp / STATE, {**client_state, "rng": rngs})
-            manifest.write(tmp)
-        except (OSError, RuntimeError, UserError) as e:
+            manifest.write(tmp, {rel: entry for part in shares for rel, entry in part.items()})
+        except (OSError, UserError) as e:  # UserError: a full disk
             failure = (tmp / manifest.MANIFEST, e)
     failed = all_reduce_sum(torch.tensor([float(failure is not None)], dtype=torch.float64)).item() > 0
     if failed:

@@ -32,16 +32,26 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _files(d: Path) -> List[str]:
-    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.name != MANIFEST)
+def files(d: Path) -> List[str]:
+    """Paths of every file under ``d`` (relative, sorted), the manifest excepted."""
+    return sorted(str(p.relative_to(d)) for p in Path(d).rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write(d: Path) -> Dict[str, Any]:
-    """Hash every file under ``d`` and write ``d/manifest.json`` (atomically, so a reader
-    sees all of it or none). Returns the manifest: ``{"version", "files": {relpath:
-    {"bytes", "sha256"}}, "bytes"}`` (``bytes``: the total). Raises UserError on a full disk."""
-    files = {rel: {"bytes": (d / rel).stat().st_size, "sha256": sha256(d / rel)} for rel in _files(d)}
-    manifest = {"version": VERSION, "files": files, "bytes": sum(f["bytes"] for f in files.values())}
+def entries(d: Path, rels: List[str]) -> Dict[str, Dict[str, Any]]:
+    """``{rel: {"bytes", "sha256"}}`` for the files ``rels`` of ``d``: a share of a
+    manifest, so that the ranks of a job can hash a checkpoint's files in parallel."""
+    return {rel: {"bytes": (Path(d) / rel).stat().st_size, "sha256": sha256(Path(d) / rel)} for rel in rels}
+
+
+def write(d: Path, listed: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Write ``d/manifest.json`` (atomically, so a reader sees all of it or none) from
+    ``listed`` (``entries`` of every file, gathered from the ranks) or, without it, by
+    hashing every file under ``d`` here. Returns the manifest: ``{"version", "files":
+    {relpath: {"bytes", "sha256"}}, "bytes"}`` (``bytes``: the total). Raises UserError on a
+    full disk."""
+    listed = entries(d, files(d)) if listed is None else listed
+    manifest = {"version": VERSION, "files": dict(sorted(listed.items())),
+                "bytes": sum(f["bytes"] for f in listed.values())}
     write_json_atomic(d / MANIFEST, manifest)
     return manifest
 
@@ -66,7 +76,7 @@ def problem(d: Path, hashes: bool = True) -> Optional[str]:
     if m is None:
         return f"no valid {MANIFEST} (incomplete, or not written by this trainer)"
     listed = m["files"]
-    present = set(_files(d))
+    present = set(files(d))
     for rel in sorted(listed):
         if rel not in present:
             return f"{rel} is missing"
