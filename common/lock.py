@@ -43,10 +43,18 @@ def _boot_id() -> str:
 
 
 def _start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (epoch seconds), or None if no such process runs (a
+    zombie, killed but not yet reaped by its parent, counts as gone)."""
     try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
+    except psutil.AccessDenied:
+        # Another user's live process: it exists; its start time cannot be compared.
+        return float("nan")
 
 
 def describe(holder: Optional[Dict[str, Any]]) -> str:
@@ -81,8 +89,10 @@ def holder_is_gone(holder: Dict[str, Any]) -> bool:
     started = _start_time(int(holder.get("pid", -1)))
     if started is None:
         return True
+    if started != started or holder.get("started") is None:  # NaN: not ours to inspect
+        return False
     # The pid was reused by a process started at another time.
-    return holder.get("started") is not None and abs(started - float(holder["started"])) > 1.0
+    return abs(started - float(holder["started"])) > 1.0
 
 
 class DirLock:
