@@ -329,6 +329,23 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path: Path, capsys):
     assert not lock.exists()
 
 
+def test_a_reused_pid_or_a_reboot_frees_a_lock(tmp_path: Path):
+    """The pid in a stale lock may belong to a new process (this one, here) by now."""
+    from common.lock import _boot_id, _start_time, holder_is_gone
+
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid()), "boot_id": _boot_id()}
+    assert not holder_is_gone(me)
+    assert holder_is_gone({**me, "started": me["started"] - 100.0})  # same pid, another process
+    assert holder_is_gone({**me, "boot_id": "another-boot"})
+    zombie = subprocess.Popen(["sleep", "60"])
+    held = {**me, "pid": zombie.pid, "started": _start_time(zombie.pid)}
+    assert not holder_is_gone(held)
+    zombie.kill()
+    time.sleep(0.2)  # killed, not yet reaped
+    assert holder_is_gone(held)
+    zombie.wait()
+
+
 def test_a_lock_of_another_host_is_not_taken(tmp_path: Path):
     lock = tmp_path / ".lock"
     lock.write_text(json.dumps({"host": "node-elsewhere", "pid": 1234, "since": 0, "token": "t"}))
