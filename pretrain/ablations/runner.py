@@ -151,12 +151,14 @@ def prepare_data(cfgs: Dict[str, RunConfig]) -> Dict[str, Path]:
 
 
 def arm_state(run: Path) -> str:
-    """``done`` (summary.json says so), ``partial`` (``checkpoints/latest`` names a
-    checkpoint to resume from — the file the trainer resumes from) or ``new``."""
+    """``done`` (summary.json says so), ``partial`` (``checkpoints/latest`` or a
+    ``checkpoints/step-*`` directory: something the trainer may resume from) or ``new``."""
     summary = rundir.read_summary(run)
     if summary and summary.get("status") == "done":
         return "done"
-    if (run / rundir.CHECKPOINTS / "latest").is_file():
+    ckpts = run / rundir.CHECKPOINTS
+    # A step-* directory without `latest` counts too: the trainer resumes from the newest intact one.
+    if (ckpts / "latest").is_file() or any(ckpts.glob("step-*")):
         return "partial"
     return "new"
 
@@ -231,7 +233,10 @@ def run_ablation(
             progress.write(f"=== [{i}/{n}] {abl.name} / {arm}: {action} → {run}")
             if state != "done":
                 with progress.training(arm, run):
-                    train(cfg, resume=(state == "partial"))
+                    # Always --resume: an arm cut off before `latest` was written (or whose latest
+                    # checkpoint is damaged) continues from its newest intact checkpoint; one with no
+                    # checkpoint starts fresh. A fresh start would refuse to overwrite its files.
+                    train(cfg, resume=True)
             written = write_ablation_table(abl_dir, results_dir, runs_root)
     finally:
         progress.close()

@@ -254,10 +254,12 @@ def check_resumable(run: Path, cfg: RunConfig) -> None:
     and the trainer would refuse a different config only once the job runs."""
     from pretrain.training import checkpoint
 
-    ckpt = checkpoint.latest(run)
-    if ckpt is None:
+    # Any complete checkpoint holds the run's config (read from JSON, nothing unpickled);
+    # which one the job resumes from (``checkpoint.resume_point``) does not matter here.
+    complete = checkpoint.list_checkpoints(run)
+    if not complete:
         return
-    saved = checkpoint.read_client_state(ckpt)["config"]
+    saved = checkpoint.read_client_state(complete[-1])["config"]
     new = to_dict(cfg)
     # The trainer fills a null vocab_size from the tokenizer, which the data config fixes.
     if new["model"]["vocab_size"] is None:
