@@ -462,7 +462,7 @@ def test_disk_full_on_a_real_small_file_system(tmp_path: Path, data: Path, capsy
 def test_disk_full_while_writing_metrics(tmp_path: Path, data: Path, monkeypatch, capsys):
     """The metrics line of step 3 gets half written, then the disk is full: one line; the
     resumed run drops the half line and ends with every line whole."""
-    import pretrain.training.loop as loop
+    import pretrain.training.metrics_log as metrics_log
 
     real_open = open
 
@@ -481,7 +481,7 @@ def test_disk_full_while_writing_metrics(tmp_path: Path, data: Path, monkeypatch
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    monkeypatch.setattr(loop, "open", lambda *a, **k: FillsUp(real_open(*a, **k)), raising=False)
+    monkeypatch.setattr(metrics_log, "open", lambda *a, **k: FillsUp(real_open(*a, **k)), raising=False)
     run = tmp_path / "run"
     assert cli.main(train_cli(run, data, "train.max_steps=6")) == 2
     line = one_line_error(capsys)
