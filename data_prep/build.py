@@ -102,7 +102,7 @@ from data_prep.words import encode_with_words
 # Bumped whenever the code changes the bytes a config builds (sentence rules, packing,
 # tokenizer settings): the fingerprint covers the config only, so a directory built by
 # other code is refused instead of being reported up to date.
-PIPELINE_VERSION = 3
+PIPELINE_VERSION = 4
 
 # Ids of a split's documents in the order they were used, one per line.
 DOCUMENTS_FILE = "documents.txt"
