@@ -156,10 +156,10 @@ class SplitData:
         self._copies = copies if shared_rows else [[s for c in copies for s in c]]
         self.masked = masked
         self.columns = columns
-        rows = [s.offsets["input_ids"].size - 1 for s in copies[0]]
+        rows = [s.offsets["input_ids"].size - 1 for s in self._copies[0]]
         self._starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self.num_rows = int(self._starts[-1])
-        self.num_tokens = int(sum(int(s.offsets["input_ids"][-1]) for s in copies[0]))
+        self.num_tokens = int(sum(int(s.offsets["input_ids"][-1]) for s in self._copies[0]))
 
     def __len__(self) -> int:
         return self.num_rows
@@ -198,6 +198,8 @@ class SplitData:
 
     def lengths(self) -> np.ndarray:
         """int64 ``[rows]``: token count of every sequence."""
+        if not self._copies[0]:
+            return np.zeros(0, dtype=np.int64)
         return np.concatenate([np.diff(s.offsets["input_ids"]) for s in self._copies[0]]).astype(np.int64)
 
 

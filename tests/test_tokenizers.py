@@ -4,6 +4,7 @@ pre-tokenizer (data_prep.words)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,21 @@ def test_load_and_train_errors(toks, tmp_path):
     with pytest.raises(UserError, match="must exceed"):
         train_tokenizer("unigram", ["a"], 5, 1, tmp_path / "x.json")
     assert not Path(tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_twice_gives_identical_bytes(kind, tmp_path):
+    """Reproducible training for every kind (tokenizers' own WordPiece and Unigram trainers
+    are not, huggingface/tokenizers#1794)."""
+    a = train_tokenizer(kind, pydoc_texts(), 2000, 2, tmp_path / "a.json").read_bytes()
+    b = train_tokenizer(kind, iter(pydoc_texts()), 2000, 2, tmp_path / "b.json").read_bytes()
+    assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest()
+
+
+def test_special_token_strings_in_text_are_text(toks):
+    """A literal "[SEP]", "</s>", "<unk>" or "[MASK]" in a document is encoded as its
+    characters, never as a special id (BERT's and ALBERT's create_pretraining_data.py)."""
+    text = "a <unk> b [SEP] c </s> d [MASK] e <s> f [CLS] g <pad> h <mask>"
+    for kind, info in toks.items():
+        (ids, _), = encode_with_words(info, [text])
+        assert not set(ids.tolist()) & set(info.special_ids.tolist()), (kind, info.tokenizer.decode(ids.tolist()))
