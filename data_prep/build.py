@@ -4,10 +4,13 @@ manifest, for every input format of RoBERTa §4.2 and BERT/ALBERT's sentence-pai
 Two streaming passes over the corpus; memory is bounded by ``chunk_documents``, never by
 the corpus size:
 
-1. **Tokenizer** (skipped with ``tokenizer.path``): trained with ``tokenizers``'
-   ``train_from_iterator`` on a stream of the training split's line units
-   (``sentences.line_units``; validation documents never reach it). The trainer keeps word
-   counts, not text, so memory grows with the vocabulary of the corpus, not its size.
+1. **Tokenizer** (skipped with ``tokenizer.path``): trained reproducibly
+   (``data_prep.tokenizer.train_tokenizer``) on a stream of the training split's line units
+   (``sentences.line_units``; validation documents never reach it), or taken from the
+   cache of tokenizers trained on the same text (``_cached_tokenizer``: one file per
+   training text, kind, vocabulary size and special tokens, in ``tokenizers/`` beside the
+   shard directory), so the arms of an ablation share one tokenizer. The trainers keep
+   word counts, not text, so memory grows with the vocabulary of the corpus, not its size.
    The pre-tokenizers of all three kinds cut text at whitespace before anything else, so
    line units give the same word counts as their sentences, without the splitter's cost.
 2. **Chunks**: documents in read order go to train or validation by a sha256 of their id
@@ -109,6 +112,7 @@ PIPELINE_VERSION = 4
 # Ids of a split's documents in the order they were used, one per line.
 DOCUMENTS_FILE = "documents.txt"
 PROGRESS_DIR = ".progress"  # inside <out>.partial: what a rerun may reuse
+TOKENIZER_CACHE = "tokenizers"  # beside the shard directories: trained tokenizers by training text
 ENCODE_BATCH = 8192  # sentences per encode_batch call: big enough to keep Rust threads busy
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: keeps workers busy, bounds memory
 # A chunk also closes at this many characters of text (about 1.5M words): documents vary
@@ -451,13 +455,43 @@ def _tokenizer(tmp: Path, cfg: DataConfig) -> Tuple[TokenizerInfo, str, Optional
         source = src
     else:
         counts = {s: 0 for s in SPLITS}
-        texts = _training_text(cfg, counts)
-        train_tokenizer(t.kind, texts, t.vocab_size, t.min_frequency, dest)
+        cached = _cached_tokenizer(tmp, cfg, counts)
         _check_both_splits(cfg, counts, ReadStats(documents=sum(counts.values())))
+        if not cached.is_file():
+            train_tokenizer(t.kind, _training_text(cfg, {s: 0 for s in SPLITS}), t.vocab_size, t.min_frequency, dest)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            part = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+            shutil.copyfile(dest, part)
+            os.replace(part, cached)
+        else:
+            shutil.copyfile(cached, dest)
         source = "trained"
     info = load_tokenizer(dest, t.kind)
     _write_json(marker, {"source": source, "documents": counts})
     return info, source, counts
+
+
+def _cached_tokenizer(tmp: Path, cfg: DataConfig, counts: Dict[str, int]) -> Path:
+    """Where the tokenizer trained on this build's training text is cached:
+    ``<shard directory's parent>/tokenizers/<kind>-<vocab_size>-<key>.json``.
+
+    The key is a sha256 of the training text itself (every line unit the trainer reads,
+    so corpus, ``max_documents``, ``strip_pos_tags`` and ``validation_fraction`` are in it
+    through the text they select), the kind, ``vocab_size``, ``min_frequency``, the special
+    tokens and ``PIPELINE_VERSION``. Every arm of an ablation that differs in anything else
+    (masking, format, objective, sequence length) thus finds the one tokenizer the first
+    arm trained and uses its bytes, so all arms are scored on the same tokens; training is
+    reproducible anyway (``data_prep.tokenizer``), the cache saves the time. Costs one
+    streaming pass over the corpus; fills ``counts`` (documents per split).
+    """
+    t = cfg.tokenizer
+    h = hashlib.sha256()
+    h.update(json.dumps({"kind": t.kind, "vocab_size": t.vocab_size, "min_frequency": t.min_frequency,
+                         "special_tokens": SPECIAL_TOKENS[t.kind], "pipeline": PIPELINE_VERSION}, sort_keys=True).encode())
+    for unit in _training_text(cfg, counts):
+        data = unit.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little") + data)
+    return tmp.parent / TOKENIZER_CACHE / f"{t.kind}-{t.vocab_size}-{h.hexdigest()[:24]}.json"
 
 
 def _training_text(cfg: DataConfig, counts: Dict[str, int]) -> Iterator[str]:
