@@ -140,7 +140,9 @@ class InstanceStats:
     documents, given a short target), truncated_pairs (pairs cut to fit),
     unpaired_sentences (lone sentences dropped, see the module docstring), random_b (pairs
     whose B comes from another document: NSP NotNext, and SOP pairs of a one-sentence
-    chunk under ``sentence_labels=reference``).
+    chunk under ``sentence_labels=reference``). When static copies rerun instance
+    creation (``masking.copies=reference``) the counters describe copy 0, the rows a
+    dynamic build of the same config makes.
     """
 
     documents: int = 0

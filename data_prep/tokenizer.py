@@ -1,5 +1,5 @@
-"""Tokenizers: train one with the ``tokenizers`` library, or load a tokenizer.json or a
-pretrained tokenizer by name, and know its special tokens.
+"""Tokenizers: train one (``tokenizers``' trainers; ``sentencepiece`` for unigram), or load
+a tokenizer.json or a pretrained tokenizer by name, and know its special tokens.
 
 Kinds (``tokenizer.kind``):
 
@@ -19,8 +19,8 @@ Kinds (``tokenizer.kind``):
   file (pretraining, fine-tuning) encodes the same way.
 - ``unigram``: ALBERT's SentencePiece-style tokenizer (Lan et al. 2020, §4.1: "a
   vocabulary size of 30,000 … tokenized using SentencePiece (Kudo & Richardson, 2018)"):
-  a unigram language model trained by the ``sentencepiece`` library; text normalized as ALBERT's
-  ``preprocess_text`` does (```` `` ```` and ``''`` → ``"``, NFKD with combining marks
+  a unigram language model trained by the ``sentencepiece`` library and stored as a
+  ``tokenizers`` Unigram model; text normalized as ALBERT's ``preprocess_text`` does (```` `` ```` and ``''`` → ``"``, NFKD with combining marks
   removed, lower-cased, whitespace runs collapsed) and split into words at spaces, each
   space becoming ``▁`` at the start of the next word (``Metaspace``). Special tokens with
   ALBERT's ids: ``<pad>``=0 ``<unk>``=1 ``[CLS]``=2 ``[SEP]``=3 ``[MASK]``=4.
@@ -37,9 +37,9 @@ where ``TokenizerInfo.normalize`` is the text as the tokenizer sees it (see ther
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from collections import Counter
 from typing import Dict, Iterable, Iterator, List
 
 import numpy as np
@@ -301,7 +301,6 @@ def _train_unigram(texts: Iterable[str], vocab_size: int, min_frequency: int, sp
     for text in texts:
         counts.update(norm(text).split(" "))
     counts.pop("", None)
-    roles = SPECIAL_TOKENS["unigram"]
     if not counts:
         raise UserError("no text to train the unigram tokenizer on; use a larger corpus")
     tsv = workdir / "unigram-words.tsv.tmp"

@@ -11,7 +11,6 @@ short share varies from 12% to 38% over seeds at 512 (bench/fidelity.md)."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
