@@ -371,7 +371,7 @@ def create_pairs(
             continue
         n = len(ks)
         i = 0
-        per_document = short_seq_rule == "reference"
+        per_document = short_seq_rule == "reference" and not sentence_pairs
         if per_document:
             target = _draw_target(rng, short_seq_prob, max_tokens, stats)
         while i < n:

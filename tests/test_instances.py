@@ -268,3 +268,20 @@ def test_sentence_pair_has_no_reference_rule():
     with pytest.raises(ValueError, match="sentence_pair uses balanced"):
         list(create_pairs([[np.arange(3, 6)] * 3] * 2, 64, CLS, SEP, "nsp", random.Random(0), sentence_pairs=True,
                           sentence_labels="reference"))
+
+
+def test_short_target_drawn_once_per_document_or_per_chunk(reuters):
+    """short_seq_rule=reference draws the target once per document (BERT's
+    create_instances_from_document), per_chunk once per chunk; with short_seq_prob=1
+    every draw is short, so the counter counts draws."""
+    ids, _, _ = reuters
+    docs = ids[:200]
+    for labels in ("balanced", "reference"):
+        per_doc, per_chunk = InstanceStats(), InstanceStats()
+        list(create_pairs(docs, 128, CLS, SEP, "nsp", random.Random(3), short_seq_prob=1.0, stats=per_doc,
+                          short_seq_rule="reference", sentence_labels=labels))
+        rows = list(create_pairs(docs, 128, CLS, SEP, "nsp", random.Random(3), short_seq_prob=1.0, stats=per_chunk,
+                                 short_seq_rule="per_chunk", sentence_labels=labels))
+        with_pairs = per_doc.documents - (per_doc.one_sentence_documents if labels == "balanced" else 0)
+        assert per_doc.short_targets == with_pairs
+        assert per_chunk.short_targets >= len(rows) > with_pairs
