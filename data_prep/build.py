@@ -84,7 +84,7 @@ from data_prep.config import (
     data_fingerprint,
     resolve_output_dir,
 )
-from data_prep.corpus import ReadStats, read_documents
+from data_prep.corpus import ReadOptions, ReadStats, read_documents, report_lines
 from data_prep.instances import (
     InstanceStats,
     Row,
@@ -107,7 +107,9 @@ from data_prep.words import encode_with_words, reference_starts
 # Bumped whenever the code changes the bytes a config builds (sentence rules, packing,
 # tokenizer settings): the fingerprint covers the config only, so a directory built by
 # other code is refused instead of being reported up to date.
-PIPELINE_VERSION = 4
+# 4: one layout rule for text files, over-long lines cut (data_prep.corpus); 5: reproducible
+# WordPiece/Unigram training, special-token strings encoded as text, reference pair rules.
+PIPELINE_VERSION = 5
 
 # Ids of a split's documents in the order they were used, one per line.
 DOCUMENTS_FILE = "documents.txt"
@@ -166,7 +168,28 @@ def build(cfg: DataConfig, force: bool = False) -> Path:
         f"{t['tokens']} tokens in {manifest['build']['seconds']:.1f} s",
         file=sys.stderr,
     )
+    for line in read_report_lines(manifest):
+        print(f"data-prep: {line}", file=sys.stderr)
     return out
+
+
+def read_options(cfg: DataConfig) -> ReadOptions:
+    """How ``cfg``'s corpus is read: its encoding and layout keys, and over-long lines cut
+    into pieces a row can hold (a token covers at least one byte; one more for the
+    word-start marker a unigram tokenizer may add), so no token of them is truncated."""
+    return ReadOptions(str(cfg.corpus_encoding), str(cfg.corpus_errors), str(cfg.corpus_layout),
+                       max(16, int(cfg.max_seq_length) - 4))
+
+
+def read_report_lines(manifest: Dict[str, Any]) -> List[str]:
+    """The end-of-build report: ``corpus.report_lines`` of the manifest's ``read_report``
+    (binary, undecodable and cut files) and the sentences truncated to fit a row."""
+    dc, st = manifest["data_config"], manifest["stats"]
+    lines = report_lines(manifest["read_report"], dc["corpus_encoding"], dc["corpus_errors"])
+    if st["truncated_sentences"]:
+        dropped = "" if dc["format"] in PAIR_FORMATS else f" ({st['truncated_tokens']} tokens dropped)"
+        lines.append(f"{st['truncated_sentences']} sentences longer than max_seq_length={dc['max_seq_length']} were truncated{dropped}")
+    return lines
 
 
 def _build_locked(out: Path, cfg: DataConfig, fp: str, force: bool) -> Optional[Dict[str, Any]]:
@@ -378,6 +401,7 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
             "skipped_members": read_stats.skipped_members,
             "instances": {s: inst[s].as_dict() for s in SPLITS},
         },
+        "read_report": read_stats.report(),
         "chunks": {"documents_per_chunk": cfg.chunk_documents, **{s: writers[s].next_chunk for s in SPLITS}},
         "sentence_splitter": DEFAULT_BACKEND,
         "build": {
@@ -496,7 +520,7 @@ def _cached_tokenizer(tmp: Path, cfg: DataConfig, counts: Dict[str, int]) -> Pat
 
 def _training_text(cfg: DataConfig, counts: Dict[str, int]) -> Iterator[str]:
     """Line units of the training split's documents, streamed (counts documents per split)."""
-    docs = read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, ReadStats())
+    docs = read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, ReadStats(), read_options(cfg))
     for doc in tqdm(docs, desc="train tokenizer", unit="doc", total=cfg.max_documents, dynamic_ncols=True):
         if is_validation(doc.id, cfg.validation_fraction):
             counts["validation"] += 1
@@ -512,6 +536,8 @@ def _check_both_splits(cfg: DataConfig, counts: Dict[str, int], stats: ReadStats
     raise UserError(
         f"corpus {cfg.corpus} is too small: {stats.documents} documents leave no {which} document at "
         f"validation_fraction={cfg.validation_fraction}; use a larger corpus (or change validation_fraction)"
+        + ("; a text file without ' = Title = ' headings is one document unless data.corpus_layout says how its "
+           "documents are separated (blank_lines, lines; README: Corpus layouts)" if cfg.corpus_layout == "auto" and stats.documents < 10 else "")
     )
 
 
@@ -550,7 +576,7 @@ def _chunks(cfg: DataConfig, stats: ReadStats) -> Iterator[_Chunk]:
         index[split] += 1
         return _Chunk(split, index[split] - 1, docs, h.hexdigest())
 
-    for doc in read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, stats):
+    for doc in read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, stats, read_options(cfg)):
         split = "validation" if is_validation(doc.id, cfg.validation_fraction) else "train"
         counts[split] += 1
         buf = bufs[split]

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
 from common.schema import FORMATS, SENTENCE_OBJECTIVES
+from data_prep.corpus import DECODE_ERRORS, LAYOUTS, check_encoding
 from data_prep.instances import SENTENCE_LABEL_RULES, SHORT_SEQ_RULES
 
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
@@ -102,6 +103,15 @@ class DataConfig:
     corpus: a path (directory, glob, .txt, .jsonl, .parquet, .zip or a directory of zips),
         ``hf:NAME[:CONFIG]`` for ``datasets.load_dataset``, or ``pydoc`` (the CPython
         reference documentation embedded in every Python; the offline default).
+    corpus_layout: how a text file (named directly, found in a folder, or a zip member)
+        is cut into documents, the same rule for all (``data_prep.corpus``): ``auto`` =
+        WikiText articles if the file has `` = Title = `` headings, else one document per
+        file; ``file``; ``headings``; ``blank_lines`` (BERT's input format: a blank line
+        between documents); ``lines`` (one document per line).
+    corpus_encoding: the text encoding of the corpus files (a Python codec name:
+        ``utf-8``, ``latin-1``, ``cp1252``, ...).
+    corpus_errors: undecodable bytes: ``replace`` (U+FFFD, counted and reported per
+        file), ``ignore`` (dropped, counted), ``strict`` (a one-line error naming the file).
     strip_pos_tags: corpus sources (zip or file stem, e.g. ``brown``) whose whitespace tokens
         are ``word/tag`` and get their tags stripped.
     max_documents: read only the first N documents (for quick tests); None = all.
@@ -151,6 +161,9 @@ class DataConfig:
     """
 
     corpus: str = "pydoc"
+    corpus_layout: str = "auto"
+    corpus_encoding: str = "utf-8"
+    corpus_errors: str = "replace"
     strip_pos_tags: List[str] = field(default_factory=lambda: ["brown"])
     max_documents: Optional[int] = None
     validation_fraction: float = 0.05
@@ -174,6 +187,9 @@ class DataConfig:
 def check_data_config(cfg: DataConfig) -> None:
     """Reject value combinations the pipeline cannot build. Raises UserError (one line)."""
     _choice("format", cfg.format, FORMATS)
+    _choice("corpus_layout", cfg.corpus_layout, LAYOUTS)
+    _choice("corpus_errors", cfg.corpus_errors, DECODE_ERRORS)
+    check_encoding(cfg.corpus_encoding)
     _choice("sentence_objective", cfg.sentence_objective, SENTENCE_OBJECTIVES)
     _choice("tokenizer.kind", cfg.tokenizer.kind, TOKENIZER_KINDS)
     _choice("masking.mode", cfg.masking.mode, MASKING_MODES)

@@ -3,7 +3,10 @@
 Layout of a shard directory::
 
     manifest.json           format version, resolved data config, tokenizer sha256,
-                            every shard's rows/sha256/chunk, totals and data-prep counters
+                            every shard's rows/sha256/chunk, totals and data-prep counters,
+                            ``read_report``: reading totals and every corpus file skipped
+                            (binary, metadata), with undecodable bytes, or with lines or
+                            documents cut (``data_prep.corpus.ReadStats.report``)
     tokenizer.json          the tokenizer the ids were made with
     train/shard-00000.arrow          dynamic masking: unmasked ``input_ids``
     train/copy-03/shard-00000.arrow  static masking: copy 3 of ``dupe_factor``

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,9 +204,9 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     assert recorder.trains == [("toy/static", False), ("toy/dynamic", False), ("toy/dynamic2", True)]
     out = capsys.readouterr().out
     assert "=== [1/3] toy / static: training" in out and "=== [3/3] toy / dynamic2: resuming from checkpoint" in out
-    assert f"table: {results / 'toy.md'}" in out
+    assert f"table: {results / 'smoke' / 'toy.md'}" in out
     assert [x.name for x in paths] == ["toy.md", "toy.csv", "toy.png"]
-    md = (results / "toy.md").read_text()
+    md = (results / "smoke" / "toy.md").read_text()
     assert "| `static` | done | 5.0000 |" in md and "| `dynamic` | done | 4.5000 |" in md and "| F1 (paper) |" in md
     rec = OmegaConf.load(runs / "toy" / rundir.ABLATION)
     assert rec.preset == "smoke" and list(rec.overrides) == ["train.max_steps=20", "train.schedule.warmup_steps=2"] and rec.ablation.name == "toy"
@@ -213,7 +214,7 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     # rerun: everything done → nothing trained, table rewritten identically
     recorder.trains.clear()
     run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
-    assert recorder.trains == [] and (results / "toy.md").read_text() == md
+    assert recorder.trains == [] and (results / "smoke" / "toy.md").read_text() == md
     assert "static: done, skipping" in capsys.readouterr().out
     # a rerun with other overrides would skip arms trained differently: refused
     with pytest.raises(UserError, match=r"records different arms, preset or overrides"):
@@ -255,8 +256,8 @@ def test_smoke_ablation_end_to_end(tmp_path: Path):
 
     r = pretrain("ablate", str(MASKING), "--preset", "smoke", *small, "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "=== [1/2] roberta_masking / static: training" in r.stdout and f"table: {results / 'roberta_masking.md'}" in r.stdout
-    with open(results / "roberta_masking.csv", newline="") as f:
+    assert "=== [1/2] roberta_masking / static: training" in r.stdout and f"table: {results / 'smoke' / 'roberta_masking.md'}" in r.stdout
+    with open(results / "smoke" / "roberta_masking.csv", newline="") as f:
         rows = {row["arm"]: row for row in csv.DictReader(f)}
     assert list(rows) == ["static", "dynamic"]
     for arm, row in rows.items():
@@ -267,14 +268,13 @@ def test_smoke_ablation_end_to_end(tmp_path: Path):
         summary = rundir.read_summary(runs / "roberta_masking" / arm)
         assert float(row["held-out MLM loss"]) == summary["final_eval"]["mlm_loss"] and summary["steps"] == 20
     assert rows["static"]["SQuAD 2.0 F1 (paper)"] == "78.3" and rows["dynamic"]["SST-2 acc (paper)"] == "92.9"
-    assert (results / "roberta_masking.png").stat().st_size > 5000
+    assert (results / "smoke" / "roberta_masking.png").stat().st_size > 5000
 
-    md = (results / "roberta_masking.md").read_text()
-    for f in results.iterdir():
-        f.unlink()
+    md = (results / "smoke" / "roberta_masking.md").read_text()
+    shutil.rmtree(results)
     r = pretrain("tables", "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (results / "roberta_masking.md").read_text() == md
+    assert (results / "smoke" / "roberta_masking.md").read_text() == md
 
     # rerunning the ablation trains nothing
     r = pretrain("ablate", str(MASKING), "--preset", "smoke", *small, "--runs", str(runs), "--results", str(results))

@@ -198,7 +198,8 @@ def test_bad_corpora_are_user_errors(tmp_path):
     two.write_text("First document. It has two sentences.\n\nSecond document. Also two sentences.")
     with pytest.raises(UserError, match="needs two or more documents per split") as e:
         # validation_fraction 0.5 leaves one document per split: no other document for NotNext
-        build(small_cfg(tmp_path / "d", str(two), format="sentence_pair", sentence_objective="nsp", validation_fraction=0.5))
+        build(small_cfg(tmp_path / "d", str(two), format="sentence_pair", sentence_objective="nsp", validation_fraction=0.5,
+                        corpus_layout="blank_lines"))
     one_line_error(e)
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 

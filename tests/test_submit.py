@@ -422,4 +422,4 @@ def test_directory_with_a_space_is_refused(tmp_path, capsys, monkeypatch):
     d.mkdir()
     monkeypatch.chdir(d)
     assert main(["submit", str(RECIPE), "--dry-run"]) == 2
-    assert "cannot contain whitespace" in _error(capsys)
+    assert "cannot go on an #SBATCH --chdir/--output line: it holds whitespace" in _error(capsys)

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from common.configfile import merge_into, parse_overrides, read_yaml
-from common.errors import UserError
+from common.errors import UserError, launcher_rank
 from data_prep.config import data_fingerprint, resolve_output_dir
 from pretrain.config import RunConfig, load_run_config, resolve_preset, to_dict
 from pretrain.training import rundir
@@ -323,12 +323,17 @@ def run_ablation(
     other arms/preset/overrides; prepare data once per distinct data config and check the
     validation data are identical; write ``runs_root/<name>/ablation.yaml``; train each arm
     (skip ``done``, resume ``partial``) and rewrite the table after each. Returns the
-    written paths (``results_dir/<name>.md``, ``.csv``, ``.png``).
+    written paths (``results_dir/<preset>/<name>.md``, ``.csv``, ``.png``: each preset has its
+    own directory, so the README's ``--preset smoke`` quick start leaves the committed
+    ``results/small/`` tables alone).
     """
+    from pretrain.ablations import report
     from pretrain.ablations.tables import write_ablation_table, write_text_atomic
 
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     precheck_arms(cfgs)
+    if launcher_rank() == 0:
+        print(report.header(abl.name, preset, cfgs), flush=True)
     prepare_data(cfgs)
     abl_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(abl_dir / rundir.ABLATION, OmegaConf.to_yaml(rec))
@@ -339,15 +344,23 @@ def run_ablation(
 
     written: List[Path] = []
     n = len(cfgs)
-    for i, (arm, cfg) in enumerate(cfgs.items(), 1):
-        run = Path(cfg.run_dir)
-        state = arm_state(run)
-        action = {"done": "done, skipping", "partial": "resuming from checkpoint", "new": "training"}[state]
-        print(f"=== [{i}/{n}] {abl.name} / {arm}: {action} → {run}", flush=True)
-        if state != "done":
-            train(cfg, resume=(state == "partial"))
-        written = write_ablation_table(abl_dir, results_dir, runs_root)
+    runs = {arm: Path(cfg.run_dir) for arm, cfg in cfgs.items()}
+    done = [arm for arm, run in runs.items() if arm_state(run) == "done"]
+    progress = report.AblationProgress(abl.name, runs, report.arm_steps(cfgs), done)
+    try:
+        for i, (arm, cfg) in enumerate(cfgs.items(), 1):
+            run = runs[arm]
+            state = arm_state(run)
+            action = {"done": "done, skipping", "partial": "resuming from checkpoint", "new": "training"}[state]
+            progress.write(f"=== [{i}/{n}] {abl.name} / {arm}: {action} → {run}")
+            if state != "done":
+                with progress.training(arm, run):
+                    train(cfg, resume=(state == "partial"))
+            written = write_ablation_table(abl_dir, results_dir, runs_root)
+    finally:
+        progress.close()
     print(f"table: {written[0]}  (csv: {written[1]}, plot: {written[2]})", flush=True)
+    print(f"runs: {abl_dir}/ (one directory per arm: config.yaml, metrics.jsonl, checkpoints/, summary.json)", flush=True)
     return written
 
 
