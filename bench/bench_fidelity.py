@@ -59,7 +59,7 @@ LABELS = {
 
 
 def wikitext_file(work: Path) -> Path:
-    """WikiText-2 valid.txt + test.txt in one file under ``work`` (122 articles)."""
+    """WikiText-2 valid.txt + test.txt in one file under ``work`` (120 articles)."""
     out = work / "wikitext-2-valid-test.txt"
     if not out.is_file():
         src = DATA / "wikitext-2"

@@ -26,7 +26,7 @@ from data_prep.shards import read_manifest, sha256_file  # noqa: E402
 
 @pytest.fixture(scope="module")
 def wikitext(data_dir, tmp_path_factory):
-    """WikiText-2 valid.txt + test.txt as one file (122 articles, 455k words), named as the
+    """WikiText-2 valid.txt + test.txt as one file (120 articles, 455k words), named as the
     bench names it: document ids (and so the held-out documents and every draw) follow
     the file name, so the tests see the bench's figures."""
     out = tmp_path_factory.mktemp("wikitext") / "wikitext-2-valid-test.txt"
