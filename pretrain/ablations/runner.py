@@ -141,12 +141,17 @@ def prepare_data(cfgs: Dict[str, RunConfig]) -> Dict[str, Path]:
         sha = read_manifest(d)["splits"]["validation"]["sha256"]
         for arm in arms:
             dirs[arm], val_sha[arm] = d, sha
-    if len(set(val_sha.values())) > 1:
-        detail = ", ".join(f"{a}={s[:12]}" for a, s in val_sha.items())
-        raise UserError(
-            f"the arms' validation data differ (sha256 {detail}); the arms must share corpus, tokenizer, "
-            "max_seq_length, validation_fraction and masking.validation_seed to be scored on the same positions"
-        )
+    # Arms that differ in input format or sentence objective (NSP vs SOP, ALBERT Table 5)
+    # cannot share validation rows; every other pair of arms must.
+    task: Dict[str, tuple] = {a: (c.data.format, c.data.sentence_objective) for a, c in cfgs.items()}
+    for key in set(task.values()):
+        same = {a: s for a, s in val_sha.items() if task[a] == key}
+        if len(set(same.values())) > 1:
+            detail = ", ".join(f"{a}={s[:12]}" for a, s in same.items())
+            raise UserError(
+                f"the arms' validation data differ (sha256 {detail}); the arms must share corpus, tokenizer, "
+                "max_seq_length, validation_fraction and masking.validation_seed to be scored on the same positions"
+            )
     return dirs
 
 
