@@ -34,6 +34,7 @@ from pretrain.ablations.spec import (  # noqa: F401 (AblationRecord, arm_command
     base_path,
     load_ablation,
     load_record,
+    seed_runs,
 )
 from pretrain.ablations.tables import write_ablation_table
 from pretrain.config import RunConfig, load_run_config, resolve_preset, to_dict
@@ -43,11 +44,14 @@ from pretrain.training import rundir
 def compose_arms(
     path: str | Path, preset: str, overrides: Sequence[str], runs_root: str | Path
 ) -> Tuple[AblationConfig, Dict[str, RunConfig]]:
-    """Load the ablation and compose every arm's RunConfig: base < preset < arm < ``overrides``.
+    """Load the ablation and compose every run's RunConfig: base < preset < arm < ``overrides``
+    (< ``train.seed=S`` per seed of ``seeds``, < the arm's ``scale``).
 
-    Each arm is named ``<ablation>/<arm>`` and runs in ``runs_root/<ablation>/<arm>``.
-    Raises UserError naming the arm whose config fails to load, or an override of
-    ``name``/``run_dir`` (the runner chooses those).
+    Keys of the returned mapping are the runs' paths under ``runs_root/<ablation>``: the arm
+    name, or ``<arm>/seed-<S>`` when the ablation lists ``seeds``; each run is named
+    ``<ablation>/<key>``. Raises UserError naming the arm whose config fails to load, an
+    override of ``name``/``run_dir`` (the runner chooses those), or a scaled arm whose
+    ``train.max_steps`` is not divisible by its batch multiple.
     """
     abl = load_ablation(path)
     base = base_path(path, abl.base)
@@ -60,13 +64,43 @@ def compose_arms(
         if o.split("=", 1)[0].strip() in _RESERVED:
             raise UserError(f"override {o!r}: the ablation runner chooses each arm's name and run_dir; use --runs DIR")
     cfgs: Dict[str, RunConfig] = {}
-    for arm, layer in abl.arms.items():
-        where = {"name": f"{abl.name}/{arm}", "run_dir": str(Path(runs_root) / abl.name / arm)}
+    for arm, seed, key in seed_runs(abl):
+        layer = abl.arms[arm]
+        where = {"name": f"{abl.name}/{key}", "run_dir": str(Path(runs_root) / abl.name / key)}
+        extra = list(overrides) + ([f"train.seed={seed}"] if seed is not None else [])
         try:
-            cfgs[arm] = load_run_config(base, preset, overrides, layers=[layer or {}, where])
+            cfg = load_run_config(base, preset, extra, layers=[layer or {}, where])
+            if arm in abl.scale:
+                cfg = load_run_config(base, preset, extra + scale_overrides(cfg, abl.scale[arm]), layers=[layer or {}, where])
         except UserError as e:
             raise UserError(f"ablation {abl.name}, arm {arm!r}: {e}") from None
+        cfgs[key] = cfg
     return abl, cfgs
+
+
+def scale_overrides(cfg: RunConfig, scale: Any) -> List[str]:
+    """``key=value`` overrides that make ``cfg`` train ``scale.batch`` × its global batch for
+    1/``scale.batch`` of its steps at ``scale.lr`` × its learning rate (RoBERTa §4.3, Table 3:
+    equal epochs, warmup and the logging intervals divided alike). Raises UserError when
+    ``train.max_steps`` is not divisible by ``scale.batch``."""
+    k = int(scale.batch)
+    t = cfg.train
+    if t.max_steps % k:
+        raise UserError(
+            f"train.max_steps={t.max_steps} is not divisible by the batch multiple {k}; the arms would see "
+            f"different token budgets: pass train.max_steps=<a multiple of {k}>"
+        )
+    out = [
+        f"train.global_batch_size={t.global_batch_size * k}",
+        f"train.max_steps={t.max_steps // k}",
+        f"train.optimizer.lr={t.optimizer.lr * float(scale.lr)!r}",
+        f"train.schedule.warmup_steps={max(1, round(t.schedule.warmup_steps / k))}",
+    ]
+    if t.schedule.decay_steps is not None:
+        out.append(f"train.schedule.decay_steps={max(1, round(t.schedule.decay_steps / k))}")
+    for key in ("eval_every", "log_every", "checkpoint_every"):
+        out.append(f"train.{key}={max(1, getattr(t, key) // k)}")
+    return out
 
 
 def check_fair(cfgs: Dict[str, RunConfig]) -> None:
@@ -74,8 +108,9 @@ def check_fair(cfgs: Dict[str, RunConfig]) -> None:
 
     Checks the token budget, train.max_steps × train.global_batch_size × data.max_seq_length
     (RoBERTa §4.3, Table 3 compares batch sizes at equal steps × batch: 256×1M, 2K×125K,
-    8K×31K), and the seeds (train.seed, data.seed). Raises UserError listing every arm's
-    value when they differ.
+    8K×31K), and the seeds: ``data.seed`` equal for all runs, ``train.seed`` equal across
+    arms for each pretraining seed (runs ``<arm>/seed-S``). Raises UserError listing every
+    run's value when they differ.
     """
     budgets = {
         a: (c.train.max_steps, c.train.global_batch_size, c.data.max_seq_length) for a, c in cfgs.items()
@@ -86,8 +121,12 @@ def check_fair(cfgs: Dict[str, RunConfig]) -> None:
             "arms see different token budgets (train.max_steps × train.global_batch_size × "
             f"data.max_seq_length): {detail}; make them equal"
         )
-    for key in ("train.seed", "data.seed"):
-        vals = {a: OmegaConf.select(c, key) for a, c in cfgs.items()}
+    groups: Dict[str, Dict[str, RunConfig]] = {}
+    for key, c in cfgs.items():
+        groups.setdefault(key.split("/seed-")[1] if "/seed-" in key else "", {})[key] = c
+    checks = [("data.seed", cfgs)] + [("train.seed", g) for g in groups.values()]
+    for key, group in checks:
+        vals = {a: OmegaConf.select(c, key) for a, c in group.items()}
         if len(set(vals.values())) > 1:
             detail = ", ".join(f"{a}={v}" for a, v in vals.items())
             raise UserError(f"arms use different {key}: {detail}; an ablation compares arms at the same seed")
@@ -256,9 +295,12 @@ def _check_same_record(abl_dir: Path, rec: Any) -> None:
     if not f.is_file():
         return
     old = load_record(abl_dir)
-    # Title and paper numbers do not change what is trained; arms, preset and overrides do.
+    # Title, paper numbers and claims do not change what is trained; arms, seeds, scale,
+    # preset and overrides do.
     same = (
         to_dict(old.ablation.arms) == to_dict(rec.ablation.arms)
+        and list(old.ablation.seeds) == list(rec.ablation.seeds)
+        and to_dict(old.ablation.scale) == to_dict(rec.ablation.scale)
         and old.preset == rec.preset
         and list(old.overrides) == list(rec.overrides)
     )

@@ -13,9 +13,9 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from common.configfile import merge_into, read_yaml
 from common.errors import UserError
@@ -42,6 +42,44 @@ class PaperConfig:
     rows: Dict[str, List[Optional[float]]] = MISSING
 
 
+# Our side of a claim: held-out metrics the trainer logs in summary.json's final_eval, with
+# the direction that counts as better.
+OurMetric = Literal["mlm_loss", "mlm_accuracy", "sentence_accuracy"]
+LOWER_IS_BETTER = {"mlm_loss": True, "mlm_accuracy": False, "sentence_accuracy": False}
+
+
+@dataclass
+class ClaimConfig:
+    """One claim of the paper, checked against our numbers by ``pretrain tables``.
+
+    text: the claim in words, e.g. "dynamic masking is as good as or better than static".
+    a / b: the two arms compared; the claim's difference is always ``a − b``.
+    paper_column: the ``paper.columns`` entry the paper's difference is read from (both
+        arms must have a number there).
+    paper_higher_is_better: False for columns such as perplexity (RoBERTa Table 3).
+    metric: our held-out metric for the same comparison (``mlm_loss`` lower is better;
+        ``mlm_accuracy``, ``sentence_accuracy`` higher is better).
+    """
+
+    text: str = MISSING
+    a: str = MISSING
+    b: str = MISSING
+    paper_column: str = MISSING
+    paper_higher_is_better: bool = True
+    metric: OurMetric = "mlm_loss"
+
+
+@dataclass
+class ArmScale:
+    """An arm that trains with ``batch`` × the composed global batch for 1/``batch`` of the
+    steps (equal epochs and tokens; warmup, eval, log and checkpoint intervals divided
+    too) at ``lr`` × the composed learning rate: RoBERTa §4.3, Table 3 (256×1M steps at
+    1e-4, 2K×125K at 7e-4, 8K×31K at 1e-3). Relative, so one ablation file fits every preset."""
+
+    batch: int = 1
+    lr: float = 1.0
+
+
 @dataclass
 class AblationConfig:
     """One ablation: a base run config and the arms that differ from it.
@@ -51,6 +89,12 @@ class AblationConfig:
     base: run config YAML, relative to the ablation file.
     arms: arm name → override mapping of the run config (``{}`` = the base as is).
     paper: see PaperConfig.
+    seeds: pretraining seeds (``train.seed``) every arm runs with; empty = the composed
+        config's one seed. With seeds, arm ``A`` runs once per seed in ``<runs>/<name>/A/seed-S``
+        and the table reports the median and spread (max − min) over seeds.
+    scale: arm → ArmScale (batch-size ablations); arms not named train as composed.
+    claims: the paper's claims this ablation tests (see ClaimConfig); the table gives a
+        verdict for each.
     """
 
     name: str = MISSING
@@ -58,6 +102,9 @@ class AblationConfig:
     base: str = MISSING
     arms: Dict[str, Any] = MISSING
     paper: PaperConfig = field(default_factory=PaperConfig)
+    seeds: List[int] = field(default_factory=list)
+    scale: Dict[str, ArmScale] = field(default_factory=dict)
+    claims: List[ClaimConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +155,34 @@ def check_ablation(cfg: AblationConfig, where: str) -> None:
             raise UserError(f"{where}: paper row {arm!r} names no arm (arms: {', '.join(cfg.arms)})")
         if len(row) != ncol:
             raise UserError(f"{where}: paper row {arm!r} has {len(row)} numbers but paper.columns has {ncol}")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise UserError(f"{where}: seeds {list(cfg.seeds)} repeat a seed; list each pretraining seed once")
+    for arm, sc in cfg.scale.items():
+        if arm not in cfg.arms:
+            raise UserError(f"{where}: scale.{arm} names no arm (arms: {', '.join(cfg.arms)})")
+        if sc.batch < 1 or sc.lr <= 0:
+            raise UserError(f"{where}: scale.{arm} needs batch >= 1 and lr > 0, got batch={sc.batch} lr={sc.lr}")
+    for i, c in enumerate(cfg.claims):
+        for arm in (c.a, c.b):
+            if arm not in cfg.arms:
+                raise UserError(f"{where}: claims[{i}] names arm {arm!r}, which is not an arm (arms: {', '.join(cfg.arms)})")
+        if c.paper_column not in cfg.paper.columns:
+            raise UserError(
+                f"{where}: claims[{i}].paper_column {c.paper_column!r} is not in paper.columns ({', '.join(cfg.paper.columns)})"
+            )
+        col = list(cfg.paper.columns).index(c.paper_column)
+        for arm in (c.a, c.b):
+            row = cfg.paper.rows.get(arm)
+            if row is None or row[col] is None:
+                raise UserError(f"{where}: claims[{i}] compares {arm!r} on {c.paper_column!r}, but the paper row has no number there")
+
+
+def seed_runs(abl: AblationConfig) -> List[tuple]:
+    """``(arm, seed or None, run path relative to runs/<name>)`` for every run of the ablation:
+    ``arm`` alone without ``seeds``, ``arm/seed-S`` per seed with them."""
+    if not abl.seeds:
+        return [(arm, None, arm) for arm in abl.arms]
+    return [(arm, int(s), f"{arm}/seed-{int(s)}") for arm in abl.arms for s in abl.seeds]
 
 
 def load_record(abl_dir: str | Path) -> AblationRecord:
@@ -133,16 +208,36 @@ def ablate_command(rec: AblationRecord) -> str:
     return shlex.join(parts)
 
 
-def arm_command(rec: AblationRecord, arm: str) -> str:
-    """An equivalent ``pretrain train`` command for one arm (the arm's overrides flattened
-    to key=value, then the ablation's command-line overrides)."""
+def arm_command(rec: AblationRecord, arm: str, seed: Optional[int] = None, rel: Optional[str] = None) -> str:
+    """An equivalent ``pretrain train`` command for one run of an arm (the arm's overrides
+    flattened to key=value, then the ablation's command-line overrides, the seed, and for a
+    scaled arm its batch, steps, lr and intervals as its recorded ``config.yaml`` holds them).
+    ``rel``: the run's path under ``runs/<name>`` (default: the arm's name)."""
     layer = rec.ablation.arms[arm]
     flat = _flatten(to_dict(layer) if layer is not None else {})
-    run = Path(rec.runs_root) / rec.ablation.name / arm
+    rel = rel or arm
+    run = Path(rec.runs_root) / rec.ablation.name / rel
     base = Path(_normpath(base_path(rec.source, rec.ablation.base)))
     parts = ["pretrain", "train", str(base), "--preset", rec.preset, *flat, *rec.overrides]
-    parts += [f"name={rec.ablation.name}/{arm}", f"run_dir={run}"]
+    if seed is not None:
+        parts.append(f"train.seed={seed}")
+    if arm in rec.ablation.scale:
+        parts += _scaled_keys(run)
+    parts += [f"name={rec.ablation.name}/{rel}", f"run_dir={run}"]
     return shlex.join(parts)
+
+
+# What ArmScale changes (runner.scale_overrides), read back from a scaled run's config.yaml.
+_SCALED = ("train.global_batch_size", "train.max_steps", "train.optimizer.lr", "train.schedule.warmup_steps",
+           "train.eval_every", "train.log_every", "train.checkpoint_every")
+
+
+def _scaled_keys(run: Path) -> List[str]:
+    f = run / rundir.CONFIG
+    if not f.is_file():
+        return []
+    cfg = OmegaConf.load(f)
+    return [f"{k}={_scalar(OmegaConf.select(cfg, k))}" for k in _SCALED]
 
 
 def _flatten(d: Dict[str, Any], prefix: str = "") -> List[str]:

@@ -15,16 +15,18 @@ import csv
 import io
 import math
 import shlex
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
 from common.atomic import write_text_atomic
 from common.errors import UserError
 from pretrain.ablations.plots import last_per_step, plot_loss_curves
-from pretrain.ablations.spec import AblationRecord, ablate_command, arm_command, load_record
+from pretrain.ablations.spec import AblationRecord, ablate_command, arm_command, load_ablation, load_record, seed_runs
+from pretrain.ablations.verdicts import Verdict, compute_verdicts, mask_reuse_warnings
 from pretrain.training import rundir
 
 
@@ -49,6 +51,11 @@ class ArmResult:
     tokens_seen: Optional[int] = None
     epochs: Optional[float] = None
     wall_min: Optional[float] = None
+    sentence_accuracy_pct: Optional[float] = None
+    parameters: Optional[int] = None
+    seeds_done: Optional[int] = None
+    mlm_loss_spread: Optional[float] = None
+    seed_values: Optional[Dict[str, List[float]]] = None
 
 
 # (header, ArmResult field, markdown format). The CSV keeps full precision.
@@ -60,7 +67,14 @@ OUR_COLUMNS: List[tuple] = [
     ("epochs", "epochs", "{:.2f}"),
     ("wall time (min)", "wall_min", "{:.2f}"),
 ]
+# Shown only where they apply: a sentence objective in some arm, several pretraining seeds,
+# arms of different sizes.
+SENTENCE_COLUMN = ("NSP/SOP accuracy (%)", "sentence_accuracy_pct", "{:.2f}")
+PARAMS_COLUMN = ("parameters", "parameters", "{:,}")
+SEED_COLUMNS = [("seeds done", "seeds_done", "{}"), ("MLM loss spread (max − min)", "mlm_loss_spread", "{:.4f}")]
 PAPER_SUFFIX = " (paper)"
+# summary.json's final_eval key → ArmResult field, for the seeds' medians and the verdicts.
+METRIC_FIELDS = {"mlm_loss": "mlm_loss", "mlm_accuracy": "accuracy_pct", "sentence_accuracy": "sentence_accuracy_pct"}
 
 
 def collect_arm(arm: str, run: Path) -> ArmResult:
@@ -77,6 +91,8 @@ def collect_arm(arm: str, run: Path) -> ArmResult:
             tokens_seen=_int(summary.get("tokens_seen")),
             epochs=_num(summary.get("epochs")),
             wall_min=_num(summary["wall_time_s"]) / 60 if summary.get("wall_time_s") is not None else None,
+            sentence_accuracy_pct=_pct(ev.get("sentence_accuracy")),
+            parameters=_int(summary.get("num_parameters")),
         )
     records = last_per_step(rundir.read_metrics(run))
     if not run.is_dir() or (not records and not (run / rundir.CONFIG).is_file()):
@@ -88,37 +104,92 @@ def collect_arm(arm: str, run: Path) -> ArmResult:
         ev = evals[-1]
         res.mlm_loss, res.perplexity = _num(ev.get("mlm_loss")), _num(ev.get("perplexity"))
         res.accuracy_pct = _pct(ev.get("mlm_accuracy"))
+        res.sentence_accuracy_pct = _pct(ev.get("sentence_accuracy"))
     if records:
         res.tokens_seen, res.epochs = _int(records[-1].get("tokens_seen")), _num(records[-1].get("epoch"))
     return res
 
 
 def collect(abl_dir: Path, rec: AblationRecord) -> List[ArmResult]:
-    """One ArmResult per arm, in the ablation's arm order."""
-    return [collect_arm(arm, abl_dir / arm) for arm in rec.ablation.arms]
+    """One ArmResult per arm, in the ablation's arm order. With ``seeds``, each arm's row is
+    the median over its finished seeds (``seeds_done`` of them; the MLM loss spread is max −
+    min over them; ``seed_values`` keeps every seed's metrics for the verdicts)."""
+    abl = rec.ablation
+    if not abl.seeds:
+        out = []
+        for arm in abl.arms:
+            r = collect_arm(arm, abl_dir / arm)
+            if r.status == "done":
+                r.seed_values = {f: [getattr(r, f)] for f in METRIC_FIELDS.values() if getattr(r, f) is not None}
+            out.append(r)
+        return out
+    return [_median_arm(arm, [collect_arm(arm, abl_dir / arm / f"seed-{s}") for s in abl.seeds]) for arm in abl.arms]
+
+
+def _median_arm(arm: str, runs: List[ArmResult]) -> ArmResult:
+    done = [r for r in runs if r.status == "done"]
+    if not done:
+        started = [r for r in runs if r.status != "not run"]
+        status = "not run" if not started else f"0/{len(runs)} seeds done"
+        return ArmResult(arm=arm, status=status, seeds_done=0)
+    res = ArmResult(arm=arm, status="done" if len(done) == len(runs) else f"{len(done)}/{len(runs)} seeds done")
+    res.seeds_done = len(done)
+    for f in ("mlm_loss", "perplexity", "accuracy_pct", "tokens_seen", "epochs", "wall_min", "sentence_accuracy_pct", "parameters"):
+        vals = [getattr(r, f) for r in done if getattr(r, f) is not None]
+        if vals:
+            med = statistics.median(vals)
+            setattr(res, f, int(med) if f in ("tokens_seen", "parameters") else float(med))
+    losses = [r.mlm_loss for r in done if r.mlm_loss is not None]
+    res.mlm_loss_spread = max(losses) - min(losses) if losses else None
+    res.seed_values = {f: [getattr(r, f) for r in done if getattr(r, f) is not None] for f in METRIC_FIELDS.values()}
+    return res
+
+
+def our_columns(rec: AblationRecord, results: List[ArmResult]) -> List[tuple]:
+    """The columns of our side of the table: always OUR_COLUMNS; the NSP/SOP accuracy when
+    an arm has one, parameters when the arms differ in size, and the seed columns when the
+    ablation lists ``seeds``."""
+    cols = list(OUR_COLUMNS)
+    if any(r.sentence_accuracy_pct is not None for r in results):
+        cols.insert(3, SENTENCE_COLUMN)
+    if len({r.parameters for r in results if r.parameters is not None}) > 1:
+        cols.append(PARAMS_COLUMN)
+    if rec.ablation.seeds:
+        cols += SEED_COLUMNS
+    return cols
 
 
 def render_csv(rec: AblationRecord, results: List[ArmResult]) -> str:
     """CSV text: arm, status, our columns (full precision), then the paper's columns."""
+    cols = our_columns(rec, results)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(_headers(rec))
+    w.writerow(_headers(rec, cols))
     for r in results:
-        ours = [_csv_cell(getattr(r, f)) for _, f, _ in OUR_COLUMNS]
+        ours = [_csv_cell(getattr(r, f)) for _, f, _ in cols]
         w.writerow([r.arm, r.status, *ours, *[_csv_cell(v) for v in _paper_row(rec, r.arm)]])
     return buf.getvalue()
 
 
-def render_markdown(rec: AblationRecord, results: List[ArmResult], runs_root: str, results_dir: str) -> str:
-    """Markdown page: title, settings, the table, notes, the plot and the commands."""
+def render_markdown(
+    rec: AblationRecord, results: List[ArmResult], runs_root: str, results_dir: str,
+    verdicts: Sequence[Verdict] = (), warnings: Sequence[str] = (),
+) -> str:
+    """Markdown page: title, settings, warnings, the table, the verdicts, notes, the plot and
+    the commands."""
     abl = rec.ablation
+    cols = our_columns(rec, results)
+    headers = _headers(rec, cols)
     lines = [f"# {abl.title}", ""]
     over = " ".join(f"`{o}`" for o in rec.overrides) or "none"
-    lines += [f"Preset `{rec.preset}`; command-line overrides: {over}.", ""]
-    lines.append("| arm | status | " + " | ".join(_md_escape(h) for h in _headers(rec)[2:]) + " |")
-    lines.append("|" + "---|" * len(_headers(rec)))
+    seeds = f"; pretraining seeds {', '.join(str(s) for s in abl.seeds)} (our columns: median over seeds)" if abl.seeds else ""
+    lines += [f"Preset `{rec.preset}`; command-line overrides: {over}{seeds}.", ""]
+    for w in warnings:
+        lines += [f"**Warning:** {w}", ""]
+    lines.append("| arm | status | " + " | ".join(_md_escape(h) for h in headers[2:]) + " |")
+    lines.append("|" + "---|" * len(headers))
     for r in results:
-        ours = [_md_cell(getattr(r, f), fmt) for _, f, fmt in OUR_COLUMNS]
+        ours = [_md_cell(getattr(r, f), fmt) for _, f, fmt in cols]
         paper = ["—" if v is None else str(v) for v in _paper_row(rec, r.arm)]  # as written in the YAML
         lines.append("| " + " | ".join([f"`{r.arm}`", r.status, *ours, *paper]) + " |")
     lines += [
@@ -129,6 +200,10 @@ def render_markdown(rec: AblationRecord, results: List[ArmResult], runs_root: st
         "",
         f"Paper numbers: {abl.paper.source}.",
         "",
+    ]
+    if verdicts:
+        lines += render_verdicts(verdicts)
+    lines += [
         f"Note: the (paper) columns are the paper's fine-tuning scores of its full-scale model; ours are "
         f"held-out MLM metrics at the `{rec.preset}` preset's scale, so they are not directly comparable "
         "(compare the ordering of the arms, not the values).",
@@ -146,8 +221,26 @@ def render_markdown(rec: AblationRecord, results: List[ArmResult], runs_root: st
         "Each arm alone:",
         "",
     ]
-    lines += [f"    {arm_command(rec, arm)}" for arm in abl.arms]
+    lines += [f"    {arm_command(rec, arm, seed, rel)}" for arm, seed, rel in seed_runs(abl)]
     return "\n".join(lines) + "\n"
+
+
+def render_verdicts(verdicts: Sequence[Verdict]) -> List[str]:
+    """The verdict section of a table page: one row per claim."""
+    lines = [
+        "Verdicts (difference = first arm − second arm; ours on the metric named, median over seeds, "
+        "spread = the larger max − min over seeds of the two arms; \"inconclusive\" when our difference "
+        "is within the spread, when an arm has fewer than two finished seeds, or when a warning above applies):",
+        "",
+        "| claim | arms | paper difference | ours | spread | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        lines.append(
+            f"| {_md_escape(v.claim.text)} | `{v.claim.a}` − `{v.claim.b}` | {v.paper_text()} | {v.ours_text()} | "
+            f"{v.spread_text()} | **{v.verdict}**{' (' + v.reason + ')' if v.reason else ''} |"
+        )
+    return lines + [""]
 
 
 def preset_dir(preset: str) -> str:
@@ -168,21 +261,50 @@ def write_ablation_table(abl_dir: str | Path, results_dir: str | Path, runs_root
     in ``abl_dir/ablation.yaml`` (atomically: temp name, then rename). Returns the three paths.
     Raises UserError if the record is missing or invalid."""
     abl_dir = Path(abl_dir)
-    rec = load_record(abl_dir)
+    rec = current_claims(load_record(abl_dir))
     results = collect(abl_dir, rec)
+    warnings = mask_reuse_warnings(abl_dir, rec.ablation)
+    verdicts = table_verdicts(rec, results, warnings)
     md, csv_path, png_path = table_paths(results_dir, rec.preset, rec.ablation.name)
     out = md.parent
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(md, render_markdown(rec, results, str(runs_root), str(results_dir)))
+    write_text_atomic(md, render_markdown(rec, results, str(runs_root), str(results_dir), verdicts, warnings))
     write_text_atomic(csv_path, render_csv(rec, results))
-    png = plot_loss_curves({a: abl_dir / a for a in rec.ablation.arms}, png_path, rec.ablation.title)
+    runs = {rel: abl_dir / rel for _arm, _seed, rel in seed_runs(rec.ablation)}
+    png = plot_loss_curves(runs, png_path, rec.ablation.title)
     return [md, csv_path, png]
 
 
-def rebuild_tables(runs_root: str | Path, results_dir: str | Path) -> List[Path]:
+def table_verdicts(rec: AblationRecord, results: List[ArmResult], warnings: Sequence[str]) -> List[Verdict]:
+    """The verdict of every claim of the ablation from the table's numbers."""
+    abl = rec.ablation
+    values = {r.arm: r.seed_values or {} for r in results}
+    return compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, values, bool(warnings))
+
+
+def current_claims(rec: AblationRecord) -> AblationRecord:
+    """The record with the title, paper numbers and claims of the ablation file it was run
+    from, when that file still exists with the same name and arms: those do not change what
+    was trained (``runner._check_same_record``), so a table made from old logs shows the
+    claims as they are written now. Otherwise the record as it is."""
+    src = Path(rec.source)
+    if not src.is_file():
+        return rec
+    try:
+        now = load_ablation(src)
+    except UserError:
+        return rec
+    if now.name != rec.ablation.name or list(now.arms) != list(rec.ablation.arms):
+        return rec
+    rec.ablation.title, rec.ablation.paper, rec.ablation.claims = now.title, now.paper, now.claims
+    return rec
+
+
+def rebuild_tables(runs_root: str | Path, results_dir: str | Path, ablations_dir: str | Path = "configs/ablation") -> List[Path]:
     """Rebuild the table, CSV and plot of every ablation under ``runs_root`` (``pretrain
-    tables``) into ``results_dir/<preset>/``. Returns the written paths. Raises UserError when no
-    ``runs_root/*/ablation.yaml`` exists."""
+    tables``) into ``results_dir/<preset>/``, then the verdict summary of
+    ``results_dir/README.md`` (``write_summary``). Returns the written paths. Raises
+    UserError when no ``runs_root/*/ablation.yaml`` exists."""
     found = sorted(Path(runs_root).glob(f"*/{rundir.ABLATION}"))
     if not found:
         raise UserError(
@@ -192,14 +314,76 @@ def rebuild_tables(runs_root: str | Path, results_dir: str | Path) -> List[Path]
     written: List[Path] = []
     for f in found:
         written += write_ablation_table(f.parent, results_dir, runs_root)
+    written.append(write_summary(runs_root, results_dir, ablations_dir))
     return written
+
+
+SUMMARY_START = "<!-- verdict summary: generated by `pretrain tables` from the run logs; edits here are overwritten -->"
+SUMMARY_END = "<!-- end of verdict summary -->"
+
+
+def render_summary(runs_root: str | Path, ablations_dir: str | Path) -> str:
+    """The verdict summary: every claim of every ablation file in ``ablations_dir`` with its
+    verdict from the runs under ``runs_root`` (``not run yet`` for an ablation without a
+    record there), linked to its table; ablations recorded under ``runs_root`` whose file
+    is not in ``ablations_dir`` are listed too."""
+    files = {p.stem: p for p in sorted(Path(ablations_dir).glob("*.yaml"))}
+    recorded = {f.parent.name: f.parent for f in sorted(Path(runs_root).glob(f"*/{rundir.ABLATION}"))}
+    lines = [
+        SUMMARY_START,
+        "## Verdicts at our scale",
+        "",
+        "Each paper claim that an ablation in `configs/ablation/` tests, and its verdict from our runs "
+        "(see each table for the numbers, the spread over seeds and any warning).",
+        "",
+        "| ablation | claim | arms | paper difference | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for name in sorted(set(files) | set(recorded)):
+        if name in recorded:
+            rec = current_claims(load_record(recorded[name]))
+            results = collect(recorded[name], rec)
+            verdicts = table_verdicts(rec, results, mask_reuse_warnings(recorded[name], rec.ablation))
+            where = f"[{preset_dir(rec.preset)}/{name}.md]({preset_dir(rec.preset)}/{name}.md)"
+            claims = rec.ablation.claims
+        else:
+            abl = load_ablation(files[name])
+            where, claims = f"`{name}`", abl.claims
+            verdicts = compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, {}, False)
+        if not claims:
+            lines.append(f"| {where} | no claim of a paper: measured only | — | — | " + ("see the table" if name in recorded else "not run yet") + " |")
+        for v in verdicts:
+            verdict = "not run yet" if v.reason == "not run yet" else f"**{v.verdict}**" + (f" ({v.reason})" if v.reason else "")
+            lines.append(f"| {where} | {_md_escape(v.claim.text)} | `{v.claim.a}` − `{v.claim.b}` | {v.paper_text()} | {verdict} |")
+    lines += ["", SUMMARY_END]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(runs_root: str | Path, results_dir: str | Path, ablations_dir: str | Path = "configs/ablation") -> Path:
+    """Put ``render_summary`` at the top of ``results_dir/README.md`` (replacing the previous
+    summary between its markers; creating the file if there is none). Returns its path."""
+    readme = Path(results_dir) / "README.md"
+    summary = render_summary(runs_root, ablations_dir)
+    old = readme.read_text() if readme.is_file() else ""
+    if SUMMARY_START in old and SUMMARY_END in old:
+        head, rest = old.split(SUMMARY_START, 1)
+        tail = rest.split(SUMMARY_END, 1)[1].lstrip("\n")
+        new = head + summary + "\n" + tail
+    elif old.startswith("# "):
+        title, _, body = old.partition("\n")
+        new = title + "\n\n" + summary + "\n" + body.lstrip("\n")
+    else:
+        new = summary + ("\n" + old if old else "")
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(readme, new)
+    return readme
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _headers(rec: AblationRecord) -> List[str]:
-    return ["arm", "status", *[h for h, _, _ in OUR_COLUMNS], *[c + PAPER_SUFFIX for c in rec.ablation.paper.columns]]
+def _headers(rec: AblationRecord, cols: Sequence[tuple]) -> List[str]:
+    return ["arm", "status", *[h for h, _, _ in cols], *[c + PAPER_SUFFIX for c in rec.ablation.paper.columns]]
 
 
 def _paper_row(rec: AblationRecord, arm: str) -> List[Optional[float]]:

@@ -1,0 +1,149 @@
+"""Verdicts on the papers' claims and warnings on runs that cannot show an effect, computed
+from the numbers of an ablation's table (``pretrain.ablations.tables``) and its runs' logs.
+
+A claim (``ClaimConfig`` in ``pretrain.ablations.spec``) compares two arms: the paper's
+difference ``a − b`` in one of its printed columns, ours in one held-out metric. Our
+difference is between the arms' medians over pretraining seeds; its noise is the larger
+max − min over seeds of the two arms. Verdict:
+
+- ``agrees``: our difference is outside that spread and favours the same arm as the paper;
+- ``opposite``: outside the spread, favouring the other arm;
+- ``inconclusive``: within the spread, fewer than two finished seeds for an arm (no spread
+  to judge by), the paper printing no difference, or a warning that the run cannot show
+  the effect (``warnings``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from pretrain.ablations.spec import LOWER_IS_BETTER, ClaimConfig, seed_runs
+from pretrain.training import rundir
+
+# Views of one static mask below which reuse cannot matter (RoBERTa §4.1: BERT's 10 copies
+# over 40 epochs show each mask 4 times).
+MIN_MASK_VIEWS = 2.0
+METRIC_NAMES = {"mlm_loss": "MLM loss", "mlm_accuracy": "MLM acc. (%)", "sentence_accuracy": "NSP/SOP acc. (%)"}
+
+
+@dataclass
+class Verdict:
+    """One claim checked. ``paper`` = paper[a] − paper[b] as printed; ``ours`` = median[a] −
+    median[b] of ``claim.metric`` (nats for mlm_loss, percentage points for accuracies),
+    None when an arm has no finished run; ``spread`` as in the module docstring (None with
+    fewer than two finished seeds)."""
+
+    claim: ClaimConfig
+    paper: float
+    ours: Optional[float]
+    spread: Optional[float]
+    verdict: str
+    reason: str = ""
+
+    def paper_text(self) -> str:
+        col = self.claim.paper_column
+        better = _favours(self.paper, not self.claim.paper_higher_is_better, self.claim)
+        return f"{self.paper:+.2f} {col}" + (f" ({better} better)" if better else " (no difference)")
+
+    def ours_text(self) -> str:
+        if self.ours is None:
+            return "—"
+        better = _favours(self.ours, LOWER_IS_BETTER[self.claim.metric], self.claim)
+        return f"{self.ours:+.4f} {METRIC_NAMES[self.claim.metric]}" + (f" ({better} better)" if better else "")
+
+    def spread_text(self) -> str:
+        return "—" if self.spread is None else f"{self.spread:.4f}"
+
+
+def _favours(diff: float, lower_is_better: bool, claim: ClaimConfig) -> str:
+    """The arm a difference ``a − b`` favours ('' for 0)."""
+    if diff == 0:
+        return ""
+    a_better = (diff < 0) if lower_is_better else (diff > 0)
+    return f"`{claim.a}`" if a_better else f"`{claim.b}`"
+
+
+def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str], paper_rows: Dict[str, Any],
+                     seed_values: Dict[str, Dict[str, List[float]]], warned: bool) -> List[Verdict]:
+    """A Verdict per claim. ``seed_values``: arm → ArmResult field → one value per finished
+    seed (``mlm_loss``, ``accuracy_pct``, ``sentence_accuracy_pct``); ``warned``: the table
+    carries a warning that the runs cannot show the effect."""
+    from pretrain.ablations.tables import METRIC_FIELDS
+
+    out: List[Verdict] = []
+    for c in claims:
+        col = list(paper_columns).index(c.paper_column)
+        paper = float(paper_rows[c.a][col]) - float(paper_rows[c.b][col])
+        field = METRIC_FIELDS[c.metric]
+        va = (seed_values.get(c.a) or {}).get(field) or []
+        vb = (seed_values.get(c.b) or {}).get(field) or []
+        if not va or not vb:
+            out.append(Verdict(c, paper, None, None, "inconclusive", "not run yet"))
+            continue
+        ours = statistics.median(va) - statistics.median(vb)
+        spread = max(max(va) - min(va), max(vb) - min(vb)) if min(len(va), len(vb)) >= 2 else None
+        paper_a = (paper < 0) if not c.paper_higher_is_better else (paper > 0)
+        ours_a = (ours < 0) if LOWER_IS_BETTER[c.metric] else (ours > 0)
+        if paper == 0:
+            verdict, reason = "inconclusive", "the paper prints no difference"
+        elif warned:
+            verdict, reason = "inconclusive", "the run cannot show the effect: see the warning"
+        elif spread is None:
+            verdict, reason = "inconclusive", "one seed: no spread to judge by"
+        elif abs(ours) <= spread:
+            verdict, reason = "inconclusive", "within the spread over seeds"
+        else:
+            verdict, reason = ("agrees" if paper_a == ours_a else "opposite"), ""
+        out.append(Verdict(c, paper, ours, spread, verdict, reason))
+    return out
+
+
+def mask_reuse_warnings(abl_dir: Path, abl: Any) -> List[str]:
+    """Warnings for an ablation whose arms differ in ``data.masking.mode``: a static arm
+    whose masks are seen fewer than MIN_MASK_VIEWS times on average cannot differ from a
+    dynamic one by anything but which random mask each sequence carries.
+
+    Views of one mask = epochs / dupe_factor with ``masking.copies=remask`` (epoch e reads
+    copy e % dupe_factor, ``pretrain.training.batching``), = epochs with ``copies=reference``
+    (the copies are pooled into one training split, so an epoch already visits every copy).
+    Epochs from each run's summary.json, or its last metrics line while it runs."""
+    runs = []
+    for arm, _seed, rel in seed_runs(abl):
+        cfg_file = abl_dir / rel / rundir.CONFIG
+        if cfg_file.is_file():
+            runs.append((arm, rel, OmegaConf.load(cfg_file)))
+    modes = {str(OmegaConf.select(c, "data.masking.mode")) for _, _, c in runs}
+    if not {"static", "dynamic"} <= modes:
+        return []
+    out: List[str] = []
+    for arm, rel, cfg in runs:
+        if str(OmegaConf.select(cfg, "data.masking.mode")) != "static":
+            continue
+        epochs = _epochs(abl_dir / rel)
+        if epochs is None:
+            continue
+        dupe = int(OmegaConf.select(cfg, "data.masking.dupe_factor"))
+        copies = str(OmegaConf.select(cfg, "data.masking.copies", default="remask"))
+        views = epochs / dupe if copies == "remask" else epochs
+        if views < MIN_MASK_VIEWS:
+            how = (f"{epochs:.2f} epochs over dupe_factor {dupe} copies, copies=remask" if copies == "remask"
+                   else f"{epochs:.2f} epochs over the {dupe} pooled copies, copies=reference")
+            out.append(
+                f"run `{rel}` shows each static mask {views:.2f} times on average ({how}); masks repeat only from "
+                f"{MIN_MASK_VIEWS:g} views on, so this run cannot show the effect of static vs. dynamic masking "
+                "(train more epochs: more steps or a smaller corpus)."
+            )
+    return out
+
+
+def _epochs(run: Path) -> Optional[float]:
+    summary = rundir.read_summary(run)
+    if summary and summary.get("epochs") is not None:
+        return float(summary["epochs"])
+    recs = rundir.read_metrics(run)
+    return float(recs[-1]["epoch"]) if recs and recs[-1].get("epoch") is not None else None
