@@ -30,9 +30,10 @@ from pretrain.training import rundir
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
 MASKING = REPO / "configs" / "ablation" / "roberta_masking.yaml"
+NSP = REPO / "configs" / "ablation" / "bert_nsp.yaml"
 
 
-def _ablation(tmp_path: Path, arms=None, paper=None, extra: str = "", name: str = "toy") -> Path:
+def _ablation(tmp_path: Path, arms=None, paper=None, extra: str = "", name: str = "toy", seeds=None) -> Path:
     """Write an ablation YAML whose base is the repo's RoBERTa recipe."""
     doc = {
         "name": name,
@@ -42,6 +43,8 @@ def _ablation(tmp_path: Path, arms=None, paper=None, extra: str = "", name: str 
                                                "dynamic": {"data": {"masking": {"mode": "dynamic"}}}},
         "paper": paper if paper is not None else {"source": "RoBERTa Table 1", "columns": ["F1"], "rows": {"static": [78.3]}},
     }
+    if seeds is not None:
+        doc["seeds"] = seeds
     p = tmp_path / "abl.yaml"
     p.write_text(OmegaConf.to_yaml(OmegaConf.create(doc)) + extra)
     return p
@@ -52,12 +55,40 @@ def _ablation(tmp_path: Path, arms=None, paper=None, extra: str = "", name: str 
 
 def test_repo_ablation_loads_and_arms_differ_only_in_masking(tmp_path: Path):
     abl, cfgs = compose_arms(MASKING, "smoke", ["train.max_steps=7"], tmp_path / "runs")
-    assert abl.name == "roberta_masking" and list(cfgs) == ["static", "dynamic"]
-    s, d = cfgs["static"], cfgs["dynamic"]
+    # two pretraining seeds per arm (RoBERTa Table 1's difference is small)
+    assert abl.name == "roberta_masking" and list(cfgs) == ["static/seed-42", "static/seed-43", "dynamic/seed-42", "dynamic/seed-43"]
+    s, d, s2 = cfgs["static/seed-42"], cfgs["dynamic/seed-42"], cfgs["static/seed-43"]
     assert (s.data.masking.mode, d.data.masking.mode) == ("static", "dynamic")
-    assert s.run_dir == str(tmp_path / "runs" / "roberta_masking" / "static") and s.name == "roberta_masking/static"
+    assert s.run_dir == str(tmp_path / "runs" / "roberta_masking" / "static" / "seed-42") and s.name == "roberta_masking/static/seed-42"
+    assert (s.train.seed, s2.train.seed, d.train.seed) == (42, 43, 42) and s.data.seed == s2.data.seed
     assert s.train.max_steps == 7 and s.model.hidden_size == 128  # CLI override and preset reach every arm
     check_fair(cfgs)
+    bad = dict(cfgs)
+    bad["dynamic/seed-42"] = cfgs["dynamic/seed-43"]
+    with pytest.raises(UserError, match=r"arms use different train.seed"):
+        check_fair(bad)
+
+
+def test_batch_size_arms_scale_batch_steps_and_lr_at_equal_tokens(tmp_path: Path):
+    """RoBERTa Table 3: 8B for S/8 steps, 32B for S/32, lr ×7 and ×10 of the preset's."""
+    path = REPO / "configs" / "ablation" / "roberta_batch_size.yaml"
+    _abl, cfgs = compose_arms(path, "smoke", ["train.max_steps=192"], tmp_path / "runs")
+    got = {a: (c.train.global_batch_size, c.train.max_steps, c.train.optimizer.lr, c.train.schedule.warmup_steps)
+           for a, c in cfgs.items()}
+    assert got == {"batch_1x": (32, 192, 1e-3, 20), "batch_8x": (256, 24, 7e-3, 2), "batch_32x": (1024, 6, 1e-2, 1)}
+    check_fair(cfgs)
+    with pytest.raises(UserError, match=r"arm .batch_32x.: train.max_steps=200 is not divisible by the batch multiple 32"):
+        compose_arms(path, "smoke", [], tmp_path / "runs")
+
+
+def test_every_repo_ablation_composes_at_every_preset(tmp_path: Path):
+    """Each configs/ablation/*.yaml composes and is fair at smoke, small and medium (what
+    `pretrain ablate` and `pretrain submit` check before anything runs)."""
+    for path in sorted((REPO / "configs" / "ablation").glob("*.yaml")):
+        for preset in ("smoke", "small", "medium"):
+            steps = {"smoke": ["train.max_steps=192"], "small": ["train.max_steps=992"], "medium": []}[preset]
+            _abl, cfgs = compose_arms(path, preset, steps if "batch_size" in path.name else [], tmp_path / "runs")
+            check_fair(cfgs)
 
 
 def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
@@ -78,10 +109,18 @@ def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
         argv = shlex.split(arm_command(rec, arm))
         assert argv[:2] == ["pretrain", "train"] and argv[3] == "--preset"
         assert to_dict(load_run_config(argv[2], argv[4], argv[5:])) == to_dict(cfgs[arm])
+    # with seeds: one command per (arm, seed), each the run's exact config
+    p = _ablation(tmp_path, arms=arms, paper={"source": "x", "columns": [], "rows": {}}, seeds=[7, 8])
+    abl, cfgs = compose_arms(p, "smoke", overrides, "runs")
+    rec.ablation, rec.source = abl, str(p)
+    for key in cfgs:
+        arm, seed = key.split("/seed-")
+        argv = shlex.split(arm_command(rec, arm, int(seed), key))
+        assert to_dict(load_run_config(argv[2], argv[4], argv[5:])) == to_dict(cfgs[key])
 
 
 def test_unknown_key_fails_at_load(tmp_path: Path):
-    with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, name, paper, title"):
+    with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, claims, name, paper, scale, seeds, title"):
         load_ablation(_ablation(tmp_path, extra="bogus: 1\n"))
     p = _ablation(tmp_path, paper={"source": "x", "colums": ["F1"], "rows": {}})
     with pytest.raises(UserError, match=r"unknown key 'paper.colums'"):
@@ -242,45 +281,58 @@ def test_distinct_data_cannot_share_output_dir(tmp_path: Path, recorder: _Record
 
 
 @pytest.mark.slow
-def test_smoke_ablation_end_to_end(tmp_path: Path):
-    """`pretrain ablate` on a small slice with the real data build and trainer, then
-    `pretrain tables` rebuilds the identical table from the run directories."""
+def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
+    """`pretrain ablate` on the cheapest ablation of the suite (bert_nsp: two arms reading one
+    data build) with extra-small overrides, the real data build and trainer; the table carries
+    the paper's numbers and a verdict per claim, the README summary lists every ablation of
+    configs/ablation/, and `pretrain tables` rebuilds the identical table from the run
+    directories; a rerun trains nothing."""
     runs, results = tmp_path / "runs", tmp_path / "results"
     # Without the launcher variables an in-process train() of an earlier test left behind
     # (its MASTER_PORT is still listened on): the child picks its own world of one.
     launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
     env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "DS_ACCELERATOR": "cpu"}
-    # smoke's 20 warmup steps need max_steps > 20: warm up over 4 of the 20 steps here
-    small = ["data.max_documents=30", "train.max_steps=20", "train.eval_every=10", "train.checkpoint_every=10",
-             "train.schedule.warmup_steps=4"]
+    tiny = ["data.max_documents=30", "data.tokenizer.vocab_size=800", "data.max_seq_length=64",
+            "model.max_position_embeddings=66", "model.hidden_size=32", "model.num_hidden_layers=1",
+            "model.num_attention_heads=2", "model.intermediate_size=64", "train.global_batch_size=8",
+            "train.micro_batch_size=8", "train.max_steps=8", "train.schedule.warmup_steps=2",
+            "train.eval_every=4", "train.checkpoint_every=4"]
 
     def pretrain(*args: str) -> subprocess.CompletedProcess:
-        # cwd=tmp_path: the data cache (data-cache/<fingerprint>) lands there, not in the repo
-        return subprocess.run([sys.executable, "-m", "pretrain.cli", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
+        # cwd=REPO for configs/ablation/ (the summary lists them); the data cache goes to tmp_path
+        return subprocess.run([sys.executable, "-m", "pretrain.cli", *args, f"data.output_dir={tmp_path / 'data'}"]
+                              if args[0] == "ablate" else [sys.executable, "-m", "pretrain.cli", *args],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
-    r = pretrain("ablate", str(MASKING), "--preset", "smoke", *small, "--runs", str(runs), "--results", str(results))
+    r = pretrain("ablate", str(NSP), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "=== [1/2] roberta_masking / static: training" in r.stdout and f"table: {results / 'smoke' / 'roberta_masking.md'}" in r.stdout
-    with open(results / "smoke" / "roberta_masking.csv", newline="") as f:
+    assert "=== [1/2] bert_nsp / nsp: training" in r.stdout and f"table: {results / 'smoke' / 'bert_nsp.md'}" in r.stdout
+    with open(results / "smoke" / "bert_nsp.csv", newline="") as f:
         rows = {row["arm"]: row for row in csv.DictReader(f)}
-    assert list(rows) == ["static", "dynamic"]
+    assert list(rows) == ["nsp", "no_nsp"]
     for arm, row in rows.items():
         assert row["status"] == "done", row
         for col in ("held-out MLM loss", "perplexity", "masked-token accuracy (%)", "epochs", "wall time (min)"):
             assert math.isfinite(float(row[col])), (arm, col, row[col])
-        assert 0 < float(row["held-out MLM loss"]) < 20 and int(row["tokens seen"]) > 0
-        summary = rundir.read_summary(runs / "roberta_masking" / arm)
-        assert float(row["held-out MLM loss"]) == summary["final_eval"]["mlm_loss"] and summary["steps"] == 20
-    assert rows["static"]["SQuAD 2.0 F1 (paper)"] == "78.3" and rows["dynamic"]["SST-2 acc (paper)"] == "92.9"
-    assert (results / "smoke" / "roberta_masking.png").stat().st_size > 5000
+        summary = rundir.read_summary(runs / "bert_nsp" / arm)
+        assert float(row["held-out MLM loss"]) == summary["final_eval"]["mlm_loss"] and summary["steps"] == 8
+    # the NSP arm reports its sentence accuracy; the arm without the loss has none
+    assert 0 <= float(rows["nsp"]["NSP/SOP accuracy (%)"]) <= 100 and rows["no_nsp"]["NSP/SOP accuracy (%)"] == ""
+    assert rows["nsp"]["QNLI acc (paper)"] == "88.4" and rows["no_nsp"]["QNLI acc (paper)"] == "84.9"
+    md = (results / "smoke" / "bert_nsp.md").read_text()
+    # one seed per arm: no spread, so every verdict is inconclusive and says why
+    assert "| removing NSP hurts QNLI | `nsp` − `no_nsp` | +3.50 QNLI acc (`nsp` better) |" in md
+    assert md.count("**inconclusive** (one seed: no spread to judge by)") == 2
+    readme = (results / "README.md").read_text()
+    assert "[smoke/bert_nsp.md](smoke/bert_nsp.md) | removing NSP hurts QNLI" in readme
+    assert "| `roberta_masking` | dynamic masking is comparable" in readme and "not run yet" in readme
 
-    md = (results / "smoke" / "roberta_masking.md").read_text()
     shutil.rmtree(results)
     r = pretrain("tables", "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (results / "smoke" / "roberta_masking.md").read_text() == md
+    assert (results / "smoke" / "bert_nsp.md").read_text() == md
+    assert (results / "README.md").read_text() == readme
 
     # rerunning the ablation trains nothing
-    r = pretrain("ablate", str(MASKING), "--preset", "smoke", *small, "--runs", str(runs), "--results", str(results))
+    r = pretrain("ablate", str(NSP), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0 and r.stdout.count("done, skipping") == 2, r.stdout + r.stderr[-2000:]

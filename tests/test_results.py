@@ -32,3 +32,14 @@ def test_committed_table_is_regenerated_from_committed_logs(tmp_path, monkeypatc
             assert text == old.read_text()
         else:
             assert new.read_bytes() == old.read_bytes(), new.name
+
+
+def test_committed_readme_summary_is_regenerated_from_committed_logs(tmp_path, monkeypatch):
+    """results/README.md's verdict summary is what `pretrain tables --runs results/runs` writes:
+    every claim of configs/ablation/, its verdict from the committed logs or "not run yet"."""
+    from pretrain.ablations.tables import SUMMARY_END, SUMMARY_START, render_summary
+
+    monkeypatch.chdir(REPO)
+    text = (RESULTS / "README.md").read_text()
+    committed = text[text.index(SUMMARY_START):text.index(SUMMARY_END) + len(SUMMARY_END)] + "\n"
+    assert render_summary("results/runs", "configs/ablation") == committed

@@ -86,7 +86,7 @@ def _read_csv(p: Path):
 def test_values_round_trip_into_csv_and_md(fabricated: Path):
     runs, results = fabricated / "runs", fabricated / "results"
     paths = rebuild_tables(runs, results)
-    assert [p.name for p in paths] == ["toy.md", "toy.csv", "toy.png"]
+    assert [p.name for p in paths] == ["toy.md", "toy.csv", "toy.png", "README.md"]
     rows = _read_csv(results / "smoke" / "toy.csv")
     assert list(rows) == ["a", "b", "c"]
     a, b, c = rows["a"], rows["b"], rows["c"]
@@ -131,7 +131,7 @@ def test_rebuild_is_deterministic_and_covers_every_ablation(fabricated: Path):
     runs, results = fabricated / "runs", fabricated / "results"
     _write_record(runs / "other", name="other", arms=("a", "b"))
     paths = rebuild_tables(runs, results)
-    assert sorted(p.name for p in paths) == sorted(["other.md", "other.csv", "other.png", "toy.md", "toy.csv", "toy.png"])
+    assert sorted(p.name for p in paths) == sorted(["other.md", "other.csv", "other.png", "toy.md", "toy.csv", "toy.png", "README.md"])
     first = (results / "smoke" / "toy.md").read_text(), (results / "smoke" / "toy.csv").read_text()
     rebuild_tables(runs, results)
     assert ((results / "smoke" / "toy.md").read_text(), (results / "smoke" / "toy.csv").read_text()) == first
@@ -160,3 +160,105 @@ def test_corrupt_record_is_a_user_error(tmp_path: Path):
     (abl / rundir.ABLATION).write_text("ablation: {name: bad}\npreset: smoke\nsource: x.yaml\nbogus: 1\n")
     with pytest.raises(UserError, match="unknown key 'bogus'"):
         rebuild_tables(tmp_path / "runs", tmp_path / "results")
+
+
+# ------------------------------------------------------------------ seeds, verdicts, warnings, summary
+
+
+def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, claims=None) -> Path:
+    """runs/seeded: arms a and b, seeds 1 and 2, each finished with the given MLM losses
+    ({arm: [loss seed 1, loss seed 2]})."""
+    runs = tmp_path / "runs"
+    abl = runs / "seeded"
+    rec = {
+        "ablation": {
+            "name": "seeded", "title": "Seeded", "base": "../recipe/roberta.yaml", "seeds": [1, 2],
+            "arms": {"a": {"data": {"masking": {"mode": "dynamic"}}}, "b": {"data": {"masking": {"mode": "static"}}}},
+            "paper": {"source": "P", "columns": ["F1"], "rows": {"a": [80.0], "b": [79.0]}},
+            "claims": claims if claims is not None else [{"text": "a beats b", "a": "a", "b": "b", "paper_column": "F1"}],
+        },
+        "source": str(tmp_path / "gone.yaml"), "preset": "smoke", "overrides": [], "runs_root": "runs", "results_dir": "results",
+    }
+    abl.mkdir(parents=True)
+    (abl / rundir.ABLATION).write_text(OmegaConf.to_yaml(OmegaConf.create(rec)))
+    for arm, vals in losses.items():
+        for seed, loss in zip((1, 2), vals):
+            run = abl / arm / f"seed-{seed}"
+            mode = "static" if (arm == "b" and mode_static) else "dynamic"
+            _write_metrics(run, [_eval(20, loss, 0.1, 81920)])
+            (run / rundir.CONFIG).write_text(
+                f"name: x\ntrain:\n  max_steps: 20\ndata:\n  masking:\n    mode: {mode}\n    dupe_factor: 2\n    copies: remask\n")
+            write_json_atomic(run / rundir.SUMMARY, {**SUMMARY_A, "epochs": epochs, "final_eval": {"mlm_loss": loss, "perplexity": 1.0, "mlm_accuracy": 0.1}})
+    return runs
+
+
+def test_seeds_give_median_and_spread_and_a_verdict(tmp_path: Path):
+    # a clearly lower loss than b, beyond either arm's spread: the paper's a > b on F1 agrees
+    runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.2], "b": [6.0, 6.1]})
+    rebuild_tables(runs, tmp_path / "results")
+    rows = _read_csv(tmp_path / "results" / "smoke" / "seeded.csv")
+    assert float(rows["a"]["held-out MLM loss"]) == pytest.approx(5.1) and rows["a"]["seeds done"] == "2"
+    assert float(rows["a"]["MLM loss spread (max − min)"]) == pytest.approx(0.2)
+    md = (tmp_path / "results" / "smoke" / "seeded.md").read_text()
+    assert "| a beats b | `a` − `b` | +1.00 F1 (`a` better) | -0.9500 MLM loss (`a` better) | 0.2000 | **agrees** |" in md
+    assert "pretraining seeds 1, 2" in md and "train.seed=2 name=seeded/b/seed-2 run_dir=runs/seeded/b/seed-2" in md
+    summary = (tmp_path / "results" / "README.md").read_text()
+    assert "| [smoke/seeded.md](smoke/seeded.md) | a beats b | `a` − `b` | +1.00 F1 (`a` better) | **agrees** |" in summary
+
+
+@pytest.mark.parametrize("losses, verdict", [
+    ({"a": [6.0, 6.1], "b": [5.0, 5.1]}, "**opposite**"),
+    ({"a": [5.0, 5.5], "b": [5.2, 5.3]}, "**inconclusive** (within the spread over seeds)"),
+    ({"a": [5.0], "b": [6.0]}, "**inconclusive** (one seed: no spread to judge by)"),
+])
+def test_verdict_opposite_and_inconclusive(tmp_path: Path, losses, verdict):
+    runs = _seeded_ablation(tmp_path, losses)
+    rebuild_tables(runs, tmp_path / "results")
+    assert verdict in (tmp_path / "results" / "smoke" / "seeded.md").read_text()
+
+
+def test_static_masks_never_reused_warn_and_make_the_verdict_inconclusive(tmp_path: Path):
+    # 3 epochs over 2 static copies (remask): each mask seen 1.5 times < 2
+    runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.2], "b": [6.0, 6.1]}, epochs=3.0, mode_static=True)
+    rebuild_tables(runs, tmp_path / "results")
+    md = (tmp_path / "results" / "smoke" / "seeded.md").read_text()
+    assert "**Warning:** run `b/seed-1` shows each static mask 1.50 times on average (3.00 epochs over dupe_factor 2" in md
+    assert "**inconclusive** (the run cannot show the effect: see the warning)" in md
+    # 4 epochs: 2 views, no warning
+    runs2 = _seeded_ablation(tmp_path / "more", {"a": [5.0, 5.2], "b": [6.0, 6.1]}, epochs=4.0, mode_static=True)
+    rebuild_tables(runs2, tmp_path / "more" / "results")
+    assert "Warning" not in (tmp_path / "more" / "results" / "smoke" / "seeded.md").read_text()
+
+
+def test_summary_lists_unrun_ablations_and_keeps_the_rest_of_the_readme(tmp_path: Path):
+    runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.2], "b": [6.0, 6.1]})
+    abl_dir = tmp_path / "ablations"
+    abl_dir.mkdir()
+    (abl_dir / "later.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({
+        "name": "later", "title": "Later", "base": "x.yaml", "arms": {"x": {}, "y": {}},
+        "paper": {"source": "Q", "columns": ["acc"], "rows": {"x": [1.0], "y": [2.0]}},
+        "claims": [{"text": "y beats x", "a": "y", "b": "x", "paper_column": "acc"}]})))
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "README.md").write_text("# results/\n\nHand-written text.\n")
+    rebuild_tables(runs, results, abl_dir)
+    first = (results / "README.md").read_text()
+    assert first.startswith("# results/\n\n<!-- verdict summary") and first.endswith("Hand-written text.\n")
+    assert "| `later` | y beats x | `y` − `x` | +1.00 acc (`y` better) | not run yet |" in first
+    rebuild_tables(runs, results, abl_dir)
+    assert (results / "README.md").read_text() == first  # replaced in place, not stacked
+
+
+def test_claims_are_checked_at_load(tmp_path: Path):
+    from pretrain.ablations.spec import load_ablation
+
+    base = {"name": "x", "title": "X", "base": "b.yaml", "arms": {"a": {}, "b": {}},
+            "paper": {"source": "Q", "columns": ["acc"], "rows": {"a": [1.0], "b": [None]}}}
+    for claim, msg in [({"text": "t", "a": "a", "b": "zz", "paper_column": "acc"}, r"claims\[0\] names arm 'zz'"),
+                       ({"text": "t", "a": "a", "b": "b", "paper_column": "F1"}, r"paper_column 'F1' is not in paper.columns"),
+                       ({"text": "t", "a": "a", "b": "b", "paper_column": "acc"}, r"the paper row has no number there"),
+                       ({"text": "t", "a": "a", "b": "b", "paper_column": "acc", "metric": "bleu"}, r"metric")]:
+        p = tmp_path / "x.yaml"
+        p.write_text(OmegaConf.to_yaml(OmegaConf.create({**base, "claims": [claim]})))
+        with pytest.raises(UserError, match=msg):
+            load_ablation(p)

@@ -204,7 +204,7 @@ def render_markdown(
     if verdicts:
         lines += render_verdicts(verdicts)
     lines += [
-        f"Note: the (paper) columns are the paper's fine-tuning scores of its full-scale model; ours are "
+        f"Note: the (paper) columns are the paper's numbers for its full-scale model (mostly fine-tuning scores); ours are "
         f"held-out MLM metrics at the `{rec.preset}` preset's scale, so they are not directly comparable "
         "(compare the ordering of the arms, not the values).",
         "",
