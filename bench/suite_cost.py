@@ -6,6 +6,10 @@ model-FLOPs utilization of a given peak. Evaluation, data preparation and start-
 counted.
 
     python bench/suite_cost.py --preset medium [--peak 312e12] [--mfu 0.3] [key=value ...]
+    python bench/suite_cost.py --preset small --tokens-per-s 8000 [key=value ...]   # CPU hours
+
+``--tokens-per-s`` gives the hours at a measured training throughput instead (e.g. the
+committed small roberta_masking run: 7,087,859 tokens in 883 s per arm on 2 CPU cores).
 
 Prints a Markdown table (docs/ablations.md quotes it). Overrides apply to every arm, as for
 ``pretrain ablate`` (e.g. ``train.max_steps=992`` for roberta_batch_size at ``small``).
@@ -50,16 +54,19 @@ def main() -> None:
     ap.add_argument("--preset", default="medium")
     ap.add_argument("--peak", type=float, default=312e12, help="peak FLOP/s of one GPU (default: A100 bf16)")
     ap.add_argument("--mfu", type=float, default=0.3, help="assumed model-FLOPs utilization (default 0.3)")
+    ap.add_argument("--tokens-per-s", type=float, default=None, help="hours at this measured throughput instead")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    print(f"| ablation (`--preset {args.preset}`) | runs | tokens | training PFLOP | GPU hours at {args.mfu:.0%} of {args.peak / 1e12:g} TFLOP/s |")
+    rate = (f"hours at {args.tokens_per_s:,.0f} tokens/s" if args.tokens_per_s
+            else f"GPU hours at {args.mfu:.0%} of {args.peak / 1e12:g} TFLOP/s")
+    print(f"| ablation (`--preset {args.preset}`) | runs | tokens | training PFLOP | {rate} |")
     print("|---|---|---|---|---|")
     total = 0.0
     for path in sorted(Path("configs/ablation").glob("*.yaml")):
         runs, tokens, flops = table_cost(path, args.preset, list(args.overrides))
-        hours = flops / (args.peak * args.mfu) / 3600
+        hours = (tokens / args.tokens_per_s if args.tokens_per_s else flops / (args.peak * args.mfu)) / 3600
         total += hours
-        print(f"| {path.stem} | {runs} | {tokens / 1e9:.2f}B | {flops / 1e15:,.0f} | {hours:.1f} |")
+        print(f"| {path.stem} | {runs} | {tokens / 1e6:,.0f}M | {flops / 1e15:,.1f} | {hours:.1f} |")
     print(f"| all | | | | {total:.1f} |")
 
 
