@@ -22,7 +22,7 @@ from pretrain.config import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
-MASKING = REPO / "configs" / "ablation" / "roberta_masking.yaml"
+MASKING = REPO / "tests" / "fixtures" / "two_arm_masking.yaml"  # one seed per arm
 # A CPU ablation small enough to pass every submit check.
 SMALL = ["train.global_batch_size=8", "train.micro_batch_size=4", "train.max_steps=6", "train.schedule.warmup_steps=2"]
 
@@ -291,7 +291,7 @@ def test_readme_quick_start_leaves_the_committed_results_alone(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "on corpus pydoc (the CPython reference documentation" in r.stdout
     assert "table: results/smoke/roberta_masking.md" in r.stdout and "runs: runs/roberta_masking/" in r.stdout
-    assert "roberta_masking: all 2 arms" in r.stderr  # the overall bar
+    assert "roberta_masking: all 4 runs" in r.stderr  # the overall bar: 2 arms × 2 seeds
     for ext in ("md", "csv", "png"):
         assert (clone / "results" / "smoke" / f"roberta_masking.{ext}").is_file()
         committed = REPO / "results" / "small" / f"roberta_masking.{ext}"

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
-MASKING = REPO / "configs" / "ablation" / "roberta_masking.yaml"
+MASKING = REPO / "tests" / "fixtures" / "two_arm_masking.yaml"  # one seed per arm
 # 500 steps of a tiny encoder: ~50 s on one core with two processes. Long enough that the
 # time-limit warning (Slurm checks every 30 s) always comes before the end.
 OVERRIDES = [

@@ -20,7 +20,7 @@ from pretrain.cluster.submit import parse_time
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
-MASKING = REPO / "configs" / "ablation" / "roberta_masking.yaml"
+MASKING = REPO / "tests" / "fixtures" / "two_arm_masking.yaml"  # one seed per arm
 # A small CPU ablation that passes every check for 2 processes per node.
 SMALL = ["train.global_batch_size=8", "train.micro_batch_size=4", "train.max_steps=6", "train.schedule.warmup_steps=2"]
 

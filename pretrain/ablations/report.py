@@ -85,7 +85,8 @@ class AblationProgress:
             total=sum(max_steps.values()),
             initial=sum(self.steps.values()),
             unit="step",
-            desc=f"{name}: all {len(runs)} arms",
+            # with seeds the keys are <arm>/seed-<S>: count runs, not arms
+            desc=f"{name}: all {len(runs)} " + ("runs" if any("/seed-" in r for r in runs) else "arms"),
             position=0,
             leave=True,
             dynamic_ncols=True,
