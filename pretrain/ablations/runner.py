@@ -6,6 +6,10 @@ dynamic masking (Liu et al. 2019, §4.1, Table 1) differ only in ``data.masking.
 It also carries the paper's numbers for the same comparison so the table can show them
 beside ours (labelled as the paper's).
 
+With ``seeds:`` every arm runs once per pretraining seed (``<arm>/seed-<S>``); with
+``scale:`` an arm trains a multiple of the batch for the same fraction of the steps
+(RoBERTa §4.3, Table 3).
+
 ``run_ablation`` composes every arm's RunConfig before anything runs (a bad arm is a
 one-line UserError and nothing is trained), checks that the arms are a fair comparison
 (same token budget, same seeds, identical validation data), prepares each distinct data

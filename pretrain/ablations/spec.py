@@ -126,8 +126,9 @@ def load_ablation(path: str | Path) -> AblationConfig:
 
     Raises UserError (one line) for a missing/unparsable file, an unknown or missing key,
     a name that is not a portable directory name, an arm whose overrides are not a mapping
-    or set ``name``/``run_dir``, or a paper row that names no arm or whose length differs
-    from ``paper.columns``.
+    or set ``name``/``run_dir``, a paper row that names no arm or whose length differs
+    from ``paper.columns``, a repeated seed, a ``scale`` entry that names no arm or is not
+    positive, or a claim naming an unknown arm or paper column, or a paper cell that is empty.
     """
     p = Path(path)
     cfg = merge_into(AblationConfig, read_yaml(p), where=str(p))
