@@ -262,3 +262,14 @@ def test_claims_are_checked_at_load(tmp_path: Path):
         p.write_text(OmegaConf.to_yaml(OmegaConf.create({**base, "claims": [claim]})))
         with pytest.raises(UserError, match=msg):
             load_ablation(p)
+
+
+def test_unequal_real_tokens_are_named_without_withholding_the_verdict():
+    from pretrain.ablations.tables import ArmResult
+    from pretrain.ablations.verdicts import token_warnings
+
+    same = [ArmResult("a", "done", tokens_seen=1000), ArmResult("b", "done", tokens_seen=1090)]
+    assert token_warnings(same) == []
+    short = [ArmResult("a", "done", tokens_seen=1000), ArmResult("b", "done", tokens_seen=620), ArmResult("c", "not run")]
+    (w,) = token_warnings(short)
+    assert "(`a` 1,000, `b` 620)" in w and "sequence slots" in w

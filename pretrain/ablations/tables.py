@@ -26,7 +26,7 @@ from common.atomic import write_text_atomic
 from common.errors import UserError
 from pretrain.ablations.plots import last_per_step, plot_loss_curves
 from pretrain.ablations.spec import AblationRecord, ablate_command, arm_command, load_ablation, load_record, seed_runs
-from pretrain.ablations.verdicts import Verdict, compute_verdicts, mask_reuse_warnings
+from pretrain.ablations.verdicts import Verdict, compute_verdicts, mask_reuse_warnings, token_warnings
 from pretrain.training import rundir
 
 
@@ -263,8 +263,9 @@ def write_ablation_table(abl_dir: str | Path, results_dir: str | Path, runs_root
     abl_dir = Path(abl_dir)
     rec = current_claims(load_record(abl_dir))
     results = collect(abl_dir, rec)
-    warnings = mask_reuse_warnings(abl_dir, rec.ablation)
-    verdicts = table_verdicts(rec, results, warnings)
+    blocking = mask_reuse_warnings(abl_dir, rec.ablation)
+    verdicts = table_verdicts(rec, results, blocking)
+    warnings = blocking + token_warnings(results)
     md, csv_path, png_path = table_paths(results_dir, rec.preset, rec.ablation.name)
     out = md.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +277,8 @@ def write_ablation_table(abl_dir: str | Path, results_dir: str | Path, runs_root
 
 
 def table_verdicts(rec: AblationRecord, results: List[ArmResult], warnings: Sequence[str]) -> List[Verdict]:
-    """The verdict of every claim of the ablation from the table's numbers."""
+    """The verdict of every claim of the ablation from the table's numbers; ``warnings``: the
+    table's warnings that its runs cannot show the effect (each verdict is then inconclusive)."""
     abl = rec.ablation
     values = {r.arm: r.seed_values or {} for r in results}
     return compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, values, bool(warnings))

@@ -141,6 +141,26 @@ def mask_reuse_warnings(abl_dir: Path, abl: Any) -> List[str]:
     return out
 
 
+# Real (non-padding) tokens of two arms that differ by more than this share are flagged.
+TOKEN_TOLERANCE = 0.10
+
+
+def token_warnings(results: Sequence[Any]) -> List[str]:
+    """A warning when the finished arms' real tokens seen (``ArmResult.tokens_seen``, padding
+    not counted) differ by more than TOKEN_TOLERANCE: the runner equalizes sequence slots
+    (steps × batch × max_seq_length), and formats with short rows (SENTENCE-PAIR) fill fewer
+    of them — RoBERTa §4.2 raised those arms' batch size instead. Not a reason to withhold a
+    verdict, but a confound the table names."""
+    seen = {r.arm: r.tokens_seen for r in results if r.status == "done" and r.tokens_seen}
+    if len(seen) < 2 or max(seen.values()) <= (1 + TOKEN_TOLERANCE) * min(seen.values()):
+        return []
+    detail = ", ".join(f"`{a}` {n:,}" for a, n in seen.items())
+    return [
+        f"the arms saw different numbers of real (non-padding) tokens ({detail}): the budget is equal in "
+        "sequence slots (steps × batch × max_seq_length), so arms with shorter rows trained on less text."
+    ]
+
+
 def _epochs(run: Path) -> Optional[float]:
     summary = rundir.read_summary(run)
     if summary and summary.get("epochs") is not None:
