@@ -103,8 +103,19 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
     return out
 
 
+def _masking_ablation(abl: Any) -> bool:
+    """Every arm overrides only ``data.masking`` keys (the masking tables; not e.g. the
+    recipes table, whose arms differ in masking among many other things)."""
+    from pretrain.ablations.spec import _flatten
+    from pretrain.config import to_dict
+
+    keys = [k for layer in abl.arms.values() if layer is not None for k in _flatten(to_dict(layer))]
+    return bool(keys) and all(k.startswith("data.masking.") for k in keys)
+
+
 def mask_reuse_warnings(abl_dir: Path, abl: Any) -> List[str]:
-    """Warnings for an ablation whose arms differ in ``data.masking.mode``: a static arm
+    """Warnings for a masking ablation (every arm overrides only ``data.masking``) whose arms
+    differ in ``data.masking.mode``: a static arm
     whose masks are seen fewer than MIN_MASK_VIEWS times on average cannot differ from a
     dynamic one by anything but which random mask each sequence carries.
 
@@ -112,6 +123,8 @@ def mask_reuse_warnings(abl_dir: Path, abl: Any) -> List[str]:
     copy e % dupe_factor, ``pretrain.training.batching``), = epochs with ``copies=reference``
     (the copies are pooled into one training split, so an epoch already visits every copy).
     Epochs from each run's summary.json, or its last metrics line while it runs."""
+    if not _masking_ablation(abl):
+        return []
     runs = []
     for arm, _seed, rel in seed_runs(abl):
         cfg_file = abl_dir / rel / rundir.CONFIG
