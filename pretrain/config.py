@@ -38,6 +38,12 @@ OptimizerName = Literal["adamw", "lamb"]
 LambImpl = Literal["auto", "fused", "torch"]
 ScheduleName = Literal["linear", "polynomial", "wsd"]
 ZeroStage = Literal[0, 1, 2, 3]
+# What a run trains (``pretrain.tasks.task_class``): BERT-style masked LM (+ NSP/SOP), or
+# ELECTRA's replaced-token detection (Clark et al. 2020).
+ObjectiveName = Literal["mlm", "electra"]
+# Where ELECTRA's discriminator loss is taken: every non-padding token (the paper), or only
+# the masked ~15% ("ELECTRA 15%", Clark et al. 2020 §3.5, Table 5).
+DiscPositions = Literal["all", "masked"]
 FAMILIES = get_args(Family)
 SHARING = get_args(Sharing)
 ACTIVATIONS = get_args(Activation)
@@ -92,14 +98,49 @@ class ModelConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    """Training objective (read by ``pretrain.criterions.pretraining``).
+class ElectraConfig:
+    """ELECTRA's replaced-token detection (Clark et al. 2020), read by
+    ``pretrain.models.electra`` (shapes), ``pretrain.criterions.electra`` (losses) and
+    ``pretrain.tasks.electra``; used when ``objective.name=electra``. Every value is checked
+    when the run is checked (``pretrain.tasks.electra.check_electra_config``).
 
-    sentence: the sentence-level loss added to MLM; defaults to the data's
-        ``sentence_objective`` so the two agree unless set on purpose.
+    generator_size: the generator's hidden size as a fraction of the discriminator's
+        (``model.hidden_size``), in (0, 1]; its feed-forward width is 4x and its heads
+        hidden/64 (at least 1), as ``get_generator_config`` in google-research/electra's
+        run_pretraining.py does; Table 6: ELECTRA-Small 1/4, Base 1/3, Large 1/4; §3.2 and
+        Figure 3: 1/4-1/2 of the discriminator work best.
+    generator_layers: the generator's depth as a fraction of ``model.num_hidden_layers``
+        (reference ``generator_layers``, 1.0: the same depth).
+    disc_weight: λ, the weight of the discriminator loss (§2, Eq. 1; Table 6: 50).
+    gen_weight: the weight of the generator's MLM loss (reference ``gen_weight``, 1.0).
+    temperature: the generator's logits are divided by it before sampling (reference
+        ``temperature``, 1.0).
+    disc_positions: ``all`` (the paper: every non-padding token) or ``masked`` (Table 5's
+        "ELECTRA 15%": the discriminator loss only over the masked positions).
     """
 
+    generator_size: float = 0.25
+    generator_layers: float = 1.0
+    disc_weight: float = 50.0
+    gen_weight: float = 1.0
+    temperature: float = 1.0
+    disc_positions: DiscPositions = "all"
+
+
+@dataclass
+class ObjectiveConfig:
+    """Training objective (read by ``pretrain.tasks.task_class`` and the criteria).
+
+    name: ``mlm`` (masked LM, ``pretrain.tasks.pretraining``) or ``electra`` (a generator
+        MLM and a replaced-token discriminator, ``pretrain.tasks.electra``).
+    sentence: the sentence-level loss added to MLM; defaults to the data's
+        ``sentence_objective`` so the two agree unless set on purpose (ELECTRA: none).
+    electra: ELECTRA's keys (``ElectraConfig``), read only when ``name=electra``.
+    """
+
+    name: ObjectiveName = "mlm"
     sentence: SentenceObjective = "${data.sentence_objective}"
+    electra: ElectraConfig = field(default_factory=ElectraConfig)
 
 
 @dataclass

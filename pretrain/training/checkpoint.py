@@ -445,7 +445,7 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
             directory, or one ``checkpoints/step-*`` directory.
     Returns:
         ``(RunConfig, state_dict)``: the config the checkpoint was trained with
-        (vocab_size filled in) and ``build_model(cfg.model, cfg.objective.sentence)``'s
+        (vocab_size filled in) and the trained module's (``pretrain.tasks.build_trainable``)
         ``state_dict()`` keys mapped to float32 CPU tensors. With bf16/fp16 training these
         are the optimizer's fp32 master weights, not the rounded module weights.
     Raises:
@@ -455,13 +455,13 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
             is read, and every ``.pt`` file is read weights-only.
     """
     from pretrain.config import RunConfig
-    from pretrain.models.encoder import build_model
+    from pretrain.tasks import build_trainable
     from pretrain.training.optim import param_groups
 
     ckpt = _resolve_checkpoint(Path(ckpt_or_run_dir))
     state = read_client_state(ckpt)
     cfg = merge_into(RunConfig, state["config"], where=f"{ckpt / STATE}")
-    model = build_model(cfg.model, cfg.objective.sentence).float()
+    model = build_trainable(cfg).float()  # BertForPretraining, or ELECTRA's generator + discriminator
     if any(ckpt.glob("*zero_pp_rank_*optim_states.pt")):
         # ZeRO partitions (and flattens) the fp32 master weights; DeepSpeed's own tool
         # gathers them back by parameter name.
