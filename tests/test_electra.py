@@ -151,6 +151,25 @@ def test_config_selects_the_task_and_every_value_is_checked():
         check_run(load_run_config(RECIPE, "smoke", ["objective.electra.disc_weight=0", "objective.electra.gen_weight=0"]), 1)
 
 
+@pytest.mark.parametrize("preset", ["smoke", "small"])
+def test_ablation_puts_the_arms_at_equal_training_flops(preset, tmp_path):
+    from pretrain.ablations.runner import check_fair, plan_arms, precheck_arms, train_flops
+    from pretrain.ablations.spec import arm_command
+
+    abl, cfgs, rec, _ = plan_arms(REPO / "configs" / "ablation" / "electra_vs_mlm.yaml", preset, [], tmp_path, tmp_path)
+    precheck_arms(cfgs)
+    steps = {a: c.train.max_steps for a, c in cfgs.items()}
+    flops = {a: train_flops(c) for a, c in cfgs.items()}
+    # the generator costs ~9% more at these shapes: the MLM arm trains that much longer
+    assert steps["electra"] == steps["electra_15"] < steps["mlm"] < 1.2 * steps["electra"]
+    assert abs(flops["mlm"] - flops["electra"]) <= 0.5 * flops["mlm"] / steps["mlm"]
+    assert (cfgs["mlm"].objective.name, cfgs["electra_15"].objective.electra.disc_positions) == ("mlm", "masked")
+    assert f"train.max_steps={steps['mlm']}" in arm_command(rec, "mlm")
+    cfgs["mlm"].train.max_steps = steps["electra"]  # equal tokens is not equal compute
+    with pytest.raises(UserError, match="different training FLOPs"):
+        check_fair(cfgs, "train_flops")
+
+
 # ---------------------------------------------------------------- Hugging Face export
 
 transformers = pytest.importorskip("transformers")

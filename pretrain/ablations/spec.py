@@ -13,7 +13,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from omegaconf import MISSING, DictConfig
 
@@ -24,6 +24,8 @@ from pretrain.training import rundir
 
 # Arm and ablation names become directory names; keep them portable.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# What the arms of an ablation hold equal (AblationConfig.budget).
+Budget = Literal["tokens", "train_flops"]
 # Keys the runner sets itself (where each arm's run directory is).
 _RESERVED = ("name", "run_dir")
 
@@ -51,6 +53,11 @@ class AblationConfig:
     base: run config YAML, relative to the ablation file.
     arms: arm name → override mapping of the run config (``{}`` = the base as is).
     paper: see PaperConfig.
+    budget: what the arms hold equal: ``tokens`` (steps × batch × sequence length, the
+        default) or ``train_flops``: the runner sets every arm's ``train.max_steps`` so its
+        training FLOPs equal the FIRST arm's (``pretrain.ablations.runner.equalize_train_flops``)
+        — ELECTRA vs MLM at equal compute (Clark et al. 2020, Table 1: BERT-Small trains
+        1.5M steps to ELECTRA-Small's 1M for the same FLOPs).
     """
 
     name: str = MISSING
@@ -58,6 +65,7 @@ class AblationConfig:
     base: str = MISSING
     arms: Dict[str, Any] = MISSING
     paper: PaperConfig = field(default_factory=PaperConfig)
+    budget: Budget = "tokens"
 
 
 @dataclass
@@ -72,6 +80,8 @@ class AblationRecord:
     overrides: List[str] = field(default_factory=list)
     runs_root: str = "runs"
     results_dir: str = "results"
+    # arm → train.max_steps the runner derived (budget train_flops), for the arm commands
+    arm_steps: Dict[str, int] = field(default_factory=dict)
 
 
 def load_ablation(path: str | Path) -> AblationConfig:
@@ -141,6 +151,8 @@ def arm_command(rec: AblationRecord, arm: str) -> str:
     run = Path(rec.runs_root) / rec.ablation.name / arm
     base = Path(_normpath(base_path(rec.source, rec.ablation.base)))
     parts = ["pretrain", "train", str(base), "--preset", rec.preset, *flat, *rec.overrides]
+    if arm in rec.arm_steps:
+        parts.append(f"train.max_steps={rec.arm_steps[arm]}")
     parts += [f"name={rec.ablation.name}/{arm}", f"run_dir={run}"]
     return shlex.join(parts)
 

@@ -40,3 +40,29 @@ def build_trainable(cfg: Any):
     from pretrain.models.encoder import build_model
 
     return build_model(cfg.model, cfg.objective.sentence)
+
+
+def train_flops_per_sequence(cfg: Any) -> float:
+    """Training FLOPs (forward + backward, ``pretrain.training.mfu``'s count) of one full
+    ``data.max_seq_length`` sequence for run config ``cfg``, from its model built on the
+    meta device (no memory): ``flops_per_token`` of the MLM model, or
+    ``electra_flops_per_token`` of generator + discriminator. ``model.vocab_size`` null
+    counts at ``data.tokenizer.vocab_size``. Used to put ablation arms at equal compute
+    (``pretrain.ablations.runner.equalize_train_flops``)."""
+    import copy
+
+    import torch
+
+    c = copy.deepcopy(cfg)
+    if c.model.vocab_size is None:
+        c.model.vocab_size = c.data.tokenizer.vocab_size
+    seq = int(c.data.max_seq_length)
+    with torch.device("meta"):
+        model = build_trainable(c)
+    if OmegaConf.select(c, "objective.name", default="mlm") == "electra":
+        from pretrain.models.electra import electra_flops_per_token
+
+        return electra_flops_per_token(model, seq) * seq
+    from pretrain.models.encoder import flops_per_token
+
+    return flops_per_token(model, seq) * seq
