@@ -21,7 +21,7 @@ from common.configfile import merge_into
 from common.errors import UserError
 from pretrain.config import ElectraConfig, ModelConfig, load_run_config
 from pretrain.criterions.electra import ElectraCriterion
-from pretrain.models.electra import ElectraForPretraining, electra_flops_per_token
+from pretrain.models.electra import ElectraForPretraining, discriminator_encoder_state, electra_flops_per_token
 from pretrain.models.encoder import build_model, flops_per_token
 from pretrain.tasks import build_trainable, task_class
 from pretrain.tasks.electra import ElectraTask
@@ -276,6 +276,14 @@ def test_smoke_recipe_trains_on_wikitext_and_resumes_exactly(tmp_path, data_dir)
     _, w_b = checkpoint.load_model_state(killed)
     assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
     assert set(w_a) == set(build_trainable(cfg_a).state_dict())
+    # the discriminator loads as the encoder of an MLM model (what fine-tuning starts from)
+    mlm = build_model(cfg_a.model)
+    missing, unexpected = mlm.load_state_dict(discriminator_encoder_state(w_a), strict=False)
+    assert not unexpected and all(k.startswith("mlm.") for k in missing)
+    electra = build_trainable(cfg_a).eval()
+    electra.load_state_dict(w_a)
+    ids = torch.tensor([[2, 50, 60, 3]])
+    torch.testing.assert_close(mlm.eval().encoder(ids), electra.discriminator(ids), atol=0, rtol=0)
 
     # `pretrain export --format hf` of the run: two directories transformers loads
     from pretrain.cli import main

@@ -220,3 +220,13 @@ def electra_flops_per_token(model: ElectraForPretraining, seq_len: int) -> float
     c, g = model.config, model.generator_config
     return (6.0 * (n["generator"] + n["discriminator"])
             + 12.0 * seq_len * (c.num_hidden_layers * c.hidden_size + g.num_hidden_layers * g.hidden_size))
+
+
+def discriminator_encoder_state(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The discriminator's encoder weights of an ``ElectraForPretraining`` state dict under
+    ``BertForPretraining``'s names (``discriminator.X`` → ``encoder.X``): the model ELECTRA
+    fine-tunes (§2: the generator is thrown out). Load it with ``strict=False`` into a
+    ``BertForPretraining`` (its MLM head stays untrained) or an encoder with a task head;
+    the discriminator head, generator and generator head are left out."""
+    prefix = "discriminator."
+    return {"encoder." + k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
