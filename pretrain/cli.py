@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = command("export", "write a checkpoint as a Hugging Face model directory",
                 "Convert a checkpoint to a transformers model directory (config.json, weights,\n"
                 "tokenizer files) that AutoModelForMaskedLM loads; prints the directory. An ELECTRA run\n"
-                "(objective.name=electra) gives OUT/discriminator (ElectraForPreTraining) and\n"
+                "(task=electra) gives OUT/discriminator (ElectraForPreTraining) and\n"
                 "OUT/generator (ElectraForMaskedLM).")
     x.add_argument("checkpoint", help="run directory, its checkpoints/ or one checkpoints/step-* directory")
     x.add_argument("out", help="output directory (created)")

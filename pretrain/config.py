@@ -38,9 +38,9 @@ OptimizerName = Literal["adamw", "lamb"]
 LambImpl = Literal["auto", "fused", "torch"]
 ScheduleName = Literal["linear", "polynomial", "wsd"]
 ZeroStage = Literal[0, 1, 2, 3]
-# What a run trains (``pretrain.tasks.task_class``): BERT-style masked LM (+ NSP/SOP), or
+# What a run trains (``pretrain.tasks.task_class``): masked LM (+ NSP/SOP) pretraining, or
 # ELECTRA's replaced-token detection (Clark et al. 2020).
-ObjectiveName = Literal["mlm", "electra"]
+TaskName = Literal["pretraining", "electra"]
 # Where ELECTRA's discriminator loss is taken: every non-padding token (the paper), or only
 # the masked ~15% ("ELECTRA 15%", Clark et al. 2020 §3.5, Table 5).
 DiscPositions = Literal["all", "masked"]
@@ -101,7 +101,7 @@ class ModelConfig:
 class ElectraConfig:
     """ELECTRA's replaced-token detection (Clark et al. 2020), read by
     ``pretrain.models.electra`` (shapes), ``pretrain.criterions.electra`` (losses) and
-    ``pretrain.tasks.electra``; used when ``objective.name=electra``. Every value is checked
+    ``pretrain.tasks.electra``; used when ``task: electra``. Every value is checked
     when the run is checked (``pretrain.tasks.electra.check_electra_config``).
 
     generator_size: the generator's hidden size as a fraction of the discriminator's
@@ -129,18 +129,13 @@ class ElectraConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Training objective (read by ``pretrain.tasks.task_class`` and the criteria).
+    """Training objective (read by ``pretrain.criterions.pretraining``).
 
-    name: ``mlm`` (masked LM, ``pretrain.tasks.pretraining``) or ``electra`` (a generator
-        MLM and a replaced-token discriminator, ``pretrain.tasks.electra``).
     sentence: the sentence-level loss added to MLM; defaults to the data's
         ``sentence_objective`` so the two agree unless set on purpose (ELECTRA: none).
-    electra: ELECTRA's keys (``ElectraConfig``), read only when ``name=electra``.
     """
 
-    name: ObjectiveName = "mlm"
     sentence: SentenceObjective = "${data.sentence_objective}"
-    electra: ElectraConfig = field(default_factory=ElectraConfig)
 
 
 @dataclass
@@ -239,14 +234,21 @@ class RunConfig:
 
     name: ``[A-Za-z0-9._/-]+``, relative (no leading ``/``, no empty, ``.`` or ``..`` part);
         an ablation names its arms ``<ablation>/<arm>``.
+    task: what the run trains (``pretrain.tasks.task_class``): ``pretraining`` (MLM +
+        NSP/SOP, ``pretrain.tasks.pretraining``) or ``electra`` (a generator MLM and a
+        replaced-token discriminator, ``pretrain.tasks.electra``; ``model`` is the
+        discriminator's shape).
+    electra: ELECTRA's keys (``ElectraConfig``), read only with ``task: electra``.
     """
 
     name: str = "run"
     run_dir: Optional[str] = None
+    task: TaskName = "pretraining"
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    electra: ElectraConfig = field(default_factory=ElectraConfig)
 
 
 def find_configs_root(start: Optional[Path]) -> Path:

@@ -129,26 +129,26 @@ def test_flops_count_both_networks():
 
 def test_config_selects_the_task_and_every_value_is_checked():
     cfg = load_run_config(RECIPE, "smoke")
-    assert task_class(cfg) is ElectraTask and cfg.objective.electra.disc_weight == 50.0
+    assert task_class(cfg) is ElectraTask and cfg.electra.disc_weight == 50.0
     assert task_class(load_run_config(REPO / "configs" / "recipe" / "roberta.yaml", "smoke")).__name__ == "PretrainingTask"
     check_run(cfg, 1)
-    with pytest.raises(UserError, match="objective.name.*mlm, electra"):
-        load_run_config(RECIPE, "smoke", ["objective.name=electrra"])
+    with pytest.raises(UserError, match="task.*pretraining, electra"):
+        load_run_config(RECIPE, "smoke", ["task=electrra"])
     with pytest.raises(UserError, match="disc_positions.*all, masked"):
-        load_run_config(RECIPE, "smoke", ["objective.electra.disc_positions=some"])
+        load_run_config(RECIPE, "smoke", ["electra.disc_positions=some"])
     bad = {
-        "objective.electra.generator_size=0": "generator_size=0.0 must be in \\(0, 1\\]",
-        "objective.electra.generator_size=1.5": "generator_size=1.5 must be in",
-        "objective.electra.generator_layers=0.1": "leave a generator of hidden size 32 and 0 layers",
-        "objective.electra.disc_weight=-1": "disc_weight=-1.0 must be",
-        "objective.electra.temperature=0": "temperature=0.0 must be > 0",
+        "electra.generator_size=0": "generator_size=0.0 must be in \\(0, 1\\]",
+        "electra.generator_size=1.5": "generator_size=1.5 must be in",
+        "electra.generator_layers=0.1": "leave a generator of hidden size 32 and 0 layers",
+        "electra.disc_weight=-1": "disc_weight=-1.0 must be",
+        "electra.temperature=0": "temperature=0.0 must be > 0",
         "objective.sentence=nsp": "trains no sentence head",
     }
     for override, message in bad.items():
         with pytest.raises(UserError, match=message):
             check_run(load_run_config(RECIPE, "smoke", [override]), 1)
     with pytest.raises(UserError, match="both 0"):
-        check_run(load_run_config(RECIPE, "smoke", ["objective.electra.disc_weight=0", "objective.electra.gen_weight=0"]), 1)
+        check_run(load_run_config(RECIPE, "smoke", ["electra.disc_weight=0", "electra.gen_weight=0"]), 1)
 
 
 @pytest.mark.parametrize("preset", ["smoke", "small"])
@@ -163,7 +163,7 @@ def test_ablation_puts_the_arms_at_equal_training_flops(preset, tmp_path):
     # the generator costs ~9% more at these shapes: the MLM arm trains that much longer
     assert steps["electra"] == steps["electra_15"] < steps["mlm"] < 1.2 * steps["electra"]
     assert abs(flops["mlm"] - flops["electra"]) <= 0.5 * flops["mlm"] / steps["mlm"]
-    assert (cfgs["mlm"].objective.name, cfgs["electra_15"].objective.electra.disc_positions) == ("mlm", "masked")
+    assert (cfgs["mlm"].task, cfgs["electra_15"].electra.disc_positions) == ("pretraining", "masked")
     assert f"train.max_steps={steps['mlm']}" in arm_command(rec, "mlm")
     cfgs["mlm"].train.max_steps = steps["electra"]  # equal tokens is not equal compute
     with pytest.raises(UserError, match="different training FLOPs"):

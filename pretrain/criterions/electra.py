@@ -3,12 +3,12 @@ times the discriminator's replaced-token-detection loss, fairseq style
 (``pretrain.tasks.base.Criterion``: sums and the counts they are sums over).
 
 - ``gen_mlm``: cross-entropy of the generator's logits at the masked positions, summed;
-  counted over the masked positions. Weight ``objective.electra.gen_weight`` (1.0).
+  counted over the masked positions. Weight ``electra.gen_weight`` (1.0).
 - ``disc``: binary cross-entropy of the discriminator's logits against "replaced" (the
   sampled token differs from the original), summed over every non-padding token
   (``disc_positions=all``, the paper and the reference's ``_get_discriminator_output``
   weighting by ``input_mask``) or over the masked positions only (``masked``: Table 5's
-  "ELECTRA 15%"); counted over the same positions. Weight ``objective.electra.disc_weight``
+  "ELECTRA 15%"); counted over the same positions. Weight ``electra.disc_weight``
   (λ = 50, Table 6).
 
 The reference divides each loss by its own count in the batch; here the loop divides by

@@ -59,14 +59,14 @@ def generator_config(model_cfg, electra_cfg):
     layers = int(round(model_cfg.num_hidden_layers * electra_cfg.generator_layers))
     if h < 1 or layers < 1:
         raise UserError(
-            f"objective.electra.generator_size={electra_cfg.generator_size} and generator_layers="
+            f"electra.generator_size={electra_cfg.generator_size} and generator_layers="
             f"{electra_cfg.generator_layers} of model.hidden_size={model_cfg.hidden_size} x "
             f"num_hidden_layers={model_cfg.num_hidden_layers} leave a generator of hidden size {h} and {layers} layers; "
             "both must be >= 1"
         )
     heads = max(1, h // 64)
     if h % heads:
-        raise UserError(f"the generator's hidden size {h} (objective.electra.generator_size x model.hidden_size) "
+        raise UserError(f"the generator's hidden size {h} (electra.generator_size x model.hidden_size) "
                         f"is not divisible by its {heads} heads (hidden // 64); choose a generator_size giving a multiple of 64")
     g.hidden_size, g.num_hidden_layers, g.intermediate_size, g.num_attention_heads = h, layers, 4 * h, heads
     g.embedding_size = embedding_size(model_cfg)

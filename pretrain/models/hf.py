@@ -249,13 +249,13 @@ def export_hf(
 
 def export_run(cfg, state_dict: Dict[str, torch.Tensor], out: str | Path, tokenizer_path: Optional[str | Path], drop_sentence_head: bool = False) -> Path:
     """``export_hf`` for a RunConfig ``cfg`` (its model, objective and tokenizer kind); an
-    ELECTRA run (``objective.name=electra``) is written as ``out/discriminator`` and
+    ELECTRA run (``task=electra``) is written as ``out/discriminator`` and
     ``out/generator`` (``pretrain.models.hf_electra.export_electra``)."""
     tok = (tokenizer_path, cfg.data.tokenizer.kind) if tokenizer_path is not None else None
-    if cfg.objective.name == "electra":
+    if cfg.task == "electra":
         from pretrain.models.hf_electra import export_electra
 
-        return export_electra(cfg.model, cfg.objective.electra, state_dict, out, tok)
+        return export_electra(cfg.model, cfg.electra, state_dict, out, tok)
     return export_hf(cfg.model, cfg.objective.sentence, state_dict, out, tok, drop_sentence_head)
 
 

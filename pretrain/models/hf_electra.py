@@ -112,7 +112,7 @@ def export_electra(cfg, electra_cfg, state_dict: Dict[str, torch.Tensor], out: s
 
     Args:
         cfg: the discriminator's ModelConfig (vocab_size set); electra_cfg: the run's
-            ``objective.electra``.
+            ``electra``.
         state_dict: ``ElectraForPretraining(cfg, electra_cfg).state_dict()``-shaped tensors.
     Returns:
         ``out`` as a Path.

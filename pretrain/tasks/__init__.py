@@ -1,6 +1,6 @@
 """Tasks: what a run trains (modules, batches, criterion, metrics), plugged into the one loop in ``pretrain.training.loop``.
 
-``task_class(cfg)`` picks a run config's Task from its one typed key ``objective.name``; the
+``task_class(cfg)`` picks a run config's Task from its one typed key ``task``; the
 loop, ``check_run``, ``pretrain train``, ``pretrain ablate`` and ``pretrain submit`` all go
 through it, so an objective is chosen in one place.
 """
@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Type
 
-from omegaconf import OmegaConf
-
 
 def task_class(cfg: Any) -> Type:
-    """The ``pretrain.tasks.base.Task`` subclass for run config ``cfg``: ``objective.name``
-    ``mlm`` → ``PretrainingTask``, ``electra`` → ``ElectraTask``. A config without an
-    ``objective.name`` (another task's own config type) gets ``PretrainingTask``; pass
-    such tasks to ``train(cfg, task=...)`` explicitly. The name is a typed choice, checked
-    when the config loads."""
-    name = OmegaConf.select(cfg, "objective.name", default="mlm") if OmegaConf.is_config(cfg) else "mlm"
-    if name == "electra":
+    """The ``pretrain.tasks.base.Task`` subclass of run config ``cfg``'s ``task`` key
+    (``pretrain.config.TaskName``): ``pretraining`` → ``PretrainingTask``, ``electra`` →
+    ``ElectraTask``. A config without the key (another task's own config type, passed to
+    ``train(cfg, task=...)`` with its class) is pretraining. The key is typed, checked when
+    the config loads."""
+    if getattr(cfg, "task", "pretraining") == "electra":
         from pretrain.tasks.electra import ElectraTask
 
         return ElectraTask
@@ -33,10 +30,10 @@ def build_trainable(cfg: Any):
     its task builds it: ``BertForPretraining`` or ``ElectraForPretraining``. Used by
     checkpoint readers (export) that must rebuild what a run trained. Build under
     ``torch.device("meta")`` to count without allocating."""
-    if OmegaConf.select(cfg, "objective.name", default="mlm") == "electra":
+    if getattr(cfg, "task", "pretraining") == "electra":
         from pretrain.models.electra import ElectraForPretraining
 
-        return ElectraForPretraining(cfg.model, cfg.objective.electra)
+        return ElectraForPretraining(cfg.model, cfg.electra)
     from pretrain.models.encoder import build_model
 
     return build_model(cfg.model, cfg.objective.sentence)
@@ -59,7 +56,7 @@ def train_flops_per_sequence(cfg: Any) -> float:
     seq = int(c.data.max_seq_length)
     with torch.device("meta"):
         model = build_trainable(c)
-    if OmegaConf.select(c, "objective.name", default="mlm") == "electra":
+    if getattr(c, "task", "pretraining") == "electra":
         from pretrain.models.electra import electra_flops_per_token
 
         return electra_flops_per_token(model, seq) * seq

@@ -44,28 +44,28 @@ def check_electra_config(cfg: Any) -> None:
     UserError naming the key: a sentence objective (ELECTRA has none), generator_size
     outside (0, 1], generator_layers outside (0, 1], a negative or all-zero weight, a
     temperature <= 0, a generator shape that cannot be built (``generator_config``)."""
-    e = cfg.objective.electra
+    e = cfg.electra
     if cfg.objective.sentence != "none":
-        raise UserError(f"objective.name=electra trains no sentence head; objective.sentence={cfg.objective.sentence} "
+        raise UserError(f"task=electra trains no sentence head; objective.sentence={cfg.objective.sentence} "
                         "must be none (use data.format=full_sentences or doc_sentences, data.sentence_objective=none)")
     for key in ("generator_size", "generator_layers"):
         v = getattr(e, key)
         if not 0.0 < v <= 1.0:
-            raise UserError(f"objective.electra.{key}={v} must be in (0, 1] (a fraction of the discriminator's; "
+            raise UserError(f"electra.{key}={v} must be in (0, 1] (a fraction of the discriminator's; "
                             "Table 6: generator_size 0.25 for Small, 0.333 for Base)")
     for key in ("gen_weight", "disc_weight"):
         if getattr(e, key) < 0 or not math.isfinite(getattr(e, key)):
-            raise UserError(f"objective.electra.{key}={getattr(e, key)} must be a finite number >= 0")
+            raise UserError(f"electra.{key}={getattr(e, key)} must be a finite number >= 0")
     if e.gen_weight == 0 and e.disc_weight == 0:
-        raise UserError("objective.electra.gen_weight and disc_weight are both 0: nothing would train")
+        raise UserError("electra.gen_weight and disc_weight are both 0: nothing would train")
     if not e.temperature > 0 or not math.isfinite(e.temperature):
-        raise UserError(f"objective.electra.temperature={e.temperature} must be > 0 (1.0: the generator's softmax)")
+        raise UserError(f"electra.temperature={e.temperature} must be > 0 (1.0: the generator's softmax)")
     generator_config(cfg.model, e)
 
 
 class ElectraTask(PretrainingTask):
     """Replaced-token detection of a ``pretrain.config.RunConfig`` with
-    ``objective.name=electra``."""
+    ``task=electra``."""
 
     summary_keys = ("disc_loss", "disc_accuracy", "disc_precision", "disc_recall", "gen_mlm_loss", "gen_mlm_accuracy")
     primary_metric = "disc_loss"
@@ -79,10 +79,10 @@ class ElectraTask(PretrainingTask):
 
     def prepare(self, world: distributed.World) -> None:
         super().prepare(world)
-        self._criterion = ElectraCriterion(self.cfg.objective.electra)
+        self._criterion = ElectraCriterion(self.cfg.electra)
 
     def build_model(self) -> nn.Module:
-        model = ElectraForPretraining(self.cfg.model, self.cfg.objective.electra)
+        model = ElectraForPretraining(self.cfg.model, self.cfg.electra)
         self.model_flops = ElectraFlops(model)  # before ZeRO-3 partitions the weights away
         return model
 
@@ -93,7 +93,7 @@ class ElectraTask(PretrainingTask):
     def evaluate(self, model: nn.Module, world: distributed.World) -> Dict[str, float]:
         t = self.cfg.train
         sampler = torch.Generator(device=module_device(model)).manual_seed(int(self.cfg.data.masking.validation_seed))
-        crit = ElectraCriterion(self.cfg.objective.electra, sampler=sampler)
+        crit = ElectraCriterion(self.cfg.electra, sampler=sampler)
         s = score_split(crit, model, lambda rows: self.collate_val(rows, epoch=0), len(self.val_split),
                         t.micro_batch_size, world.rank, world.size, t.eval_max_batches)
         n_gen, n_disc, logs = s["sample_size"]["gen_mlm"], s["sample_size"]["disc"], s["logs"]

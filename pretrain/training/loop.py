@@ -77,7 +77,7 @@ def train(cfg, resume: bool = False, task: Optional[Type[Task]] = None) -> Dict[
         resume: continue from ``<run_dir>/checkpoints/latest`` (or start fresh, saying so,
             if there is none); the result — losses, eval metrics, weights — is bit-identical
             to an uninterrupted run in fp32 on CPU.
-        task: the Task class (default: the one ``cfg.objective.name`` names,
+        task: the Task class (default: the class of the config's ``task`` key,
             ``pretrain.tasks.task_class``; MLM pretraining for a plain RunConfig).
 
     Callable repeatedly in one process (the ablation runner trains arm after arm). SIGUSR1
@@ -95,7 +95,7 @@ def train(cfg, resume: bool = False, task: Optional[Type[Task]] = None) -> Dict[
     if task is None:
         from pretrain.tasks import task_class
 
-        task = task_class(cfg)  # objective.name: mlm → PretrainingTask, electra → ElectraTask
+        task = task_class(cfg)  # task: pretraining → PretrainingTask, electra → ElectraTask
     # The run directory is locked for the whole run (a second process stops with one line).
     with stop_on_signals() as signals_received, locked(run_dir(cfg)):
         return _train(cfg, resume, task, signals_received)
