@@ -42,9 +42,10 @@ Shards: a chunk's rows go to ``ceil(rows / rows_per_shard)`` shard files, so sha
 up to ``rows_per_shard`` rows and their row counts vary (the manifest records each).
 
 Resumability: the directory is built as ``<out>.partial`` and renamed when complete,
-under an exclusive lock (``.<out>.lock``) so concurrent builds of one directory build it
-once. The tokenizer and each finished chunk are recorded in ``<out>.partial/.progress/``
-(a chunk's JSON record names its shards and a sha256 of its input documents). A build
+under an exclusive lock (``.<out>.lock`` beside it, ``common.lock``: a second build of the
+same directory waits, naming the holder's host and pid, then finds it built; the file is
+deleted when the build ends). The tokenizer and each finished chunk are recorded in
+``<out>.partial/.progress/`` (a chunk's JSON record names its shards and a sha256 of its input documents). A build
 that is killed or interrupted leaves the ``.partial`` directory; rerunning the same config
 reuses the tokenizer and every recorded chunk whose input is unchanged, redoes the rest,
 and ends byte-identical to an uninterrupted build (``manifest.json`` differs only in its
@@ -54,7 +55,6 @@ code version is deleted; a bad-input error (UserError) deletes it too.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -76,6 +76,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.lock import DirLock
 from common.schema import LABEL_COLUMNS, PAIR_FORMATS
 from data_prep import shards
 from data_prep.config import (
@@ -282,19 +283,10 @@ def _first_damaged(out: Path, manifest: Dict[str, Any]) -> Optional[str]:
 
 @contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
-    lock = out.with_name(f".{out.name}.lock")
-    with open(lock, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"data-prep: waiting for another build of {out} to finish", file=sys.stderr)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        _LOCK_FDS.append(f.fileno())
-        try:
-            yield
-        finally:
-            _LOCK_FDS.remove(f.fileno())
-            fcntl.flock(f, fcntl.LOCK_UN)
+    # One build per output directory: a second one waits (naming the holder), then finds
+    # the directory complete. The lock file is deleted when the build ends, however it ends.
+    with DirLock(out.with_name(f".{out.name}.lock"), f"the build of {out}", wait=True):
+        yield
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -669,7 +661,6 @@ class _Context:
 
 
 _WORKER: Dict[str, _Context] = {}  # this process's context, keyed by its job
-_LOCK_FDS: List[int] = []  # build locks held by this process (``_exclusive``)
 
 
 def _init_worker(parent: int) -> None:
@@ -685,12 +676,6 @@ def _init_worker(parent: int) -> None:
         os._exit(1)
     # Ctrl-C goes to the whole process group; the main process handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The lock is the main process's: a worker's copy of it must not outlive the build.
-    for fd in _LOCK_FDS:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 def _work(job: _Job, chunk: _Chunk) -> Dict[str, Any]:

@@ -10,24 +10,33 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Literal, Optional, Sequence, get_args
 
 from omegaconf import OmegaConf
 
 from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
-from common.schema import FORMATS, SENTENCE_OBJECTIVES
+from common.schema import Format, SentenceObjective
 from data_prep.corpus import DECODE_ERRORS, LAYOUTS, check_encoding
 from data_prep.instances import SENTENCE_LABEL_RULES, SHORT_SEQ_RULES
 
-TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
-MASKING_MODES = ("static", "dynamic")
-MASKING_UNITS = ("token", "whole_word", "ngram")
+# Typed choices: a value outside them fails when the config loads, naming the valid ones.
+TokenizerKind = Literal["bpe", "wordpiece", "unigram"]
+MaskingMode = Literal["static", "dynamic"]
+MaskingUnit = Literal["token", "whole_word", "ngram"]
 # Rule sets of the pair and word data (see DataConfig); "reference" = the reference code's.
-WORD_BOUNDARIES = ("reference", "pretokenizer")
-STATIC_COPIES = ("reference", "remask")
+WordBoundaries = Literal["reference", "pretokenizer"]
+StaticCopies = Literal["reference", "remask"]
+ShortSeqRule = Literal[SHORT_SEQ_RULES]
+SentenceLabelRule = Literal[SENTENCE_LABEL_RULES]
 # How the trainer batches DOC-SENTENCES rows (read by pretrain.training.batching; data bytes unchanged).
-DOC_SENTENCES_BATCHING = ("tokens", "sequences")
+DocSentencesBatching = Literal["tokens", "sequences"]
+CorpusLayout = Literal[LAYOUTS]
+CorpusErrors = Literal[DECODE_ERRORS]
+TOKENIZER_KINDS = get_args(TokenizerKind)
+MASKING_MODES = get_args(MaskingMode)
+MASKING_UNITS = get_args(MaskingUnit)
+DOC_SENTENCES_BATCHING = get_args(DocSentencesBatching)
 
 
 @dataclass
@@ -45,7 +54,7 @@ class TokenizerConfig:
     min_frequency: minimum pair/token count for a merge when training.
     """
 
-    kind: str = "bpe"
+    kind: TokenizerKind = "bpe"
     vocab_size: int = 8192
     path: Optional[str] = None
     min_frequency: int = 2
@@ -84,16 +93,16 @@ class MaskingConfig:
         masked in 10 different ways over the 40 epochs" (Liu et al. 2019, §4.1).
     """
 
-    mode: str = "dynamic"
+    mode: MaskingMode = "dynamic"
     dupe_factor: int = 10
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
     validation_seed: int = 4242
-    unit: str = "token"
+    unit: MaskingUnit = "token"
     max_ngram: int = 3
     max_predictions_per_seq: Optional[int] = None
-    copies: str = "remask"
+    copies: StaticCopies = "remask"
 
 
 @dataclass
@@ -161,39 +170,34 @@ class DataConfig:
     """
 
     corpus: str = "pydoc"
-    corpus_layout: str = "auto"
+    corpus_layout: CorpusLayout = "auto"
     corpus_encoding: str = "utf-8"
-    corpus_errors: str = "replace"
+    corpus_errors: CorpusErrors = "replace"
     strip_pos_tags: List[str] = field(default_factory=lambda: ["brown"])
     max_documents: Optional[int] = None
     validation_fraction: float = 0.05
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    format: str = "full_sentences"
-    sentence_objective: str = "none"
+    format: Format = "full_sentences"
+    sentence_objective: SentenceObjective = "none"
     max_seq_length: int = 128
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     rows_per_shard: int = 16384
     short_seq_prob: float = 0.1
-    short_seq_rule: str = "per_chunk"
-    sentence_labels: str = "balanced"
-    word_boundaries: str = "pretokenizer"
+    short_seq_rule: ShortSeqRule = "per_chunk"
+    sentence_labels: SentenceLabelRule = "balanced"
+    word_boundaries: WordBoundaries = "pretokenizer"
     chunk_documents: int = 1000
-    doc_sentences_batching: str = "tokens"
+    doc_sentences_batching: DocSentencesBatching = "tokens"
     num_workers: int = 1
     seed: int = 12345
     output_dir: Optional[str] = None
 
 
 def check_data_config(cfg: DataConfig) -> None:
-    """Reject value combinations the pipeline cannot build. Raises UserError (one line)."""
-    _choice("format", cfg.format, FORMATS)
-    _choice("corpus_layout", cfg.corpus_layout, LAYOUTS)
-    _choice("corpus_errors", cfg.corpus_errors, DECODE_ERRORS)
+    """Reject value combinations the pipeline cannot build. Raises UserError (one line).
+    Single choices (format, tokenizer.kind, masking.mode, corpus_layout ...) are typed: a bad
+    one fails earlier, when the config loads."""
     check_encoding(cfg.corpus_encoding)
-    _choice("sentence_objective", cfg.sentence_objective, SENTENCE_OBJECTIVES)
-    _choice("tokenizer.kind", cfg.tokenizer.kind, TOKENIZER_KINDS)
-    _choice("masking.mode", cfg.masking.mode, MASKING_MODES)
-    _choice("masking.unit", cfg.masking.unit, MASKING_UNITS)
     m = cfg.masking
     if m.max_ngram < 1:
         raise UserError(f"masking.max_ngram={m.max_ngram} must be >= 1")
@@ -215,11 +219,6 @@ def check_data_config(cfg: DataConfig) -> None:
         raise UserError(
             f"format={cfg.format} needs sentence_objective={need}, got {cfg.sentence_objective}"
         )
-    _choice("doc_sentences_batching", cfg.doc_sentences_batching, DOC_SENTENCES_BATCHING)
-    _choice("short_seq_rule", cfg.short_seq_rule, SHORT_SEQ_RULES)
-    _choice("sentence_labels", cfg.sentence_labels, SENTENCE_LABEL_RULES)
-    _choice("word_boundaries", cfg.word_boundaries, WORD_BOUNDARIES)
-    _choice("masking.copies", cfg.masking.copies, STATIC_COPIES)
     if cfg.format == "sentence_pair" and cfg.sentence_labels == "reference":
         raise UserError("format=sentence_pair has no reference labelling rule (it is RoBERTa's §4.2 variant); set sentence_labels=balanced")
     if not 0.0 <= cfg.short_seq_prob <= 1.0:
@@ -244,11 +243,6 @@ def resolve_output_dir(cfg: DataConfig) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir)
     return Path("data-cache") / data_fingerprint(cfg)
-
-
-def _choice(key: str, value: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise UserError(f"{key}={value!r} is not one of: {', '.join(valid)}")
 
 
 def load_data_config(path: Optional[str], overrides: Sequence[str] = ()) -> DataConfig:

@@ -19,13 +19,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, get_args
 
 from omegaconf import DictConfig, OmegaConf
 
 from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
+from common.schema import SentenceObjective
 from data_prep.config import DataConfig, check_data_config
+
+# Typed choices (OmegaConf checks Literal fields): a value outside them fails when the
+# config loads — YAML file, preset, ablation arm or key=value — naming the valid values.
+Family = Literal["bert", "roberta", "albert"]
+Sharing = Literal["none", "all", "attention", "ffn"]
+Activation = Literal["gelu", "gelu_new", "relu"]
+Precision = Literal["fp32", "bf16", "fp16"]
+OptimizerName = Literal["adamw", "lamb"]
+LambImpl = Literal["auto", "fused", "torch"]
+ScheduleName = Literal["linear", "polynomial", "wsd"]
+ZeroStage = Literal[0, 1, 2, 3]
+FAMILIES = get_args(Family)
+SHARING = get_args(Sharing)
+ACTIVATIONS = get_args(Activation)
+PRECISIONS = get_args(Precision)
 
 
 @dataclass
@@ -63,14 +79,14 @@ class ModelConfig:
     intermediate_size: int = 3072
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
-    hidden_act: str = "gelu"
+    hidden_act: Activation = "gelu"
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    family: str = "bert"
+    family: Family = "bert"
     embedding_size: Optional[int] = None
-    sharing: str = "none"
+    sharing: Sharing = "none"
     pre_ln: bool = False
     position_offset: int = 0
 
@@ -83,12 +99,12 @@ class ObjectiveConfig:
         ``sentence_objective`` so the two agree unless set on purpose.
     """
 
-    sentence: str = "${data.sentence_objective}"
+    sentence: SentenceObjective = "${data.sentence_objective}"
 
 
 @dataclass
 class OptimizerConfig:
-    """Optimizer (read by ``pretrain.training.optim`` and ``pretrain.training.loop``). Defaults are
+    """Optimizer (read by ``pretrain.training.optim`` and ``pretrain.training.engine``). Defaults are
     RoBERTa's (Liu et al. 2019, §3.1): AdamW, β1=0.9, β2=0.98, ε=1e-6, weight decay 0.01.
 
     name: ``adamw`` (decoupled weight decay; BERT §A.2 uses β2=0.999, RoBERTa §3.1 0.98) or
@@ -99,12 +115,12 @@ class OptimizerConfig:
         otherwise. Ignored for adamw.
     """
 
-    name: str = "adamw"
+    name: OptimizerName = "adamw"
     lr: float = 6e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     weight_decay: float = 0.01
-    lamb_impl: str = "auto"
+    lamb_impl: LambImpl = "auto"
 
 
 @dataclass
@@ -123,7 +139,7 @@ class ScheduleConfig:
         is Hägele et al. 2024's).
     """
 
-    name: str = "linear"
+    name: ScheduleName = "linear"
     warmup_steps: int = 100
     power: float = 1.0
     decay_steps: Optional[int] = None
@@ -135,8 +151,10 @@ class TrainConfig:
     """Training loop (read by ``pretrain.training.loop``).
 
     global_batch_size: sequences per optimizer step over all ranks
-        (= micro_batch_size × gradient accumulation × world size).
-    micro_batch_size: sequences per forward pass on one rank.
+        (= micro batch × gradient accumulation × world size).
+    micro_batch_size: the most sequences one rank runs in one forward pass (what fits in
+        memory); the loop runs the largest divisor of ``global_batch_size / world size``
+        not above it and derives the accumulation (``pretrain.training.engine.split_batch``).
     max_steps: optimizer steps; the token budget of a run is max_steps × global batch.
     precision: ``fp32`` or ``bf16`` (``fp16`` with loss scaling on GPU).
     eval_every / log_every / checkpoint_every: in optimizer steps.
@@ -144,7 +162,7 @@ class TrainConfig:
     seed: seeds model init, data order and dynamic masks.
     zero_stage: DeepSpeed ZeRO stage 0-3 (Rajbhandari et al. 2020); 1-3 partition the
         optimizer state over ranks, which LAMB's per-tensor trust ratio does not survive
-        (refused, ``pretrain.training.loop.deepspeed_config``).
+        (refused, ``pretrain.training.engine.deepspeed_config``).
     gradient_clipping: global gradient-norm clip; 0 = off. Default 1.0 (BERT's reference
         code); RoBERTa's Table 9 trains with 0.0 (configs/train/roberta.yaml).
     peak_flops: the peak FLOP/s of one device (one rank) for the model-FLOPs-utilization
@@ -158,8 +176,8 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     gradient_clipping: float = 1.0
-    precision: str = "fp32"
-    zero_stage: int = 0
+    precision: Precision = "fp32"
+    zero_stage: ZeroStage = 0
     eval_every: int = 200
     eval_max_batches: Optional[int] = None
     log_every: int = 10

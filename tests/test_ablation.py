@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from common.atomic import write_json_atomic
 from common.errors import UserError
 from data_prep.config import data_fingerprint
 from pretrain.ablations.runner import (
@@ -135,7 +136,7 @@ class _Recorder:
         (run / rundir.METRICS).write_text(json.dumps(ev) + "\n")
         summary = {"status": "done", "steps": cfg.train.max_steps, "tokens_seen": 1000, "epochs": 1.0, "wall_time_s": 6.0,
                    "final_eval": {k: ev[k] for k in ("mlm_loss", "perplexity", "mlm_accuracy")}}
-        rundir.write_json_atomic(run / rundir.SUMMARY, summary)
+        write_json_atomic(run / rundir.SUMMARY, summary)
         return summary
 
 
@@ -201,7 +202,8 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     (ck / "latest").write_text("step-0000010")
     paths = run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
     assert len(recorder.builds) == 2 and len(set(recorder.builds)) == 2  # dynamic and dynamic2 share data
-    assert recorder.trains == [("toy/static", False), ("toy/dynamic", False), ("toy/dynamic2", True)]
+    # every arm runs with --resume: one without a checkpoint starts fresh, none is overwritten
+    assert recorder.trains == [("toy/static", True), ("toy/dynamic", True), ("toy/dynamic2", True)]
     out = capsys.readouterr().out
     assert "=== [1/3] toy / static: training" in out and "=== [3/3] toy / dynamic2: resuming from checkpoint" in out
     assert f"table: {results / 'smoke' / 'toy.md'}" in out
@@ -244,7 +246,10 @@ def test_smoke_ablation_end_to_end(tmp_path: Path):
     """`pretrain ablate` on a small slice with the real data build and trainer, then
     `pretrain tables` rebuilds the identical table from the run directories."""
     runs, results = tmp_path / "runs", tmp_path / "results"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    # Without the launcher variables an in-process train() of an earlier test left behind
+    # (its MASTER_PORT is still listened on): the child picks its own world of one.
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "DS_ACCELERATOR": "cpu"}
     # smoke's 20 warmup steps need max_steps > 20: warm up over 4 of the 20 steps here
     small = ["data.max_documents=30", "train.max_steps=20", "train.eval_every=10", "train.checkpoint_every=10",
              "train.schedule.warmup_steps=4"]

@@ -45,6 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from omegaconf import OmegaConf
 
+from common.atomic import write_json_atomic, write_text_atomic
 from common.configfile import merge_into, read_yaml
 from common.errors import UserError
 from data_prep.config import data_fingerprint
@@ -253,10 +254,12 @@ def check_resumable(run: Path, cfg: RunConfig) -> None:
     and the trainer would refuse a different config only once the job runs."""
     from pretrain.training import checkpoint
 
-    ckpt = checkpoint.latest(run)
-    if ckpt is None:
+    # Any complete checkpoint holds the run's config (read from JSON, nothing unpickled);
+    # which one the job resumes from (``checkpoint.resume_point``) does not matter here.
+    complete = checkpoint.list_checkpoints(run)
+    if not complete:
         return
-    saved = checkpoint.read_client_state(ckpt)["config"]
+    saved = checkpoint.read_client_state(complete[-1])["config"]
     new = to_dict(cfg)
     # The trainer fills a null vocab_size from the tokenizer, which the data config fixes.
     if new["model"]["vocab_size"] is None:
@@ -270,34 +273,20 @@ def check_resumable(run: Path, cfg: RunConfig) -> None:
 
 
 def check_world(plan: Plan, job: JobOptions) -> None:
-    """The trainer's config checks for the job's world size (nodes × processes per node),
-    so a batch that does not split fails here, not after queueing. Raises UserError."""
-    from pretrain.models.encoder import check_model_fits_data
-    from pretrain.training.loop import check_train_config, deepspeed_config
-    from pretrain.training.optim import schedule_fn
+    """The trainer's config checks (``pretrain.training.checks.check_run``) for the job's
+    world size (nodes × processes per node), so a batch that does not split fails here,
+    not after queueing. Machine checks (a GPU for fp16) are left to the job's nodes.
+    Raises UserError."""
+    from pretrain.training.checks import check_run
 
     nproc = procs_per_node(job)
     world = job.nodes * nproc
     for name, cfg in plan.runs.items():
         label = f"arm {name!r}: " if plan.kind == "ablation" else ""
         try:
-            check_train_config(cfg.train)
-        except UserError:
-            # check_train_config tests fp16 last and refuses it when *this* machine has no
-            # GPU; the job's nodes have GPUs.
-            if not (job.gpus_per_node and cfg.train.precision == "fp16"):
-                raise
-        try:
-            deepspeed_config(cfg.train, world)
+            check_run(cfg, world)
         except UserError as e:
-            raise UserError(
-                f"{label}{job.nodes} node(s) x {nproc} process(es) per node = {world} ranks: {e}"
-            ) from None
-        try:
-            schedule_fn(cfg.train.schedule, cfg.train.max_steps)
-            check_model_fits_data(cfg.model, cfg.data)
-        except UserError as e:
-            raise UserError(f"{label}{e}") from None
+            raise UserError(f"{label}{job.nodes} node(s) x {nproc} process(es) per node = {world} ranks: {e}") from None
 
 
 # --------------------------------------------------------------------------- rendering
@@ -461,7 +450,7 @@ def submit(
     ids = _sbatch_chain(cmds)
     names = ["data", "train", "tables"][: len(ids)]
     jobs = dict(zip(names, ids))
-    rundir.write_json_atomic(plan.slurm_dir / JOBS, {
+    write_json_atomic(plan.slurm_dir / JOBS, {
         "kind": plan.kind,
         "name": plan.name,
         "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -483,8 +472,6 @@ def submit(
 
 def _write_inputs(plan: Plan, scripts: Dict[str, str]) -> None:
     """Everything the jobs read: run configs, data configs, scripts, ablation.yaml."""
-    from pretrain.ablations.tables import write_text_atomic
-
     plan.slurm_dir.mkdir(parents=True, exist_ok=True)
     for cfg in plan.runs.values():
         run = run_dir(cfg)
