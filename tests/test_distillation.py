@@ -37,8 +37,10 @@ transformers.utils.logging.disable_progress_bar()
 REPO = Path(__file__).resolve().parents[1]
 BERT = REPO / "configs" / "recipe" / "bert.yaml"
 DISTIL = REPO / "configs" / "recipe" / "distilbert.yaml"
-# A corpus neither recipe was written for: 16 pydoc topics, 64-token rows.
+# A corpus neither recipe was written for (they default to pydoc): 16 WikiText-2 articles
+# (the validation file of the real data), 64-token rows.
 DATA = ["data.max_documents=16", "data.validation_fraction=0.2", "data.max_seq_length=64"]
+CORPUS = {}  # "path": the corpus file, set by the teacher fixture from the data_dir fixture
 TEACHER = [*DATA, "model.hidden_size=32", "model.num_hidden_layers=4", "model.num_attention_heads=2",
            "model.intermediate_size=64", "data.tokenizer.vocab_size=600", "data.masking.max_predictions_per_seq=10",
            "train.max_steps=4", "train.eval_every=4", "train.global_batch_size=8", "train.micro_batch_size=8",
@@ -54,9 +56,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
+def teacher(tmp_path_factory, data_dir: Path) -> Path:
+    CORPUS["path"] = data_dir / "wikitext-2" / "valid.txt"
     root = tmp_path_factory.mktemp("teacher")
-    train(load_run_config(BERT, "smoke", [*TEACHER, f"run_dir={root / 'run'}", f"data.output_dir={root / 'data'}"]))
+    train(load_run_config(BERT, "smoke", [*TEACHER, f"data.corpus={CORPUS['path']}", f"run_dir={root / 'run'}",
+                                          f"data.output_dir={root / 'data'}"]))
     return root / "run"
 
 
@@ -66,7 +70,8 @@ def student_data(tmp_path_factory) -> Path:
 
 
 def student_overrides(run: Path, teacher: Path, data: Path, *extra: str):
-    return [*STUDENT, f"distillation.teacher={teacher}", f"run_dir={run}", f"data.output_dir={data}", *extra]
+    return [*STUDENT, f"data.corpus={CORPUS['path']}", f"distillation.teacher={teacher}", f"run_dir={run}",
+            f"data.output_dir={data}", *extra]
 
 
 def _strip(lines):
@@ -190,7 +195,8 @@ def test_export_is_a_distilbert_that_gives_our_logits(tmp_path: Path, cli_run):
     tok = transformers.AutoTokenizer.from_pretrained(out)
     assert type(hf).__name__ == "DistilBertForMaskedLM" and hf.config.n_layers == 2
     assert sum(p.numel() for p in hf.parameters()) == sum(p.numel() for p in ours.parameters())  # no token types, no pooler
-    enc = tok(["The for statement iterates over a sequence.", "Raise an [MASK] here."], padding=True, return_tensors="pt")
+    enc = tok(["The team won the league in the following season.", "It was [MASK] in 1905."], padding=True,
+              return_tensors="pt")
     with torch.no_grad():
         theirs = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     mine = ours.logits(enc["input_ids"], enc["attention_mask"])["mlm_logits"]

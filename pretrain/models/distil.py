@@ -88,7 +88,8 @@ def teacher_spec(path: str) -> Tuple[Any, str, Optional[Path], Optional[str]]:
     p = Path(path)
     if not p.exists():
         raise UserError(f"distillation.teacher={path}: no such file or directory; give a run directory of this "
-                        "trainer or a Hugging Face model directory")
+                        "trainer (e.g. train one: pretrain train configs/recipe/bert.yaml --preset smoke) or a Hugging "
+                        "Face model directory")
     if is_hf_directory(p):
         try:
             config = _transformers().AutoConfig.from_pretrained(p)
