@@ -12,11 +12,16 @@ from typing import Any, Type
 
 def task_class(cfg: Any) -> Type:
     """The ``pretrain.tasks.base.Task`` subclass of run config ``cfg``'s ``task`` key
-    (``pretrain.config.TaskName``): ``pretraining`` → ``PretrainingTask``, ``electra`` →
-    ``ElectraTask``. A config without the key (another task's own config type, passed to
-    ``train(cfg, task=...)`` with its class) is pretraining. The key is typed, checked when
-    the config loads."""
-    if getattr(cfg, "task", "pretraining") == "electra":
+    (``pretrain.config.TaskName``): ``pretraining`` → ``PretrainingTask``, ``distillation``
+    → ``DistillationTask``, ``electra`` → ``ElectraTask``. A config without the key (another
+    task's own config type, passed to ``train(cfg, task=...)`` with its class) is
+    pretraining. The key is typed, checked when the config loads."""
+    name = getattr(cfg, "task", "pretraining")
+    if name == "distillation":
+        from pretrain.tasks.distillation import DistillationTask
+
+        return DistillationTask
+    if name == "electra":
         from pretrain.tasks.electra import ElectraTask
 
         return ElectraTask
@@ -27,7 +32,8 @@ def task_class(cfg: Any) -> Type:
 
 def build_trainable(cfg: Any):
     """The trainable module of run config ``cfg`` (its ``model`` with vocab_size set), as
-    its task builds it: ``BertForPretraining`` or ``ElectraForPretraining``. Used by
+    its task builds it: ``BertForPretraining`` (MLM, or a distillation student) or
+    ``ElectraForPretraining``. Used by
     checkpoint readers (export) that must rebuild what a run trained. Build under
     ``torch.device("meta")`` to count without allocating."""
     if getattr(cfg, "task", "pretraining") == "electra":

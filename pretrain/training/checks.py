@@ -46,7 +46,8 @@ def check_run(cfg: Any, world_size: int, task: Optional[Type[Task]] = None) -> D
     """Check run config ``cfg`` for ``world_size`` data-parallel ranks without touching
     data: the training cadences, the optimizer, the lr schedule against ``max_steps``, the
     global batch against the ranks, and the task's own config checks
-    (``Task.check_config``; default: the class of the config's ``task`` key, ``pretrain.tasks.task_class``).
+    (``Task.check_config``; default: the class of the config's ``task`` key,
+    ``pretrain.tasks.task_class``).
 
     Returns the DeepSpeed config dict (``pretrain.training.engine.deepspeed_config``).
     Raises UserError (one line, naming the key) for the first problem found.

@@ -78,7 +78,7 @@ def train(cfg, resume: bool = False, task: Optional[Type[Task]] = None) -> Dict[
             if there is none); the result — losses, eval metrics, weights — is bit-identical
             to an uninterrupted run in fp32 on CPU.
         task: the Task class (default: the class of the config's ``task`` key,
-            ``pretrain.tasks.task_class``; MLM pretraining for a plain RunConfig).
+            ``pretrain.tasks.task_class``: pretraining, distillation or electra).
 
     Callable repeatedly in one process (the ablation runner trains arm after arm). SIGUSR1
     or SIGTERM at any time makes the run save a checkpoint after the step in progress and
