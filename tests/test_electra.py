@@ -132,7 +132,7 @@ def test_config_selects_the_task_and_every_value_is_checked():
     assert task_class(cfg) is ElectraTask and cfg.electra.disc_weight == 50.0
     assert task_class(load_run_config(REPO / "configs" / "recipe" / "roberta.yaml", "smoke")).__name__ == "PretrainingTask"
     check_run(cfg, 1)
-    with pytest.raises(UserError, match="task.*pretraining, electra"):
+    with pytest.raises(UserError, match="task.*pretraining, distillation, electra"):
         load_run_config(RECIPE, "smoke", ["task=electrra"])
     with pytest.raises(UserError, match="disc_positions.*all, masked"):
         load_run_config(RECIPE, "smoke", ["electra.disc_positions=some"])
