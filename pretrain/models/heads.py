@@ -134,6 +134,20 @@ class FineTuneModel(nn.Module):
             self.head.pooler.load_state_dict(sentence_head.pooler.state_dict())
         return self
 
-    def num_parameters(self) -> int:
-        """Parameter count, each tensor once."""
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameter count, each tensor once; ``non_embedding`` drops word and position
+        embeddings (as ``BertForPretraining.num_parameters``)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            e = self.encoder.embeddings
+            n -= e.word_embeddings.weight.numel() + e.position_embeddings.weight.numel()
+        return n
+
+    def applied_parameters(self) -> int:
+        """Non-embedding parameters applied to each token, a shared block once per layer it
+        runs in (ALBERT §4.7), for ``pretrain.models.encoder.flops_per_token``."""
+        enc = self.encoder
+        attn = sum(p.numel() for p in enc.attention.parameters())
+        ffn = sum(p.numel() for p in enc.ffn.parameters())
+        per_layer = attn // len(enc.attention) + ffn // len(enc.ffn)
+        return self.num_parameters(non_embedding=True) - attn - ffn + enc.num_layers * per_layer

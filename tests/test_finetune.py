@@ -1,0 +1,124 @@
+"""Fine-tuning configs, the seed/lr protocol, and pretrained-model loading: our checkpoint and
+its Hugging Face export give the same model, the same tokenizer and the same probe scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.errors import UserError
+from pretrain.downstream.config import load_finetune_config
+from pretrain.downstream.runner import run_configs, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dir):
+    """A tiny BERT (NSP head) saved as one of our checkpoints, with a wordpiece tokenizer
+    trained on SST-2, CoNLL-2003 and BLiMP text; and its Hugging Face export."""
+    from data_prep.tokenizer import load_tokenizer, train_tokenizer
+    from pretrain.config import load_run_config, to_dict
+    from pretrain.downstream import blimp, conll, glue
+    from pretrain.models.encoder import build_model
+    from pretrain.models.hf import export_checkpoint
+    from pretrain.training.checkpoint import CLIENT_KEY, LATEST, MODEL_STATES
+
+    root = tmp_path_factory.mktemp("tiny")
+    text = [e.text_a for e in glue.load_examples("sst2", "dev", data_dir / "glue")]
+    text += [" ".join(s.words) for s in conll.load_sentences("dev", data_dir / "conll2003")[:1500]]
+    text += [p.good for p in blimp.load_pairs(data_dir / "blimp", limit=10)]
+    tok_dir = root / "data"
+    tok = train_tokenizer("wordpiece", text, 1200, 2, tok_dir / "tokenizer.json")
+    n = load_tokenizer(tok, "wordpiece").vocab_size
+    overrides = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+                 "model.intermediate_size=64", "model.max_position_embeddings=64", f"model.vocab_size={n}",
+                 "data.max_seq_length=64", "name=tiny-bert"]
+    cfg = load_run_config(REPO / "configs" / "recipe" / "bert.yaml", "smoke", overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.objective.sentence)
+    run = root / "run"
+    ckpt = run / "checkpoints" / "step-0000010"
+    ckpt.mkdir(parents=True)
+    torch.save({"module": model.state_dict(), CLIENT_KEY: {"config": to_dict(cfg)}}, ckpt / MODEL_STATES)
+    (run / "checkpoints" / LATEST).write_text(ckpt.name + "\n")
+    (run / "summary.json").write_text(json.dumps({"status": "done", "data_dir": str(tok_dir)}))
+    hf = export_checkpoint(run, root / "hf")
+    return run, hf, model
+
+
+def test_recipe_follows_the_family_and_layers_merge_in_order():
+    base = {"pretrained": "x", "task": "cola"}
+    bert = load_finetune_config("bert", None, [], base)
+    assert list(bert.lrs) == [5e-5, 3e-5, 2e-5] and bert.epochs == 3 and bert.train.global_batch_size == 32
+    rob = load_finetune_config("roberta", None, [], base)
+    assert rob.warmup_fraction == 0.06 and rob.epochs == 10 and rob.train.optimizer.weight_decay == 0.1
+    # ALBERT's per-task row (Table 14: CoLA lr 1e-5, batch 16), under the preset and the command line
+    alb = load_finetune_config("albert", None, [], base)
+    assert list(alb.lrs) == [1e-5] and alb.train.global_batch_size == 16
+    alb = load_finetune_config("albert", "smoke", ["lrs=[1e-3]"], base)
+    assert list(alb.lrs) == [1e-3] and alb.train.global_batch_size == 16 and alb.data.max_train_rows == 256
+    with pytest.raises(UserError, match="unknown key 'epoch'; valid keys: classifier_dropout"):
+        load_finetune_config("bert", None, ["epoch=3"], base)
+    with pytest.raises(UserError, match="task"):
+        load_finetune_config("bert", None, ["task=sst-2"], base)
+    with pytest.raises(UserError, match=r"unknown fine-tuning preset 'tiny' \(no .*\); available: small, smoke"):
+        load_finetune_config("bert", "tiny", [], base)
+    with pytest.raises(UserError, match="pretrained is not set"):
+        load_finetune_config("bert", None, [], {"task": "sst2"})
+
+
+def test_runs_derive_steps_warmup_and_cadence_from_epochs(tmp_path):
+    cfg = load_finetune_config("bert", None, ["lrs=[1e-4,3e-4]", "seeds=[1,2,3]"], {"pretrained": "x", "task": "rte"})
+    runs = run_configs(cfg, tmp_path, 2490)
+    assert len(runs) == 6 and {(r.train.optimizer.lr, r.train.seed) for r in runs} == {(lr, s) for lr in (1e-4, 3e-4) for s in (1, 2, 3)}
+    r = runs[0]
+    assert r.train.max_steps == 3 * (2490 // 32) == 231 and r.train.schedule.warmup_steps == 23
+    assert r.train.eval_every == 77 and r.train.checkpoint_every == 231
+    assert Path(r.run_dir) == tmp_path / "lr-0.0001" / "seed-1"
+    with pytest.raises(UserError, match="fewer than train.global_batch_size=32"):
+        run_configs(cfg, tmp_path, 20)
+
+
+def test_score_is_the_median_over_seeds_at_the_lr_with_the_best_median():
+    per_run = {
+        1e-4: {1: {"dev_accuracy": 0.80}, 2: {"dev_accuracy": 0.90}, 3: {"dev_accuracy": 0.70}},
+        3e-4: {1: {"dev_accuracy": 0.95}, 2: {"dev_accuracy": 0.50}, 3: {"dev_accuracy": 0.60}},
+    }
+    s = summarize("sst2", per_run)
+    assert s["main_metric"] == "dev_accuracy" and s["chosen_lr"] == 1e-4  # median 0.80 beats 0.60
+    assert s["score"] == pytest.approx(0.80) and (s["score_min"], s["score_max"]) == (0.70, 0.90)
+    assert s["per_lr"]["lr-0.0003"]["scores"]["1"] == {"dev_accuracy": 0.95}  # every seed kept
+    assert summarize("conll2003", {1e-4: {1: {"test_entity_f1": 0.5, "dev_entity_f1": 0.6}}})["main_metric"] == "test_entity_f1"
+
+
+def test_checkpoint_and_its_hf_export_load_to_the_same_model_and_tokenizer(tiny_run):
+    from pretrain.downstream.source import load_pretrained
+
+    run, hf, model = tiny_run
+    a, b = load_pretrained(run), load_pretrained(hf)
+    assert (a.sentence, b.sentence) == ("nsp", "nsp") and a.tokenizer.vocab_size == b.tokenizer.vocab_size
+    text = ["Many girls insulted themselves.", "EU rejects German call to boycott British lamb ."]
+    assert a.tokenizer.encode_batch(text) == b.tokenizer.encode_batch(text)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    r = load_pretrained(run, random_init=True, seed=3)
+    assert not torch.equal(r.model.encoder.embeddings.word_embeddings.weight, sa["encoder.embeddings.word_embeddings.weight"])
+
+
+def test_probe_cli_gives_the_same_blimp_score_for_checkpoint_and_export(tiny_run, tmp_path):
+    from pretrain.cli import main
+
+    run, hf, _ = tiny_run
+    args = ["--limit", "2", "--phenomena", "anaphor_gender_agreement", "causative", "drop_argument"]
+    assert main(["probe", "blimp", str(run), *args]) == 0
+    assert main(["probe", "blimp", str(hf), *args, "--out", str(tmp_path / "hf-eval")]) == 0
+    ours = json.loads((run / "eval" / "blimp.json").read_text())
+    theirs = json.loads((tmp_path / "hf-eval" / "blimp.json").read_text())
+    assert ours["pairs"] == 6 and ours["phenomena"] == theirs["phenomena"] and ours["overall"] == theirs["overall"]
+    assert main(["probe", "sentence", str(run), "--pairs", "30", "--runs", str(tmp_path)]) == 0
+    rec = json.loads((run / "eval" / "sentence.json").read_text())
+    assert rec["corpus"] == "pydoc" and rec["nsp"]["count"] <= 30 and rec["sentence_objective"] == "nsp"
