@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,11 @@ from common.errors import UserError
 from common.schema import IGNORE_INDEX
 from pretrain.downstream import conll, glue
 from pretrain.downstream.encode import encode_pairs, encode_words
-from pretrain.downstream.metrics import classification_scores, entity_scores, regression_scores
+from pretrain.downstream.metrics import (
+    classification_scores,
+    entity_scores,
+    regression_scores,
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +144,8 @@ def test_metrics_follow_glue_and_conlleval():
 
 
 def _tiny_cfg(family="bert", vocab=200):
-    from pretrain.config import ModelConfig
     from common.configfile import merge_into
+    from pretrain.config import ModelConfig
 
     extra = {"position_offset": 2, "max_position_embeddings": 66, "type_vocab_size": 1} if family == "roberta" else {}
     return merge_into(ModelConfig, {"family": family, "vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": 2,
@@ -174,7 +177,11 @@ def test_heads_take_the_pretrained_encoder_and_hf_layout(family):
 
 
 def test_criteria_return_sums_and_counts_that_give_the_mean():
-    from pretrain.criterions.finetuning import ClassificationCriterion, RegressionCriterion, TokenCriterion
+    from pretrain.criterions.finetuning import (
+        ClassificationCriterion,
+        RegressionCriterion,
+        TokenCriterion,
+    )
     from pretrain.models.heads import FineTuneModel
 
     cfg = _tiny_cfg()

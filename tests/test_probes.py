@@ -3,9 +3,9 @@ the real BLiMP files and the embedded pydoc corpus, with a tiny model."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 
 from common.errors import UserError
 from pretrain.downstream import blimp, sentence_probe

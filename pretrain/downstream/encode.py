@@ -159,12 +159,9 @@ def tokenizer_for_hf_dir(directory: str | Path, family: str) -> TokenizerInfo:
     except Exception as e:  # missing vocabulary files, sentencepiece absent, ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{d}: no tokenizer.json and no tokenizer transformers can load ({msg})") from None
-    tmp = Path(d) / "tokenizer.json"
-    try:
-        backend.save(str(tmp))
-    except OSError:
-        import tempfile
+    import tempfile
 
-        tmp = Path(tempfile.mkdtemp()) / "tokenizer.json"
-        backend.save(str(tmp))
+    # load_tokenizer reads a file; write the converted tokenizer beside nothing of the user's.
+    tmp = Path(tempfile.mkdtemp(prefix="hf-tokenizer-")) / "tokenizer.json"
+    backend.save(str(tmp))
     return load_tokenizer(tmp, kind)

@@ -195,7 +195,9 @@ def finetune(
     out = Path(out) if out else job_directory(ident, task, random_init, runs_root)
     n_train = count_train_rows(task, cfg.data.source, cfg.data.max_train_rows)
     runs = run_configs(cfg, out, n_train)
-    from pretrain.training.checks import check_run  # every run checked before the first trains
+    from pretrain.training.checks import (
+        check_run,  # every run checked before the first trains
+    )
 
     for r in runs:
         check_run(r, 1, FinetuningTask)

@@ -18,11 +18,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from common.errors import UserError
 from data_prep.tokenizer import TokenizerInfo
 from pretrain.downstream import conll, glue
 from pretrain.downstream.encode import Encoded, encode_pairs, encode_words
-from pretrain.downstream.metrics import classification_scores, entity_scores, regression_scores
+from pretrain.downstream.metrics import (
+    classification_scores,
+    entity_scores,
+    regression_scores,
+)
 
 NER_TASK = "conll2003"
 SAMPLE_SEED = 0
