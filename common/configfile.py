@@ -4,6 +4,7 @@ configs), so an unknown key or a wrongly typed value fails at load time with the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable, Type, TypeVar
 
@@ -13,6 +14,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from common.errors import UserError
 
 T = TypeVar("T")
+# OmegaConf's message for a value outside a Literal (or Enum) type.
+_CHOICE = re.compile(r"^Invalid value '(.*)', expected one of \[(.*)\]$")
 
 
 def read_yaml(path: str | Path) -> DictConfig:
@@ -67,6 +70,11 @@ def _explain(e: OmegaConfBaseException, base: DictConfig, where: str) -> str:
         node = OmegaConf.select(base, parent) if parent else base
         valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "?"
         return f"{where}: unknown key '{key}'; valid keys{' under ' + parent if parent else ''}: {valid}"
+    choice = _CHOICE.match(_first_line(e))
+    if choice:  # a Literal-typed key: say it the way every other choice error does
+        value, valid = choice.groups()
+        names = ", ".join(v.strip().strip("'\"") for v in valid.split(","))
+        return f"{where}: {key}={value!r} is not one of: {names}"
     return f"{where}: bad value for '{key}': {_first_line(e)}"
 
 

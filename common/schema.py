@@ -9,12 +9,16 @@ Sentence objectives: none (RoBERTa §4.2), NSP (Devlin et al. 2019, §3.1), SOP 
 ``ignore_index`` of ``torch.nn.functional.cross_entropy``).
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Literal, Tuple, get_args
 
-FORMATS: Tuple[str, ...] = ("segment_pair", "sentence_pair", "full_sentences", "doc_sentences")
+# Typed choices: config fields annotated with these fail at load time on any other value.
+Format = Literal["segment_pair", "sentence_pair", "full_sentences", "doc_sentences"]
+SentenceObjective = Literal["none", "nsp", "sop"]
+
+FORMATS: Tuple[str, ...] = get_args(Format)
 PAIR_FORMATS: Tuple[str, ...] = ("segment_pair", "sentence_pair")
 PACKED_FORMATS: Tuple[str, ...] = ("full_sentences", "doc_sentences")
-SENTENCE_OBJECTIVES: Tuple[str, ...] = ("none", "nsp", "sop")
+SENTENCE_OBJECTIVES: Tuple[str, ...] = get_args(SentenceObjective)
 
 # Shard column holding each sentence objective's labels.
 LABEL_COLUMNS: Dict[str, str] = {"nsp": "next_sentence_label", "sop": "sentence_order_label"}

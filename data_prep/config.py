@@ -10,19 +10,24 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Literal, Optional, Sequence, get_args
 
 from omegaconf import OmegaConf
 
 from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
-from common.schema import FORMATS, SENTENCE_OBJECTIVES
+from common.schema import Format, SentenceObjective
 
-TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
-MASKING_MODES = ("static", "dynamic")
-MASKING_UNITS = ("token", "whole_word", "ngram")
+# Typed choices: a value outside them fails when the config loads, naming the valid ones.
+TokenizerKind = Literal["bpe", "wordpiece", "unigram"]
+MaskingMode = Literal["static", "dynamic"]
+MaskingUnit = Literal["token", "whole_word", "ngram"]
 # How the trainer batches DOC-SENTENCES rows (read by pretrain.training.batching; data bytes unchanged).
-DOC_SENTENCES_BATCHING = ("tokens", "sequences")
+DocSentencesBatching = Literal["tokens", "sequences"]
+TOKENIZER_KINDS = get_args(TokenizerKind)
+MASKING_MODES = get_args(MaskingMode)
+MASKING_UNITS = get_args(MaskingUnit)
+DOC_SENTENCES_BATCHING = get_args(DocSentencesBatching)
 
 
 @dataclass
@@ -40,7 +45,7 @@ class TokenizerConfig:
     min_frequency: minimum pair/token count for a merge when training.
     """
 
-    kind: str = "bpe"
+    kind: TokenizerKind = "bpe"
     vocab_size: int = 8192
     path: Optional[str] = None
     min_frequency: int = 2
@@ -69,13 +74,13 @@ class MaskingConfig:
         length 128, 80 at 512; ALBERT: 20 at 512); None = no cap.
     """
 
-    mode: str = "dynamic"
+    mode: MaskingMode = "dynamic"
     dupe_factor: int = 10
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
     validation_seed: int = 4242
-    unit: str = "token"
+    unit: MaskingUnit = "token"
     max_ngram: int = 3
     max_predictions_per_seq: Optional[int] = None
 
@@ -117,26 +122,23 @@ class DataConfig:
     max_documents: Optional[int] = None
     validation_fraction: float = 0.05
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    format: str = "full_sentences"
-    sentence_objective: str = "none"
+    format: Format = "full_sentences"
+    sentence_objective: SentenceObjective = "none"
     max_seq_length: int = 128
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     rows_per_shard: int = 16384
     short_seq_prob: float = 0.1
     chunk_documents: int = 1000
-    doc_sentences_batching: str = "tokens"
+    doc_sentences_batching: DocSentencesBatching = "tokens"
     num_workers: int = 1
     seed: int = 12345
     output_dir: Optional[str] = None
 
 
 def check_data_config(cfg: DataConfig) -> None:
-    """Reject value combinations the pipeline cannot build. Raises UserError (one line)."""
-    _choice("format", cfg.format, FORMATS)
-    _choice("sentence_objective", cfg.sentence_objective, SENTENCE_OBJECTIVES)
-    _choice("tokenizer.kind", cfg.tokenizer.kind, TOKENIZER_KINDS)
-    _choice("masking.mode", cfg.masking.mode, MASKING_MODES)
-    _choice("masking.unit", cfg.masking.unit, MASKING_UNITS)
+    """Reject value combinations the pipeline cannot build. Raises UserError (one line).
+    Single choices (format, tokenizer.kind, masking.mode ...) are typed: a bad one fails
+    earlier, when the config loads."""
     m = cfg.masking
     if m.max_ngram < 1:
         raise UserError(f"masking.max_ngram={m.max_ngram} must be >= 1")
@@ -158,7 +160,6 @@ def check_data_config(cfg: DataConfig) -> None:
         raise UserError(
             f"format={cfg.format} needs sentence_objective={need}, got {cfg.sentence_objective}"
         )
-    _choice("doc_sentences_batching", cfg.doc_sentences_batching, DOC_SENTENCES_BATCHING)
     if not 0.0 <= cfg.short_seq_prob <= 1.0:
         raise UserError(f"short_seq_prob={cfg.short_seq_prob} must be in [0, 1]")
     if cfg.chunk_documents < 2:
@@ -181,11 +182,6 @@ def resolve_output_dir(cfg: DataConfig) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir)
     return Path("data-cache") / data_fingerprint(cfg)
-
-
-def _choice(key: str, value: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise UserError(f"{key}={value!r} is not one of: {', '.join(valid)}")
 
 
 def load_data_config(path: Optional[str], overrides: Sequence[str] = ()) -> DataConfig:

@@ -18,13 +18,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, get_args
 
 from omegaconf import DictConfig, OmegaConf
 
 from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
+from common.schema import SentenceObjective
 from data_prep.config import DataConfig, check_data_config
+
+# Typed choices (OmegaConf checks Literal fields): a value outside them fails when the
+# config loads — YAML file, preset, ablation arm or key=value — naming the valid values.
+Family = Literal["bert", "roberta", "albert"]
+Sharing = Literal["none", "all", "attention", "ffn"]
+Activation = Literal["gelu", "gelu_new", "relu"]
+Precision = Literal["fp32", "bf16", "fp16"]
+OptimizerName = Literal["adamw", "lamb"]
+LambImpl = Literal["auto", "fused", "torch"]
+ScheduleName = Literal["linear", "polynomial", "wsd"]
+ZeroStage = Literal[0, 1, 2, 3]
+FAMILIES = get_args(Family)
+SHARING = get_args(Sharing)
+ACTIVATIONS = get_args(Activation)
+PRECISIONS = get_args(Precision)
 
 
 @dataclass
@@ -62,14 +78,14 @@ class ModelConfig:
     intermediate_size: int = 3072
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
-    hidden_act: str = "gelu"
+    hidden_act: Activation = "gelu"
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    family: str = "bert"
+    family: Family = "bert"
     embedding_size: Optional[int] = None
-    sharing: str = "none"
+    sharing: Sharing = "none"
     pre_ln: bool = False
     position_offset: int = 0
 
@@ -82,7 +98,7 @@ class ObjectiveConfig:
         ``sentence_objective`` so the two agree unless set on purpose.
     """
 
-    sentence: str = "${data.sentence_objective}"
+    sentence: SentenceObjective = "${data.sentence_objective}"
 
 
 @dataclass
@@ -98,12 +114,12 @@ class OptimizerConfig:
         otherwise. Ignored for adamw.
     """
 
-    name: str = "adamw"
+    name: OptimizerName = "adamw"
     lr: float = 6e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     weight_decay: float = 0.01
-    lamb_impl: str = "auto"
+    lamb_impl: LambImpl = "auto"
 
 
 @dataclass
@@ -122,7 +138,7 @@ class ScheduleConfig:
         is Hägele et al. 2024's).
     """
 
-    name: str = "linear"
+    name: ScheduleName = "linear"
     warmup_steps: int = 100
     power: float = 1.0
     decay_steps: Optional[int] = None
@@ -157,8 +173,8 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     gradient_clipping: float = 1.0
-    precision: str = "fp32"
-    zero_stage: int = 0
+    precision: Precision = "fp32"
+    zero_stage: ZeroStage = 0
     eval_every: int = 200
     eval_max_batches: Optional[int] = None
     log_every: int = 10

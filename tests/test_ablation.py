@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from common.atomic import write_json_atomic
 from common.errors import UserError
 from data_prep.config import data_fingerprint
 from pretrain.ablations.runner import (
@@ -134,7 +135,7 @@ class _Recorder:
         (run / rundir.METRICS).write_text(json.dumps(ev) + "\n")
         summary = {"status": "done", "steps": cfg.train.max_steps, "tokens_seen": 1000, "epochs": 1.0, "wall_time_s": 6.0,
                    "final_eval": {k: ev[k] for k in ("mlm_loss", "perplexity", "mlm_accuracy")}}
-        rundir.write_json_atomic(run / rundir.SUMMARY, summary)
+        write_json_atomic(run / rundir.SUMMARY, summary)
         return summary
 
 

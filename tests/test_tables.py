@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from common.atomic import write_json_atomic
 from common.errors import UserError
 from pretrain.ablations.tables import collect_arm, rebuild_tables
 from pretrain.cli import main as pretrain_main
@@ -66,7 +67,7 @@ def fabricated(tmp_path: Path) -> Path:
     _write_record(abl)
     # a: finished
     _write_metrics(abl / "a", [_train(10, 7.0, 40960), _eval(10, 6.9, 0.05, 40960), _train(20, 6.2, 81920), _eval(20, 6.123456789, 0.0987654321, 81920)])
-    rundir.write_json_atomic(abl / "a" / rundir.SUMMARY, SUMMARY_A)
+    write_json_atomic(abl / "a" / rundir.SUMMARY, SUMMARY_A)
     # b: interrupted after step 10, resumed from step 5 and killed mid-write at step 10 again:
     # the second step-10 lines win, the truncated last line is ignored.
     _write_metrics(abl / "b", [_train(5, 7.5, 20480), _train(10, 7.3, 40960), _eval(10, 7.25, 0.03, 40960),

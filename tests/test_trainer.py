@@ -21,13 +21,9 @@ from data_prep.shards import ShardSet
 from pretrain.config import ModelConfig, TrainConfig, load_run_config
 from pretrain.models.encoder import build_model
 from pretrain.training import checkpoint, rundir
-from pretrain.training.loop import (
-    NonFiniteLoss,
-    accumulation_steps,
-    check_device,
-    deepspeed_config,
-    train,
-)
+from pretrain.training.checks import check_device
+from pretrain.training.engine import accumulation_steps, deepspeed_config, split_batch
+from pretrain.training.loop import NonFiniteLoss, train
 from pretrain.training.mfu import gpu_peak_flops, peak_flops
 from pretrain.training.optim import param_groups, schedule_fn
 
@@ -63,10 +59,12 @@ def data(tmp_path_factory) -> Path:
 def test_accumulation_is_derived_from_global_micro_and_world():
     assert accumulation_steps(64, 8, 2) == 4
     assert accumulation_steps(32, 32, 1) == 1
-    with pytest.raises(UserError, match=r"global_batch_size=48 is not divisible by train.micro_batch_size=5 x 2 rank\(s\); "
-                                         r"valid micro batch sizes: 1, 2, 3, 4, 6, 8, 12, 24$"):
-        accumulation_steps(48, 5, 2)
-    with pytest.raises(UserError, match="does not split over 4 ranks"):
+    # micro_batch_size is a maximum: the largest divisor of global / world not above it
+    assert split_batch(48, 5, 2) == (4, 6)
+    assert split_batch(32, 32, 2) == (16, 1)  # the smoke preset on 2 ranks
+    assert split_batch(256, 32, 16) == (16, 1)  # BERT's batch on 2 nodes x 8 GPUs
+    assert split_batch(26, 8, 2) == (1, 13)  # 13 is prime
+    with pytest.raises(UserError, match="does not split over 4 ranks; use a multiple of 4"):
         accumulation_steps(30, 5, 4)
 
 
@@ -85,9 +83,9 @@ def test_lamb_config_picks_the_implementation_and_refuses_zero():
         with pytest.raises(UserError, match=rf"^train.optimizer.name=lamb does not work with train.zero_stage={stage}: "
                                             r"ZeRO hands the optimizer flat partitions.*use zero_stage=0$"):
             deepspeed_config(merge_into(TrainConfig, {**lamb, "zero_stage": stage}), 1)
-    with pytest.raises(UserError, match=r"train.optimizer.lamb_impl='cuda' is not one of: auto, fused, torch"):
+    with pytest.raises(UserError, match=r"optimizer.lamb_impl='cuda' is not one of: auto, fused, torch"):
         deepspeed_config(merge_into(TrainConfig, {"optimizer": {"name": "lamb", "lamb_impl": "cuda"}}), 1)
-    with pytest.raises(UserError, match=r"train.optimizer.name='sgd' is not one of: adamw, lamb"):
+    with pytest.raises(UserError, match=r"optimizer.name='sgd' is not one of: adamw, lamb"):
         deepspeed_config(merge_into(TrainConfig, {"optimizer": {"name": "sgd"}}), 1)
 
 
@@ -100,7 +98,7 @@ def test_deepspeed_config_follows_train_config():
     assert ds["optimizer"]["params"]["betas"] == [0.9, 0.999] and ds["optimizer"]["params"]["eps"] == 1e-8
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_clipping"] == 0.5
-    with pytest.raises(UserError, match="train.precision='fp8' is not one of"):
+    with pytest.raises(UserError, match="precision='fp8' is not one of"):
         deepspeed_config(merge_into(TrainConfig, {"precision": "fp8"}), 1)
 
 
@@ -124,7 +122,7 @@ def _schedule(max_steps: int, **schedule):
 def test_linear_schedule_warms_up_then_decays_to_zero():
     f = _schedule(110, warmup_steps=10)
     assert [f(0), f(5), f(10), f(60), f(110)] == [0.0, 0.5, 1.0, 0.5, 0.0]
-    with pytest.raises(UserError, match="train.schedule.name='cosine' is not one of: linear, polynomial, wsd"):
+    with pytest.raises(UserError, match="schedule.name='cosine' is not one of: linear, polynomial, wsd"):
         _schedule(100, name="cosine")
     with pytest.raises(UserError, match=r"warmup_steps=100 must be in \[0, train.max_steps=100\)"):
         _schedule(100, warmup_steps=100)
@@ -198,8 +196,8 @@ def test_train_presets_hold_the_papers_numbers(tmp_path: Path, preset, batch, st
 def test_bad_runs_are_refused_before_any_step(tmp_path: Path, data: Path):
     with pytest.raises(UserError, match=r"fewer than one global batch \(train.global_batch_size=4096\)"):
         train(tiny_cfg(tmp_path / "a", data, "train.global_batch_size=4096", "train.micro_batch_size=64"))
-    with pytest.raises(UserError, match=r"valid micro batch sizes: 1, 2, 4, 8, 16"):
-        train(tiny_cfg(tmp_path / "b", data, "train.micro_batch_size=6"))
+    with pytest.raises(UserError, match=r"roberta.yaml: model.sharing='alll' is not one of: none, all, attention, ffn$"):
+        train(tiny_cfg(tmp_path / "b", data, "model.sharing=alll"))
     with pytest.raises(UserError, match=r"model.vocab_size=10 is smaller than the tokenizer's"):
         train(tiny_cfg(tmp_path / "c", data, "model.vocab_size=10"))
     with pytest.raises(UserError, match="train.precision=fp16 needs a GPU"):
@@ -218,7 +216,7 @@ def test_bad_runs_are_refused_before_any_step(tmp_path: Path, data: Path):
 def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path: Path, data: Path, monkeypatch):
     """fp32: the loss of step 3 turns NaN (as after a blow-up); the run stops at once, saves
     nothing of the broken state, and names the checkpoint of step 2."""
-    import pretrain.training.loop as trainer
+    import pretrain.tasks.pretraining as trainer
 
     micro_per_step = 2  # global 16 = 2 micro batches of 8
 
@@ -230,7 +228,7 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path: Path
             out = forward(*args, **kwargs)
             calls[0] += 1
             if model.training and calls[0] > 2 * micro_per_step:
-                out["loss"] = out["loss"] * float("nan")
+                out["mlm_logits"] = out["mlm_logits"] * float("nan")
             return out
 
         model.forward = nan_from_step_3
@@ -238,7 +236,7 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path: Path
 
     monkeypatch.setattr(trainer, "build_model", poisoned_model)
     run = tmp_path / "nan"
-    with pytest.raises(NonFiniteLoss, match=rf"^non-finite loss at step 3 of {run} \(loss=nan, mlm_loss=6\.\d+\); stopped "
+    with pytest.raises(NonFiniteLoss, match=rf"^non-finite loss at step 3 of {run} \(loss=nan, mlm_loss=nan\); stopped "
                                             rf"without saving; the last good checkpoint is {run}/checkpoints/step-0000002 "
                                             r"\(step 2\)\. The run is deterministic"):
         train(tiny_cfg(run, data, "train.max_steps=6", "train.checkpoint_every=2", "train.log_every=1"))

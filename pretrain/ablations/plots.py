@@ -6,7 +6,6 @@ held-out MLM loss, one colour per arm. Matplotlib's Agg backend, so it works hea
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -15,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on cluster nodes or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.atomic import atomic_path  # noqa: E402
 from pretrain.training import rundir  # noqa: E402
 
 
@@ -78,8 +78,7 @@ def plot_loss_curves(runs: Dict[str, Path], out: Path, title: str) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, out)
     return out

@@ -15,121 +15,29 @@ interrupted ones) and writes the table after each arm so partial results are vis
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from common.configfile import merge_into, parse_overrides, read_yaml
+from common.atomic import write_text_atomic
+from common.configfile import parse_overrides
 from common.errors import UserError
 from data_prep.config import data_fingerprint, resolve_output_dir
+from pretrain.ablations.spec import (  # noqa: F401 (AblationRecord, arm_command: part of the runner's API)
+    _RESERVED,
+    AblationConfig,
+    AblationRecord,
+    ablate_command,
+    arm_command,
+    base_path,
+    load_ablation,
+    load_record,
+)
+from pretrain.ablations.tables import write_ablation_table
 from pretrain.config import RunConfig, load_run_config, resolve_preset, to_dict
 from pretrain.training import rundir
-
-# Arm and ablation names become directory names; keep them portable.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# Keys the runner sets itself (where each arm's run directory is).
-_RESERVED = ("name", "run_dir")
-
-
-@dataclass
-class PaperConfig:
-    """The paper's numbers for this ablation.
-
-    source: citation of the table, e.g. "Liu et al. 2019 (RoBERTa), Table 1".
-    columns: the paper's column names (shown in our table with " (paper)" appended).
-    rows: arm name → one number per column (null where the paper has none).
-    """
-
-    source: str = MISSING
-    columns: List[str] = MISSING
-    rows: Dict[str, List[Optional[float]]] = MISSING
-
-
-@dataclass
-class AblationConfig:
-    """One ablation: a base run config and the arms that differ from it.
-
-    name: directory name of the ablation under the runs root and the results directory.
-    title: human-readable title (paper, section, table).
-    base: run config YAML, relative to the ablation file.
-    arms: arm name → override mapping of the run config (``{}`` = the base as is).
-    paper: see PaperConfig.
-    """
-
-    name: str = MISSING
-    title: str = MISSING
-    base: str = MISSING
-    arms: Dict[str, Any] = MISSING
-    paper: PaperConfig = field(default_factory=PaperConfig)
-
-
-@dataclass
-class AblationRecord:
-    """What ``runs/<name>/ablation.yaml`` holds: the definition and how it was run, so
-    ``pretrain tables`` can rebuild the table (and print the run commands) from the run
-    directories alone."""
-
-    ablation: AblationConfig = field(default_factory=AblationConfig)
-    source: str = MISSING  # the ablation file as given on the command line
-    preset: str = MISSING
-    overrides: List[str] = field(default_factory=list)
-    runs_root: str = "runs"
-    results_dir: str = "results"
-
-
-def load_ablation(path: str | Path) -> AblationConfig:
-    """Load and check an ablation YAML.
-
-    Raises UserError (one line) for a missing/unparsable file, an unknown or missing key,
-    a name that is not a portable directory name, an arm whose overrides are not a mapping
-    or set ``name``/``run_dir``, or a paper row that names no arm or whose length differs
-    from ``paper.columns``.
-    """
-    p = Path(path)
-    cfg = merge_into(AblationConfig, read_yaml(p), where=str(p))
-    check_ablation(cfg, where=str(p))
-    return cfg
-
-
-def check_ablation(cfg: AblationConfig, where: str) -> None:
-    """Consistency checks of a loaded AblationConfig (see ``load_ablation``)."""
-    if not _NAME_RE.match(cfg.name):
-        raise UserError(f"{where}: name {cfg.name!r} must be letters, digits, '_', '-' or '.'")
-    if not cfg.arms:
-        raise UserError(f"{where}: 'arms' is empty; an ablation needs at least one arm")
-    for arm, layer in cfg.arms.items():
-        if not _NAME_RE.match(str(arm)):
-            raise UserError(f"{where}: arm name {arm!r} must be letters, digits, '_', '-' or '.'")
-        if layer is not None and not isinstance(layer, DictConfig):
-            raise UserError(f"{where}: arm {arm!r} must be a mapping of run-config overrides, got {layer!r}")
-        for key in _RESERVED:
-            if layer is not None and key in layer:
-                raise UserError(f"{where}: arm {arm!r} sets {key!r}; the ablation runner chooses each arm's run directory")
-    ncol = len(cfg.paper.columns)
-    for arm, row in cfg.paper.rows.items():
-        if arm not in cfg.arms:
-            raise UserError(f"{where}: paper row {arm!r} names no arm (arms: {', '.join(cfg.arms)})")
-        if len(row) != ncol:
-            raise UserError(f"{where}: paper row {arm!r} has {len(row)} numbers but paper.columns has {ncol}")
-
-
-def load_record(abl_dir: str | Path) -> AblationRecord:
-    """Load ``abl_dir/ablation.yaml`` (written by ``run_ablation``). Raises UserError."""
-    p = Path(abl_dir) / rundir.ABLATION
-    rec = merge_into(AblationRecord, read_yaml(p), where=str(p))
-    check_ablation(rec.ablation, where=str(p))
-    return rec
-
-
-def base_path(source: str | Path, base: str) -> Path:
-    """The base run config of an ablation: ``base`` is relative to the ablation file."""
-    return Path(source).parent / base
 
 
 def compose_arms(
@@ -186,21 +94,17 @@ def check_fair(cfgs: Dict[str, RunConfig]) -> None:
 
 
 def precheck_arms(cfgs: Dict[str, RunConfig]) -> None:
-    """Run the trainer's config checks (the ones it makes before touching data) on every
-    arm now, so an arm that would fail — e.g. warmup longer than max_steps — stops the
-    ablation before any data is built or any arm is trained. Raises UserError naming the
-    arm. World size from ``WORLD_SIZE`` (1 on one machine)."""
-    from pretrain.models.encoder import check_model_fits_data
-    from pretrain.training.loop import check_train_config, deepspeed_config
-    from pretrain.training.optim import schedule_fn
+    """Run the trainer's config checks (``pretrain.training.checks.check_run``, everything
+    it checks before touching data) on every arm now, so an arm that would fail — e.g.
+    warmup longer than max_steps — stops the ablation before any data is built or any arm
+    is trained. Raises UserError naming the arm. World size from ``WORLD_SIZE`` (1 on one
+    machine)."""
+    from pretrain.training.checks import check_run
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     for arm, cfg in cfgs.items():
         try:
-            check_train_config(cfg.train)
-            deepspeed_config(cfg.train, world_size)
-            schedule_fn(cfg.train.schedule, cfg.train.max_steps)
-            check_model_fits_data(cfg.model, cfg.data)
+            check_run(cfg, world_size)
         except UserError as e:
             raise UserError(f"arm {arm!r}: {e}") from None
 
@@ -257,28 +161,6 @@ def arm_state(run: Path) -> str:
     return "new"
 
 
-def ablate_command(rec: AblationRecord) -> str:
-    """The shell command that (re)runs an ablation as recorded."""
-    parts = ["pretrain", "ablate", rec.source, "--preset", rec.preset, *rec.overrides]
-    if rec.runs_root != "runs":
-        parts += ["--runs", rec.runs_root]
-    if rec.results_dir != "results":
-        parts += ["--results", rec.results_dir]
-    return shlex.join(parts)
-
-
-def arm_command(rec: AblationRecord, arm: str) -> str:
-    """An equivalent ``pretrain train`` command for one arm (the arm's overrides flattened
-    to key=value, then the ablation's command-line overrides)."""
-    layer = rec.ablation.arms[arm]
-    flat = _flatten(to_dict(layer) if layer is not None else {})
-    run = Path(rec.runs_root) / rec.ablation.name / arm
-    base = Path(_normpath(base_path(rec.source, rec.ablation.base)))
-    parts = ["pretrain", "train", str(base), "--preset", rec.preset, *flat, *rec.overrides]
-    parts += [f"name={rec.ablation.name}/{arm}", f"run_dir={run}"]
-    return shlex.join(parts)
-
-
 def plan_arms(
     path: str | Path,
     preset: str,
@@ -320,8 +202,6 @@ def run_ablation(
     (skip ``done``, resume ``partial``) and rewrite the table after each. Returns the
     written paths (``results_dir/<name>.md``, ``.csv``, ``.png``).
     """
-    from pretrain.ablations.tables import write_ablation_table, write_text_atomic
-
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     precheck_arms(cfgs)
     prepare_data(cfgs)
@@ -365,26 +245,3 @@ def _check_same_record(abl_dir: Path, rec: Any) -> None:
         )
 
 
-def _flatten(d: Dict[str, Any], prefix: str = "") -> List[str]:
-    out: List[str] = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out += _flatten(v, key + ".")
-        else:
-            out.append(f"{key}={_scalar(v)}")
-    return out
-
-
-def _scalar(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, separators=(",", ":"))
-    return str(v)
-
-
-def _normpath(p: Path) -> str:
-    return os.path.normpath(str(p))

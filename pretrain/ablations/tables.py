@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +20,10 @@ from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
 
+from common.atomic import write_text_atomic
 from common.errors import UserError
 from pretrain.ablations.plots import last_per_step, plot_loss_curves
-from pretrain.ablations.runner import (
-    AblationRecord,
-    ablate_command,
-    arm_command,
-    load_record,
-)
+from pretrain.ablations.spec import AblationRecord, ablate_command, arm_command, load_record
 from pretrain.training import rundir
 
 
@@ -237,10 +232,3 @@ def _md_cell(v: Any, fmt: str) -> str:
 def _md_escape(s: str) -> str:
     return s.replace("|", "\\|")
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename (readers never see
-    half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -212,7 +212,7 @@ def _helper(name: str, job_id: str) -> RunStatus:
 def _unsubmitted(base: Path) -> tuple[str, List[RunStatus]]:
     """A directory never submitted from: the run-directory states alone."""
     if (base / rundir.ABLATION).is_file():
-        from pretrain.ablations.runner import load_record
+        from pretrain.ablations.spec import load_record
 
         runs = {arm: base / arm for arm in load_record(base).ablation.arms}
     else:

@@ -253,34 +253,20 @@ def check_resumable(run: Path, cfg: RunConfig) -> None:
 
 
 def check_world(plan: Plan, job: JobOptions) -> None:
-    """The trainer's config checks for the job's world size (nodes × processes per node),
-    so a batch that does not split fails here, not after queueing. Raises UserError."""
-    from pretrain.models.encoder import check_model_fits_data
-    from pretrain.training.loop import check_train_config, deepspeed_config
-    from pretrain.training.optim import schedule_fn
+    """The trainer's config checks (``pretrain.training.checks.check_run``) for the job's
+    world size (nodes × processes per node), so a batch that does not split fails here,
+    not after queueing. Machine checks (a GPU for fp16) are left to the job's nodes.
+    Raises UserError."""
+    from pretrain.training.checks import check_run
 
     nproc = procs_per_node(job)
     world = job.nodes * nproc
     for name, cfg in plan.runs.items():
         label = f"arm {name!r}: " if plan.kind == "ablation" else ""
         try:
-            check_train_config(cfg.train)
-        except UserError:
-            # check_train_config tests fp16 last and refuses it when *this* machine has no
-            # GPU; the job's nodes have GPUs.
-            if not (job.gpus_per_node and cfg.train.precision == "fp16"):
-                raise
-        try:
-            deepspeed_config(cfg.train, world)
+            check_run(cfg, world)
         except UserError as e:
-            raise UserError(
-                f"{label}{job.nodes} node(s) x {nproc} process(es) per node = {world} ranks: {e}"
-            ) from None
-        try:
-            schedule_fn(cfg.train.schedule, cfg.train.max_steps)
-            check_model_fits_data(cfg.model, cfg.data)
-        except UserError as e:
-            raise UserError(f"{label}{e}") from None
+            raise UserError(f"{label}{job.nodes} node(s) x {nproc} process(es) per node = {world} ranks: {e}") from None
 
 
 # --------------------------------------------------------------------------- rendering
@@ -447,7 +433,7 @@ def submit(
 
 def _write_inputs(plan: Plan, scripts: Dict[str, str]) -> None:
     """Everything the jobs read: run configs, data configs, scripts, ablation.yaml."""
-    from pretrain.ablations.tables import write_text_atomic
+    from common.atomic import write_text_atomic
 
     plan.slurm_dir.mkdir(parents=True, exist_ok=True)
     for cfg in plan.runs.values():

@@ -1,5 +1,5 @@
-"""Pretraining objectives: the sentence-level head and the criteria that turn logits into
-losses (fairseq's split: the model produces logits, a criterion scores them).
+"""The pretraining criterion: masked LM plus an optional sentence-level loss, scored
+fairseq style from the model's logits (``pretrain.tasks.base.Criterion``).
 
 Objectives (``objective.sentence``):
 
@@ -9,43 +9,94 @@ Objectives (``objective.sentence``):
 - ``sop``: sentence-order prediction (Lan et al. 2020, §3.1 "Inter-sentence coherence
   loss"): are two consecutive segments of one document in their original order, or swapped?
 
-Both sentence tasks use the same head shape: BERT's pooler ``tanh(W · h_[CLS] + b)`` then a
-2-way linear classifier (Devlin et al. 2019, §3.1 and Figure 1; ALBERT keeps it, §3.1).
-Labels follow the Hugging Face convention the shards use: class 0 = "B follows A in the
-original text" (IsNext / in order), class 1 = "it does not" (random B / swapped). The total
-loss is the sum of the mean MLM loss and the mean sentence loss (Devlin et al. 2019,
-appendix A.2; Lan et al. 2020, §3.1).
+Both sentence tasks use the model's ``SentenceHead`` (``pretrain.models.encoder``); labels
+follow the Hugging Face convention the shards use: class 0 = "B follows A in the original
+text", class 1 = "it does not". The step loss is the mean MLM loss over the step's masked
+tokens plus the mean sentence loss over its pairs (Devlin et al. 2019, appendix A.2; Lan
+et al. 2020, §3.1), both over the GLOBAL counts of the optimizer step (fairseq's
+``sample_size``; the loop divides, ``pretrain.tasks.base``).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
-from common.schema import LABEL_COLUMNS, SENTENCE_OBJECTIVES
+from common.schema import IGNORE_INDEX, LABEL_COLUMNS
+from pretrain.models.encoder import SentenceHead
+from pretrain.tasks.base import Batch, Criterion, Terms
 
 
-def check_sentence_objective(sentence: str) -> None:
-    """Raise UserError unless ``sentence`` is one of none, nsp, sop."""
-    if sentence not in SENTENCE_OBJECTIVES:
-        raise UserError(f"objective.sentence={sentence!r} is not one of: {', '.join(SENTENCE_OBJECTIVES)}")
+class PretrainingCriterion(Criterion):
+    """Masked-LM cross-entropy summed over the labelled positions, plus, for ``nsp`` or
+    ``sop``, the 2-way sentence cross-entropy summed over the pairs; computed in fp32
+    whatever the model's dtype.
+
+    Args:
+        sentence: ``objective.sentence``: ``none``, ``nsp`` or ``sop``.
+
+    Terms and weights: ``{"mlm": 1.0}`` plus ``{sentence: 1.0}`` (logged as ``mlm_loss``,
+    ``nsp_loss`` / ``sop_loss``). Batches (``pretrain.training.batching.Collator``): int64
+    ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels`` ``[batch, seq]``
+    (-100 = not predicted) and the sentence label column ``[batch]``
+    (``next_sentence_label`` / ``sentence_order_label``). Logs: ``mlm_correct``,
+    ``mlm_count`` and, with a sentence term, ``sentence_correct``, ``sentence_count``
+    (int64 scalars).
+    """
+
+    def __init__(self, sentence: str) -> None:
+        self.sentence = sentence
+        self.label_column: Optional[str] = LABEL_COLUMNS.get(sentence)
+        self.weights = {"mlm": 1.0, **({sentence: 1.0} if self.label_column else {})}
+
+    def _sentence_labels(self, batch: Batch) -> torch.Tensor:
+        if self.label_column not in batch:
+            raise ValueError(f"the {self.sentence} criterion needs a {self.label_column} column in every batch; "
+                             f"got {', '.join(batch)}")
+        return batch[self.label_column].long().view(-1)
+
+    def sample_size(self, batch: Batch) -> Terms:
+        sizes = {"mlm": (batch["labels"] != IGNORE_INDEX).sum()}
+        if self.label_column:
+            sizes[self.sentence] = torch.tensor(self._sentence_labels(batch).numel())
+        return sizes
+
+    def __call__(self, model: nn.Module, batch: Batch) -> Tuple[Terms, Terms, Terms]:
+        labels = batch["labels"]
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"], labels=labels)
+        target = labels[labels != IGNORE_INDEX]
+        logits = out["mlm_logits"].float()
+        if target.numel():
+            mlm = F.cross_entropy(logits, target, reduction="sum")
+        else:  # keeps every parameter in the graph so data-parallel reduction does not stall
+            mlm = logits.sum() * 0.0
+        loss_sum, sample_size = {"mlm": mlm}, {"mlm": torch.tensor(target.numel())}
+        logs = {"mlm_correct": (logits.argmax(-1) == target).sum().detach(), "mlm_count": sample_size["mlm"]}
+        if self.label_column:
+            pairs = self._sentence_labels(batch).to(logits.device)
+            s_logits = out["sentence_logits"].float()
+            loss_sum[self.sentence] = F.cross_entropy(s_logits, pairs, reduction="sum")
+            sample_size[self.sentence] = torch.tensor(pairs.numel())
+            logs.update(sentence_correct=(s_logits.argmax(-1) == pairs).sum().detach(),
+                        sentence_count=sample_size[self.sentence])
+        return loss_sum, sample_size, logs
 
 
 def check_objective(sentence: str, shard_columns: Sequence[str]) -> None:
     """Refuse, before any training step, an objective the shards carry no labels for.
 
     Args:
-        sentence: ``objective.sentence`` (none | nsp | sop).
+        sentence: ``objective.sentence`` (none | nsp | sop; typed, so nothing else).
         shard_columns: column names of the training split (``SplitData.columns``).
     Raises:
-        UserError: unknown objective, or e.g. SOP on FULL-SENTENCES shards that have no
+        UserError: e.g. SOP on FULL-SENTENCES shards that have no
             ``sentence_order_label`` column.
     """
-    check_sentence_objective(sentence)
     if sentence == "none":
         return
     need = LABEL_COLUMNS[sentence]
@@ -56,67 +107,6 @@ def check_objective(sentence: str, shard_columns: Sequence[str]) -> None:
             f"objective.sentence={sentence} needs a {need} column in the shards, but {hint}; "
             f"build pair data with data.sentence_objective={sentence} or set objective.sentence accordingly"
         )
-
-
-class SentenceHead(nn.Module):
-    """Pooler + 2-way classifier on the first token, shared by NSP and SOP.
-
-    ``pooler``: Linear(H, H) then tanh on ``h[:, 0]`` (BERT's reference implementation; the
-    paper's C vector, Devlin et al. 2019 §3). ``classifier``: Linear(H, 2). No dropout: the
-    reference pretraining code of BERT and ALBERT applies none before this classifier.
-
-    forward(hidden float ``[batch, seq, H]``) → logits float ``[batch, 2]``.
-    """
-
-    def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.pooler = nn.Linear(hidden_size, hidden_size)
-        self.classifier = nn.Linear(hidden_size, 2)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.tanh(self.pooler(hidden[:, 0])))
-
-
-def mlm_criterion(logits: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Masked-LM cross-entropy at the labelled positions only.
-
-    Args:
-        logits: float ``[n, vocab]`` at the n labelled positions (any float dtype; the loss
-            is computed in fp32).
-        target: int64 ``[n]`` original token ids.
-    Returns:
-        ``mlm_loss`` (float scalar, mean over the n positions; 0 with a gradient path when
-        n = 0), ``mlm_correct`` and ``mlm_count`` (int64 scalars).
-    """
-    n = target.numel()
-    if n:
-        loss = F.cross_entropy(logits.float(), target)
-    else:  # keeps every parameter in the graph so data-parallel reduction does not stall
-        loss = logits.float().sum() * 0.0
-    return {
-        "mlm_loss": loss,
-        "mlm_correct": (logits.argmax(-1) == target).sum(),
-        "mlm_count": torch.tensor(n, device=logits.device),
-    }
-
-
-def sentence_criterion(sentence: str, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Cross-entropy of the 2-way sentence head.
-
-    Args:
-        sentence: ``nsp`` or ``sop``; names the output keys (``nsp_loss`` / ``sop_loss``).
-        logits: float ``[batch, 2]``.
-        labels: int ``[batch]`` (0 = B follows A in the original text, 1 = it does not).
-    Returns:
-        ``{sentence}_loss`` (float scalar, batch mean), ``sentence_correct`` and
-        ``sentence_count`` (int64 scalars).
-    """
-    labels = labels.long().view(-1)
-    return {
-        f"{sentence}_loss": F.cross_entropy(logits.float(), labels),
-        "sentence_correct": (logits.argmax(-1) == labels).sum(),
-        "sentence_count": torch.tensor(labels.numel(), device=logits.device),
-    }
 
 
 @torch.no_grad()

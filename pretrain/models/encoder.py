@@ -11,10 +11,12 @@ One module covers the three papers' architectures through ``ModelConfig`` keys:
   Table 4): a shared block is one module applied at every layer;
 - the MLM head of BERT (dense → activation → LayerNorm → decoder tied to the word
   embeddings + bias); with E ≠ H the dense maps H→E, as ALBERT does;
-- an optional NSP/SOP head (``pretrain.criterions.pretraining.SentenceHead``).
+- an optional NSP/SOP head (``SentenceHead``: BERT's pooler and a 2-way classifier).
 
-The MLM head runs only at labelled positions in ``forward`` (for 15% masking ~7x less work
-and memory than full-vocabulary logits everywhere); ``logits`` gives every position.
+The model returns hidden states and logits, never a loss: the criteria in
+``pretrain.criterions`` turn logits into losses (fairseq's split). Given the MLM labels,
+``forward`` decodes only the labelled positions (for 15% masking ~7x less work and memory
+than full-vocabulary logits everywhere); without them, every position.
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention``.
 
 Parameter names mirror Hugging Face's (``query``, ``LayerNorm``, ...) so ``pretrain.models.hf``
@@ -30,17 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
-from common.schema import IGNORE_INDEX, LABEL_COLUMNS, PAIR_FORMATS
-from pretrain.criterions.pretraining import (
-    SentenceHead,
-    check_sentence_objective,
-    mlm_criterion,
-    sentence_criterion,
-)
-
-FAMILIES = ("bert", "roberta", "albert")
-SHARING = ("none", "all", "attention", "ffn")
-ACTIVATIONS = ("gelu", "gelu_new", "relu")
+from common.schema import IGNORE_INDEX, PAIR_FORMATS, SENTENCE_OBJECTIVES
 
 
 def embedding_size(cfg) -> int:
@@ -50,7 +42,8 @@ def embedding_size(cfg) -> int:
 
 def check_model_config(cfg) -> None:
     """Raise UserError (one line) for a ModelConfig the encoder cannot build; called by
-    ``build_model`` before anything is allocated."""
+    ``build_model`` before anything is allocated. The choice keys (family, sharing,
+    hidden_act) are typed and checked when the config loads (``pretrain.config``)."""
     if cfg.vocab_size is None or cfg.vocab_size <= 0:
         raise UserError("model.vocab_size is not set (it is taken from the tokenizer when training)")
     if cfg.hidden_size <= 0 or cfg.num_attention_heads <= 0 or cfg.num_hidden_layers <= 0 or cfg.intermediate_size <= 0:
@@ -59,12 +52,6 @@ def check_model_config(cfg) -> None:
         raise UserError(
             f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_attention_heads={cfg.num_attention_heads}"
         )
-    if cfg.hidden_act not in ACTIVATIONS:
-        raise UserError(f"model.hidden_act={cfg.hidden_act!r} is not one of: {', '.join(ACTIVATIONS)}")
-    if cfg.family not in FAMILIES:
-        raise UserError(f"model.family={cfg.family!r} is not one of: {', '.join(FAMILIES)}")
-    if cfg.sharing not in SHARING:
-        raise UserError(f"model.sharing={cfg.sharing!r} is not one of: {', '.join(SHARING)}")
     e = embedding_size(cfg)
     if e <= 0:
         raise UserError(f"model.embedding_size={e} must be positive")
@@ -265,33 +252,52 @@ class MLMHead(nn.Module):
         return F.linear(self.LayerNorm(self.act(self.dense(h))), decoder_weight, self.bias)
 
 
+class SentenceHead(nn.Module):
+    """Pooler + 2-way classifier on the first token, shared by NSP and SOP.
+
+    ``pooler``: Linear(H, H) then tanh on ``h[:, 0]`` (BERT's reference implementation; the
+    paper's C vector, Devlin et al. 2019 §3). ``classifier``: Linear(H, 2). No dropout: the
+    reference pretraining code of BERT and ALBERT applies none before this classifier.
+    Labels follow the Hugging Face convention the shards use: class 0 = "B follows A in the
+    original text" (IsNext / in order), class 1 = "it does not".
+
+    forward(hidden float ``[batch, seq, H]``) → logits float ``[batch, 2]``.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(hidden_size, hidden_size)
+        self.classifier = nn.Linear(hidden_size, 2)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.tanh(self.pooler(hidden[:, 0])))
+
+
 class BertForPretraining(nn.Module):
-    """Encoder + tied MLM head + optional sentence head (NSP or SOP).
+    """Encoder + tied MLM head + optional sentence head (NSP or SOP); no loss.
 
     Args:
         cfg: a ``pretrain.config.ModelConfig`` with ``vocab_size`` set.
-        sentence: ``none`` | ``nsp`` | ``sop`` (``objective.sentence``).
+        sentence: ``none`` | ``nsp`` | ``sop`` (``objective.sentence``): whether the model
+            has a sentence head (NSP and SOP heads have the same shape).
 
-    forward(input_ids, attention_mask, token_type_ids=None, labels=None,
-    next_sentence_label=None, sentence_order_label=None): int64 ``[batch, seq]`` tensors
-    (labels -100 where nothing is predicted) and ``[batch]`` sentence labels. Returns a dict:
-    ``hidden_states`` float ``[batch, seq, H]``; with labels: ``loss`` (MLM mean plus the
-    sentence loss when the model has a head and its labels are given, float scalar),
-    ``mlm_loss``, ``mlm_correct``, ``mlm_count`` and ``mlm_logits`` float
-    ``[n_labelled, vocab]``; with a sentence head: ``sentence_logits`` float ``[batch, 2]``
-    and, given its labels, ``nsp_loss`` or ``sop_loss``, ``sentence_correct``,
-    ``sentence_count``. A model without a sentence head ignores sentence labels.
+    forward(input_ids, attention_mask=None, token_type_ids=None, labels=None): int64
+    ``[batch, seq]`` tensors; ``labels`` (-100 where nothing is predicted) only chooses the
+    positions the MLM head decodes. Returns a dict: ``hidden_states`` float
+    ``[batch, seq, H]``; ``mlm_logits`` float ``[n_labelled, vocab]`` at the positions where
+    ``labels != -100`` in row-major order, or ``[batch, seq, vocab]`` without labels; with
+    a sentence head ``sentence_logits`` float ``[batch, 2]``. Losses are the criteria's
+    (``pretrain.criterions.pretraining.PretrainingCriterion``).
 
     Raises:
         UserError: at construction, for a config or objective it cannot build.
-        ValueError: in forward, when only the other sentence task's labels are given
-            (score cross-task with ``pretrain.criterions.pretraining.score_sentence_task``).
     """
 
     def __init__(self, cfg, sentence: str = "none") -> None:
         super().__init__()
         check_model_config(cfg)
-        check_sentence_objective(sentence)
+        if sentence not in SENTENCE_OBJECTIVES:
+            raise UserError(f"objective.sentence={sentence!r} is not one of: {', '.join(SENTENCE_OBJECTIVES)}")
         self.config = cfg
         self.sentence = sentence
         self.encoder = Encoder(cfg)
@@ -311,49 +317,18 @@ class BertForPretraining(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def _sentence_labels(
-        self, next_sentence_label: Optional[torch.Tensor], sentence_order_label: Optional[torch.Tensor]
-    ) -> Optional[torch.Tensor]:
-        given = {"nsp": next_sentence_label, "sop": sentence_order_label}
-        if self.sentence == "none":
-            return None
-        mine = given[self.sentence]
-        other = "sop" if self.sentence == "nsp" else "nsp"
-        if mine is None and given[other] is not None:
-            raise ValueError(
-                f"model trained for {self.sentence} got only {LABEL_COLUMNS[other]}; "
-                "score cross-task with pretrain.criterions.pretraining.score_sentence_task"
-            )
-        return mine
-
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         token_type_ids: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
-        next_sentence_label: Optional[torch.Tensor] = None,
-        sentence_order_label: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
-        sentence_labels = self._sentence_labels(next_sentence_label, sentence_order_label)
         h = self.encoder(input_ids, attention_mask, token_type_ids)
-        out: Dict[str, torch.Tensor] = {"hidden_states": h}
-        if labels is not None:
-            sel = labels != IGNORE_INDEX
-            target = labels[sel].long()
-            logits = self.mlm(h[sel], self.encoder.embeddings.word_embeddings.weight)
-            out.update(mlm_criterion(logits, target), mlm_logits=logits)
-            out["loss"] = out["mlm_loss"]
-            out["mlm_loss"] = out["mlm_loss"].detach()
+        decoded = h if labels is None else h[labels != IGNORE_INDEX]
+        out = {"hidden_states": h, "mlm_logits": self.mlm(decoded, self.encoder.embeddings.word_embeddings.weight)}
         if self.sentence_head is not None:
-            s_logits = self.sentence_head(h)
-            out["sentence_logits"] = s_logits
-            if sentence_labels is not None:
-                s = sentence_criterion(self.sentence, s_logits, sentence_labels)
-                key = f"{self.sentence}_loss"
-                out["loss"] = out["loss"] + s[key] if "loss" in out else s[key]
-                s[key] = s[key].detach()
-                out.update(s)
+            out["sentence_logits"] = self.sentence_head(h)
         return out
 
     @torch.no_grad()
@@ -366,10 +341,8 @@ class BertForPretraining(nn.Module):
         """MLM logits at every position, for comparison with Hugging Face and for
         fill-mask: ``mlm_logits`` float ``[batch, seq, vocab]`` and, with a sentence head,
         ``sentence_logits`` float ``[batch, 2]``. No gradient."""
-        h = self.encoder(input_ids, attention_mask, token_type_ids)
-        out = {"mlm_logits": self.mlm(h, self.encoder.embeddings.word_embeddings.weight)}
-        if self.sentence_head is not None:
-            out["sentence_logits"] = self.sentence_head(h)
+        out = self.forward(input_ids, attention_mask, token_type_ids)
+        del out["hidden_states"]
         return out
 
     def num_parameters(self, non_embedding: bool = False) -> int:

@@ -1,96 +1,66 @@
-"""Masked-LM pretraining with DeepSpeed: ``train(cfg)`` runs one RunConfig to its end.
+"""The training loop: ``train(cfg)`` runs one run config to its end, whatever it trains.
 
-Reads top to bottom: world → config checks → data (built or found) → data and resume
-checks → config.yaml → model → DeepSpeed engine → resume → loop (micro batches, optimizer
-step, guards, log, eval, checkpoint, preemption) → summary. Everything a run writes
-follows ``pretrain.training.rundir``; only rank 0 writes files.
+It knows no objective. A ``pretrain.tasks.base.Task`` supplies the data, the modules, the
+batches, the criterion and the metrics (default: MLM pretraining,
+``pretrain.tasks.pretraining``); the loop supplies, top to bottom:
 
-Recipe details and where they come from (each is one config key, read here or in the
-module named):
-- optimizer (``train.optimizer``, ``pretrain.training.optim``): AdamW with β1, β2, ε and decoupled
-  weight decay (BERT §A.2: β2=0.999, decay 0.01; RoBERTa §3.1: β2=0.98, ε=1e-6) or LAMB
-  (You et al. 2020; ALBERT §4.1); no decay on biases and LayerNorm;
-- lr schedule (``train.schedule``, ``pretrain.training.optim``): warmup, then linear (RoBERTa),
-  polynomial (BERT's code) or warmup-stable-decay;
+world → config checks (``pretrain.training.checks.check_run``) → task.prepare (data) →
+resume checks → config.yaml → trainable module → DeepSpeed engine → resume → per step:
+micro batches, global sample size, forward/backward, optimizer step, non-finite guard,
+log, eval, checkpoint, preemption → summary.json. Everything a run writes follows
+``pretrain.training.rundir``; only rank 0 writes files.
+
+Loss reduction (``pretrain.tasks.base``): before any backward of a step the loop adds the
+criterion's sample sizes (masked tokens, pairs, ...) over the step's micro batches and
+ranks; each micro batch back-propagates its loss sums over those GLOBAL counts, so the
+step's gradient is that of ``Σ loss / Σ count`` over the whole global batch (fairseq's
+``sample_size``, torchtitan's global valid-token count), not a mean of per-micro-batch
+means. DeepSpeed divides by the accumulation steps (skipped here: ``scale_wrt_gas=False``)
+and averages gradients over ranks (undone by a factor of the world size).
+
+Recipe details each come from one config key, read in the module named:
+- optimizer, lr schedule, no decay on biases and LayerNorm (``train.optimizer``,
+  ``train.schedule``; ``pretrain.training.optim``): AdamW (BERT §A.2, RoBERTa §3.1) or
+  LAMB (You et al. 2020; ALBERT §4.1); warmup then linear, polynomial or WSD decay;
 - gradient clipping by global norm (``train.gradient_clipping``; BERT's reference
   ``optimization.py`` clips at 1.0; RoBERTa's Table 9 does not clip; 0 turns it off);
 - batch size in sequences per optimizer step (``train.global_batch_size``; BERT §A.2: 256,
-  RoBERTa Table 3: 256 / 2K / 8K, ALBERT §4.1: 4096) with gradient accumulation derived
-  from it, the micro batch and the world size, never set by hand; DOC-SENTENCES batches
-  hold a constant number of tokens instead (``data.doc_sentences_batching``, RoBERTa §4.2,
-  ``pretrain.training.batching``);
-- static vs. dynamic masking (``data.masking.mode``; RoBERTa §4.1): see ``pretrain.training.batching``.
-
-Precision (``train.precision``): fp32 or bf16 anywhere, fp16 with dynamic loss scaling on
-GPU. A non-finite loss stops an fp32/bf16 run (``NonFiniteLoss``, naming the last good
-checkpoint); in fp16 the loss scaler skips the step and ``skipped_steps`` counts it.
+  RoBERTa Table 3: 256 / 2K / 8K, ALBERT §4.1: 4096) with micro batch and accumulation
+  derived from it and the world size (``pretrain.training.engine.split_batch``);
+- precision (``train.precision``): fp32 or bf16 anywhere, fp16 with dynamic loss scaling on
+  GPU. A non-finite loss stops an fp32/bf16 run (``NonFiniteLoss``, naming the last good
+  checkpoint); in fp16 the loss scaler skips the step and ``skipped_steps`` counts it.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import json
 import logging
 import math
-import os
 import random
-import signal
-import threading
+import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional, Type
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common.atomic import write_json_atomic, write_text_atomic
 from common.errors import UserError
-from data_prep.masking import Masker
-from data_prep.shards import ShardSet
-from data_prep.tokenizer import load_tokenizer
 from pretrain.config import run_dir, to_dict, to_yaml
-from pretrain.criterions.pretraining import check_objective
-from pretrain.models.encoder import build_model, check_model_fits_data
+from pretrain.tasks.base import Task, normalized_loss
 from pretrain.training import checkpoint, distributed
-from pretrain.training.batching import Collator, make_sampler, rank_micro_batches
-from pretrain.training.evaluate import evaluate
-from pretrain.training.mfu import ModelFlops, peak_flops
-from pretrain.training.optim import (
-    build_optimizer,
-    build_scheduler,
-    check_optimizer,
-    lamb_impl,
-    param_groups,
-    schedule_fn,
-)
-from pretrain.training.rundir import (
-    CONFIG,
-    METRICS,
-    SUMMARY,
-    TENSORBOARD,
-    write_json_atomic,
-)
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: slurm/templates/train.sbatch.j2 requeues the job on it
-# SIGUSR1: Slurm's warning before the time limit (--signal=B:USR1@S); SIGTERM: what Slurm,
-# Kubernetes and torchrun send before killing a process.
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-
-class Preempted(SystemExit):
-    """Raised by ``train`` after SIGUSR1 or SIGTERM: the run saved a checkpoint at the end
-    of the step in progress and stops; ``--resume`` goes on. A SystemExit, so the process
-    (a single run or a whole ablation) exits with code 75."""
-
-    def __init__(self, run: Path, step: int, signal_name: str = "SIGUSR1") -> None:
-        super().__init__(PREEMPTED_EXIT_CODE)
-        self.run, self.step, self.signal_name = run, step, signal_name
-
-    def __str__(self) -> str:
-        return f"{self.run}: stopped on {self.signal_name} after step {self.step}, checkpoint saved; rerun with --resume"
+from pretrain.training.batching import rank_micro_batches
+from pretrain.training.checks import check_device, check_run
+from pretrain.training.engine import accumulation_steps, build_engine, deepspeed_config  # noqa: F401 (API)
+from pretrain.training.evaluate import to_device
+from pretrain.training.metrics_log import MetricsLog
+from pretrain.training.mfu import peak_flops
+from pretrain.training.preemption import PREEMPTED_EXIT_CODE, Preempted, stop_on_signals  # noqa: F401 (API)
+from pretrain.training.rundir import CONFIG, SUMMARY, TENSORBOARD
 
 
 class NonFiniteLoss(UserError):
@@ -98,207 +68,20 @@ class NonFiniteLoss(UserError):
     the broken state. The message names the last good checkpoint."""
 
 
-def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """Gradient accumulation steps = global / (micro × world).
+def train(cfg, resume: bool = False, task: Optional[Type[Task]] = None) -> Dict[str, Any]:
+    """Train ``cfg`` to ``train.max_steps`` and return its summary.
 
-    Raises UserError if the global batch does not split into whole micro batches on every
-    rank, listing the micro batch sizes that would.
-    """
-    if global_batch < 1 or micro_batch < 1:
-        raise UserError(f"train.global_batch_size={global_batch} and train.micro_batch_size={micro_batch} must be >= 1")
-    if global_batch % world_size:
-        raise UserError(
-            f"train.global_batch_size={global_batch} does not split over {world_size} ranks; use a multiple of {world_size}"
-        )
-    per_rank = global_batch // world_size
-    if per_rank % micro_batch:
-        valid = [m for m in range(1, per_rank + 1) if per_rank % m == 0]
-        raise UserError(
-            f"train.global_batch_size={global_batch} is not divisible by train.micro_batch_size={micro_batch} x "
-            f"{world_size} rank(s); valid micro batch sizes: {', '.join(map(str, valid))}"
-        )
-    return per_rank // micro_batch
+    Args:
+        cfg: the run config (``pretrain.config.RunConfig`` for pretraining; any structured
+            config with ``name``, ``run_dir`` and ``train`` for another task). Not modified.
+        resume: continue from ``<run_dir>/checkpoints/latest`` (or start fresh, saying so,
+            if there is none); the result — losses, eval metrics, weights — is bit-identical
+            to an uninterrupted run in fp32 on CPU.
+        task: the Task class (default ``pretrain.tasks.pretraining.PretrainingTask``).
 
-
-def deepspeed_config(train_cfg, world_size: int) -> Dict[str, Any]:
-    """The DeepSpeed config dict of a TrainConfig for ``world_size`` data-parallel ranks.
-
-    AdamW runs as ``torch.optim.AdamW`` (``torch_adam``): DeepSpeed's fused CPU Adam keeps
-    step counters process-wide, which breaks bit-exact resume. LAMB runs as DeepSpeed's
-    FusedLamb (an ``optimizer`` section here) or, with ``lamb_impl`` torch (the default
-    without CUDA), as ``pretrain.training.lamb.Lamb`` passed to ``deepspeed.initialize`` (no section
-    here; ``pretrain.training.optim.build_optimizer``). The weight decay here is a default; the param
-    groups set it per group. fp16 uses dynamic loss scaling (start 2^16, halve on overflow).
-    Machine-independent except for ``lamb_impl: auto``, so a GPU job can be checked on a
-    login node.
-
-    Raises UserError for an unknown precision/optimizer/ZeRO stage, LAMB with ZeRO (stages
-    1-3 hand the optimizer flat partitions of many tensors, so LAMB's per-tensor trust
-    ratio, You et al. 2020 §3, would be computed over slices), or a batch that does not
-    divide (see ``accumulation_steps``).
-    """
-    t = train_cfg
-    if t.precision not in PRECISIONS:
-        raise UserError(f"train.precision={t.precision!r} is not one of: {', '.join(PRECISIONS)}")
-    check_optimizer(t.optimizer)
-    if t.zero_stage not in (0, 1, 2, 3):
-        raise UserError(f"train.zero_stage={t.zero_stage} must be 0, 1, 2 or 3")
-    opt = t.optimizer
-    if opt.name == "lamb" and t.zero_stage > 0:
-        raise UserError(
-            f"train.optimizer.name=lamb does not work with train.zero_stage={t.zero_stage}: ZeRO hands the optimizer "
-            "flat partitions, so LAMB's per-tensor trust ratio would be wrong; use zero_stage=0"
-        )
-    params = {"lr": float(opt.lr), "betas": [float(b) for b in opt.betas], "eps": float(opt.eps),
-              "weight_decay": float(opt.weight_decay)}
-    ds: Dict[str, Any] = {
-        "train_batch_size": int(t.global_batch_size),
-        "train_micro_batch_size_per_gpu": int(t.micro_batch_size),
-        "gradient_accumulation_steps": accumulation_steps(t.global_batch_size, t.micro_batch_size, world_size),
-        "gradient_clipping": float(t.gradient_clipping),
-        # ZeRO-3's "memory efficient linear" replaces torch.nn.functional.linear for the whole
-        # process and never restores it: later runs in the process (ablation arms) would
-        # compute with other rounding. Plain linear works under ZeRO-3 as well.
-        "zero_optimization": {"stage": int(t.zero_stage),
-                              **({"memory_efficient_linear": False} if t.zero_stage == 3 else {})},
-        "bf16": {"enabled": t.precision == "bf16"},
-        "fp16": {"enabled": t.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
-    if opt.name == "adamw":
-        ds["optimizer"] = {"type": "AdamW", "params": {**params, "torch_adam": True}}
-    elif lamb_impl(opt, torch.cuda.is_available()) == "fused":
-        # FusedLamb bounds the trust ratio itself to [min_coeff, max_coeff]; these are its defaults.
-        ds["optimizer"] = {"type": "Lamb", "params": {**params, "max_coeff": 10.0, "min_coeff": 0.01}}
-    return ds
-
-
-def check_train_config(t) -> None:
-    """Cadences and counts that must be positive. Raises UserError naming the key."""
-    for key in ("max_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-        if int(getattr(t, key)) < 1:
-            raise UserError(f"train.{key}={getattr(t, key)} must be >= 1")
-    if t.eval_max_batches is not None and t.eval_max_batches < 1:
-        raise UserError(f"train.eval_max_batches={t.eval_max_batches} must be >= 1 or null (the whole split)")
-    if t.peak_flops is not None and not t.peak_flops > 0:
-        raise UserError(f"train.peak_flops={t.peak_flops} must be > 0 (FLOP/s of one device) or null")
-    if t.gradient_clipping < 0:
-        raise UserError(f"train.gradient_clipping={t.gradient_clipping} must be >= 0 (0 = off)")
-    if t.precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("train.precision=fp16 needs a GPU; use bf16 (or fp32) on CPU")
-
-
-def check_device(t) -> None:
-    """What this machine cannot run (checked by the trainer only, so a GPU job can be
-    submitted from a login node without one). Raises UserError: ``lamb_impl=fused``
-    without CUDA (DeepSpeed's FusedLamb is a CUDA kernel)."""
-    if t.optimizer.name == "lamb" and t.optimizer.lamb_impl == "fused" and not torch.cuda.is_available():
-        raise UserError("train.optimizer.lamb_impl=fused needs CUDA (DeepSpeed's FusedLamb has no CPU build); "
-                        "use lamb_impl=torch (or auto)")
-
-
-class MetricsLog:
-    """metrics.jsonl lines and TensorBoard scalars (rank 0 only; no-ops elsewhere)."""
-
-    def __init__(self, run: Path, enabled: bool, resume_step: Optional[int]) -> None:
-        self.enabled = enabled
-        self.file = None
-        self.tb = None
-        if not enabled:
-            return
-        path = run / METRICS
-        if resume_step is None:
-            path.unlink(missing_ok=True)
-        else:
-            _truncate_metrics(path, resume_step)
-        self.file = open(path, "a")
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step hides events a killed segment logged past the checkpoint.
-        self.tb = SummaryWriter(str(run / TENSORBOARD), purge_step=None if resume_step is None else resume_step + 1)
-
-    def write(self, record: Dict[str, Any]) -> None:
-        """Append ``record`` (a dict with ``kind`` and ``step``) as one JSON line, flushed,
-        and each numeric field as TensorBoard scalar ``<kind>/<field>`` at ``step``."""
-        if not self.enabled:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        for k, v in record.items():
-            if k not in ("kind", "step") and isinstance(v, (int, float)) and v is not None:
-                self.tb.add_scalar(f"{record['kind']}/{k}", v, record["step"])
-
-    def close(self) -> None:
-        """Close metrics.jsonl and flush the TensorBoard writer."""
-        if self.file:
-            self.file.close()
-        if self.tb:
-            self.tb.close()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the lines an uninterrupted run would have written up to ``step`` (and drop a
-    line cut off by a kill), atomically."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("step", 0) <= step:
-            keep.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
-
-
-def _locate_data(cfg, world: distributed.World) -> Path:
-    from data_prep.build import build
-
-    # Rank 0 builds; the others then find an up-to-date directory and only open it.
-    if world.is_main:
-        d = build(cfg.data)
-    distributed.barrier()
-    if not world.is_main:
-        d = build(cfg.data)
-    return Path(d).resolve()
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[List[str]]:
-    """A list that SIGUSR1/SIGTERM append their names to while the block runs; the
-    previous handlers come back afterwards. The loop checks it at each step boundary."""
-    received: List[str] = []
-    if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
-        yield received
-        return
-    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signal.Signals(signum).name))
-                for sig in STOP_SIGNALS}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def train(cfg, resume: bool = False) -> Dict[str, Any]:
-    """Pretrain ``cfg`` (a RunConfig) to ``train.max_steps`` and return its summary.
-
-    With ``resume`` the run continues from ``<run_dir>/checkpoints/latest`` (or starts
-    fresh, saying so, if there is none); the result — losses, eval metrics, weights — is
-    bit-identical to an uninterrupted run in fp32 on CPU. Callable repeatedly in one process.
-
-    SIGUSR1 or SIGTERM at any time makes the run save a checkpoint after the step in
-    progress and raise ``Preempted`` (exit code 75); every rank stops after the same step.
+    Callable repeatedly in one process (the ablation runner trains arm after arm). SIGUSR1
+    or SIGTERM at any time makes the run save a checkpoint after the step in progress and
+    raise ``Preempted`` (exit code 75); every rank stops after the same step.
 
     Returns:
         The summary dict written to summary.json (see ``pretrain.training.rundir``).
@@ -308,48 +91,34 @@ def train(cfg, resume: bool = False) -> Dict[str, Any]:
         NonFiniteLoss: (a UserError) a NaN/inf loss in an fp32/bf16 run.
         Preempted: stopped by a signal (a checkpoint of the last finished step exists).
     """
-    with _stop_on_signals() as signals_received:
-        return _train(cfg, resume, signals_received)
+    if task is None:
+        from pretrain.tasks.pretraining import PretrainingTask
+
+        task = PretrainingTask
+    with stop_on_signals() as signals_received:
+        return _train(cfg, resume, task, signals_received)
 
 
-def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
+def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str]) -> Dict[str, Any]:
     world = distributed.init()
     distributed.set_threads(world.local_size)
-    import deepspeed
-
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    cfg = copy.deepcopy(cfg)  # vocab_size gets filled in; the caller's config stays as given
+    cfg = copy.deepcopy(cfg)  # the task fills in values (vocab_size); the caller's config stays as given
     t = cfg.train
     run = run_dir(cfg)
-    cuda = torch.cuda.is_available()
 
     # ---- every check before the first step: config first (cheap), then data
-    check_train_config(t)
+    ds_config = check_run(cfg, world.size, task_cls)
     check_device(t)
-    ds_config = deepspeed_config(t, world.size)
     accumulation = ds_config["gradient_accumulation_steps"]
-    schedule_fn(t.schedule, t.max_steps)
-    check_model_fits_data(cfg.model, cfg.data)
     ckpt = checkpoint.latest(run) if resume else None
     if not resume and (checkpoint.latest(run) is not None or checkpoint.list_checkpoints(run)):
         raise UserError(f"{run} already has checkpoints; pass --resume to continue it or set run_dir to a new directory")
 
-    data_dir = _locate_data(cfg, world)
-    shards = ShardSet(data_dir, verify=world.is_main)
-    train_split, val_split = shards["train"], shards["validation"]
-    check_objective(cfg.objective.sentence, train_split.columns)
-    tok = load_tokenizer(shards.tokenizer_path, cfg.data.tokenizer.kind)
-    if cfg.model.vocab_size is None:
-        cfg.model.vocab_size = tok.vocab_size
-    elif cfg.model.vocab_size < tok.vocab_size:
-        raise UserError(
-            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size} ids "
-            f"({shards.tokenizer_path}); set model.vocab_size=null to take it from the tokenizer"
-        )
-    train_lengths = train_split.lengths()
-    sampler = make_sampler(cfg.data, train_lengths, t.global_batch_size, t.seed)
-    if len(val_split) == 0:
-        raise UserError(f"{data_dir} has an empty validation split; raise data.validation_fraction")
+    task = task_cls(cfg)
+    task.prepare(world)
+    sampler = task.train_sampler()
+    criterion = task.criterion
     cfg_dict = to_dict(cfg)
     if resume and ckpt is None and world.is_main:
         print(f"no checkpoint in {run / 'checkpoints'}; starting fresh")
@@ -363,42 +132,28 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
 
     if world.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        tmp = run / (CONFIG + ".tmp")
-        tmp.write_text(to_yaml(cfg))
-        os.replace(tmp, run / CONFIG)
+        write_text_atomic(run / CONFIG, to_yaml(cfg))
         (run / SUMMARY).unlink(missing_ok=True)
         if ckpt is None:
-            import shutil
-
             shutil.rmtree(run / TENSORBOARD, ignore_errors=True)
 
-    # ---- model and engine
+    # ---- modules and engine
     _seed_all(t.seed)
-    model = build_model(cfg.model, cfg.objective.sentence)
-    num_parameters = model.num_parameters()
-    model_flops = ModelFlops(model)  # before ZeRO-3 partitions the weights away
+    module = task.build_model()
+    num_parameters = sum(p.numel() for p in module.parameters())
     peak = peak_flops(t)
-    groups = param_groups(model, t.optimizer.weight_decay)
-    optimizer = build_optimizer(t.optimizer, groups, cuda)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=groups if optimizer is None else None,
-        optimizer=optimizer,
-        config=ds_config,
-        lr_scheduler=lambda opt: build_scheduler(opt, t.schedule, t.max_steps),
-    )
-    _undo_state_allocation_step(engine)
+    engine = build_engine(module, t, ds_config)
+    device = engine.device
+    for frozen in task.frozen_modules().values():
+        frozen.to(device).eval().requires_grad_(False)
     # Dropout differs between ranks; init (above) and data order do not.
     torch.manual_seed(int(np.random.SeedSequence([t.seed, world.rank]).generate_state(1)[0]))
+    # DeepSpeed reports the gradient norm from its own optimizer wrappers (bf16/fp16/ZeRO);
+    # for plain fp32 without ZeRO the grads sit in .grad at the boundary and we measure them.
+    own_grad_norm = t.precision == "fp32" and t.zero_stage == 0
+    terms = sorted(criterion.weights)
     log = bar = None
     try:
-        masker = Masker.from_config(cfg.data.masking, tok.vocab_size, tok.mask_id, tok.special_ids)
-        collate = Collator(train_split, tok.pad_id, masker, seed=t.seed)
-        collate_val = Collator(val_split, tok.pad_id)
-        # DeepSpeed reports the gradient norm from its own optimizer wrappers (bf16/fp16/ZeRO);
-        # for plain fp32 without ZeRO the grads sit in .grad at the boundary and we measure them.
-        own_grad_norm = t.precision == "fp32" and t.zero_stage == 0
-
         # ---- resume
         step, tokens_seen, wall_prior, skipped_steps = 0, 0, 0.0, 0
         window = {"steps": 0, "tokens": 0, "flops": 0.0, "losses": {}, "start_time_s": 0.0}
@@ -430,14 +185,13 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
             }
 
         def run_eval() -> Dict[str, Any]:
-            m = evaluate(engine, collate_val, t.micro_batch_size, world.rank, world.size, t.eval_max_batches)
+            m = task.evaluate(engine, world)
             rec = {"kind": "eval", "step": step, "epoch": sampler.epochs(step), "tokens_seen": tokens_seen, **m,
                    "time_s": wall()}
             log.write(rec)
             if world.is_main:
-                sentence = f"  sentence accuracy {m['sentence_accuracy']:.4f}" if "sentence_accuracy" in m else ""
-                bar.write(f"step {step}: eval mlm_loss {m['mlm_loss']:.4f}  perplexity {m['perplexity']:.2f}  "
-                          f"accuracy {m['mlm_accuracy']:.4f}{sentence}")
+                shown = [task.primary_metric, *(k for k in task.summary_keys if k != task.primary_metric)]
+                bar.write(f"step {step}: eval " + "  ".join(f"{k} {m[k]:.4f}" for k in shown if k in m))
             return rec
 
         # ---- loop
@@ -446,34 +200,37 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
         while step < t.max_steps:
             epoch, rows = sampler.global_batch(step)
             lr = engine.get_lr()[0]
-            sums: Dict[str, torch.Tensor] = {}
-            pieces = rank_micro_batches(rows, world.rank, world.size, accumulation)
+            batches = [task.collate(mb, epoch) for mb in rank_micro_batches(rows, world.rank, world.size, accumulation)]
+            # The step's global sample size per term, from the labels alone, before any backward.
+            local = [sum(float(criterion.sample_size(b)[k]) for b in batches) for k in terms]
+            global_size = dict(zip(terms, distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()))
+            sums = torch.zeros(len(terms), dtype=torch.float64, device=device)
             grad_norm = None
-            for i, mb in enumerate(pieces):
-                out = engine(**collate(mb, epoch))
-                engine.backward(out["loss"])
-                if own_grad_norm and i == len(pieces) - 1:
+            for i, batch in enumerate(batches):
+                loss_sum, _, _ = criterion(engine, to_device(batch, device))
+                # × world size: DeepSpeed averages gradients over the data-parallel ranks.
+                loss = normalized_loss(loss_sum, global_size, criterion.weights) * world.size
+                engine.backward(loss, scale_wrt_gas=False)
+                if own_grad_norm and i == len(batches) - 1:
                     grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
                     grad_norm = float(torch.nn.utils.get_total_norm(grads))
                 engine.step()  # DeepSpeed updates the weights after the last micro batch only
-                for k, v in out.items():
-                    if k == "loss" or k.endswith("_loss"):
-                        # summed on the device in float64: one host sync per step, not per micro batch
-                        sums[k] = sums.get(k, 0.0) + v.detach().double()
+                # summed on the device in float64: one host sync per step, not per micro batch
+                sums += torch.stack([loss_sum[k].detach().double() for k in terms])
             if grad_norm is None:
                 gn = engine.get_global_grad_norm()
                 grad_norm = None if gn is None else float(gn)
             step += 1
-            batch_tokens = int(train_lengths[rows].sum())
+            batch_tokens = task.tokens(rows)
             tokens_seen += batch_tokens
-            # Step loss = mean over every micro batch of every rank (what was optimised).
-            keys = sorted(sums)
+            # Step loss = Σ loss over every micro batch of every rank / global sample size.
             # The stop flag rides along, so every rank stops after the same step.
             reduced = distributed.all_reduce_sum(torch.cat([
-                torch.stack([sums[k] for k in keys]).cpu(),
-                torch.tensor([len(pieces), float(bool(signals_received))], dtype=torch.float64)]))
-            n_micro, stop = reduced[-2].item(), reduced[-1].item() > 0
-            losses = {k: v / n_micro for k, v in zip(keys, reduced[:-2].tolist())}
+                sums.cpu(), torch.tensor([float(bool(signals_received))], dtype=torch.float64)])).tolist()
+            stop = reduced[-1] > 0
+            per_term = {k: s / global_size[k] if global_size[k] > 0 else 0.0 for k, s in zip(terms, reduced)}
+            losses = {"loss": sum(criterion.weights[k] * v for k, v in per_term.items()),
+                      **{f"{k}_loss": v for k, v in per_term.items()}}
             finite = all(math.isfinite(v) for v in losses.values())
             if not finite and t.precision != "fp16":
                 raise _non_finite(run, step, losses)
@@ -484,7 +241,7 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
                     window["losses"][k] = window["losses"].get(k, 0.0) + v
                 window["steps"] += 1
             window["tokens"] += batch_tokens
-            window["flops"] += model_flops(train_lengths[rows])
+            window["flops"] += task.flops(rows)
             bar.update(1)
 
             if step % t.log_every == 0 or step == t.max_steps:
@@ -524,10 +281,8 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
             "tokens_seen": tokens_seen,
             "epochs": sampler.epochs(step),
             "wall_time_s": wall(),
-            "final_eval": {k: last_eval[k] for k in ("mlm_loss", "perplexity", "mlm_accuracy", "sentence_accuracy")
-                           if k in last_eval},
-            "data_dir": str(data_dir),
-            "num_train_sequences": len(train_split),
+            "final_eval": {k: last_eval[k] for k in task.summary_keys if k in last_eval},
+            **task.summary_fields(),
             "num_parameters": num_parameters,
         }
         if t.precision == "fp16":
@@ -542,25 +297,14 @@ def _train(cfg, resume: bool, signals_received: List[str]) -> Dict[str, Any]:
         if log is not None:
             log.close()
         engine.destroy()
-        del engine
+        engine = None  # the last reference: an ablation's next arm must not hold this one's memory
         gc.collect()
 
 
-def _undo_state_allocation_step(engine) -> None:
-    """DeepSpeed's bf16/fp16 optimizer without ZeRO (``FP16_UnfusedOptimizer``) allocates
-    the optimizer state by taking one step with zero gradients at the peak lr. That step is
-    not harmless: decoupled weight decay shrinks the fp32 master weights (LAMB's trust ratio
-    makes it ``w ← (1 - lr)·w``) and the bias-correction clock starts at 1. Put the masters
-    back to the module's weights (from which DeepSpeed made them) and let the optimizer
-    allocate its state lazily at the first real step, as it does in fp32."""
-    opt = engine.optimizer
-    if type(opt).__name__ != "FP16_UnfusedOptimizer":
-        return
-    with torch.no_grad():
-        for low, masters in zip(opt.fp16_groups, opt.fp32_groups):
-            for p, master in zip(low, masters):
-                master.copy_(p.float())
-    opt.optimizer.state.clear()
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _non_finite(run: Path, step: int, losses: Dict[str, float]) -> NonFiniteLoss:

@@ -7,13 +7,13 @@ applies BERT's rule to every recipe so that arms differ only in what they ablate
 LAMB excludes the same parameters.
 
 The optimizer is ``train.optimizer.name``: AdamW runs as ``torch.optim.AdamW`` built by
-DeepSpeed from its config (``pretrain.training.loop.deepspeed_config``); LAMB (You et al. 2020)
+DeepSpeed from its config (``pretrain.training.engine.deepspeed_config``); LAMB (You et al. 2020)
 runs either as DeepSpeed's FusedLamb (CUDA only, built from the DeepSpeed config) or as
 ``pretrain.training.lamb.Lamb`` handed to ``deepspeed.initialize`` (``build_optimizer``), chosen by
 ``train.optimizer.lamb_impl``.
 
 A schedule is a function from the optimizer step to a multiplier of the peak lr, picked by
-``train.schedule.name`` in ``SCHEDULES``; it runs as a ``torch.optim.lr_scheduler.LambdaLR``
+``train.schedule.name`` (a typed choice, ``pretrain.config.ScheduleName``); it runs as a ``torch.optim.lr_scheduler.LambdaLR``
 that DeepSpeed steps once per optimizer step and saves in its checkpoints.
 """
 
@@ -25,10 +25,6 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-
-OPTIMIZERS = ("adamw", "lamb")
-LAMB_IMPLS = ("auto", "fused", "torch")
-
 
 def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
     """Two optimizer groups: ``{"params": decayed, "weight_decay": weight_decay}`` (weight
@@ -55,24 +51,19 @@ def lamb_impl(opt_cfg, cuda_available: bool) -> str:
     """``fused`` or ``torch``: the LAMB that ``train.optimizer.lamb_impl`` selects on a
     machine with or without CUDA (``auto`` = fused with CUDA, torch without).
 
-    Does not check that ``fused`` can run here (``pretrain.training.loop.check_device`` does, so
-    a GPU job can be checked on a login node without one). Raises UserError for an
-    unknown value.
+    Does not check that ``fused`` can run here (``pretrain.training.checks.check_device``
+    does, so a GPU job can be checked on a login node without one).
     """
     impl = opt_cfg.lamb_impl
-    if impl not in LAMB_IMPLS:
-        raise UserError(f"train.optimizer.lamb_impl={impl!r} is not one of: {', '.join(LAMB_IMPLS)}")
     if impl == "auto":
         return "fused" if cuda_available else "torch"
     return impl
 
 
 def check_optimizer(opt_cfg) -> None:
-    """Raise UserError for an unknown ``train.optimizer.name``/``lamb_impl`` or a value
-    outside its range (lr < 0, betas outside [0, 1), eps <= 0, weight decay < 0)."""
-    if opt_cfg.name not in OPTIMIZERS:
-        raise UserError(f"train.optimizer.name={opt_cfg.name!r} is not one of: {', '.join(OPTIMIZERS)}")
-    lamb_impl(opt_cfg, False)
+    """Raise UserError for a value outside its range (lr < 0, betas outside [0, 1),
+    eps <= 0, weight decay < 0); ``name`` and ``lamb_impl`` are typed choices, checked
+    when the config loads."""
     if not opt_cfg.lr >= 0:
         raise UserError(f"train.optimizer.lr={opt_cfg.lr} must be >= 0")
     if len(opt_cfg.betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in opt_cfg.betas):
@@ -169,20 +160,14 @@ def _wsd_decay_steps(s, max_steps: int, warmup: int) -> int:
     return d
 
 
-SCHEDULES = ("linear", "polynomial", "wsd")
-
-
 def schedule_fn(schedule_cfg, max_steps: int) -> Callable[[int], float]:
     """The multiplier function of ``train.schedule`` (a ScheduleConfig) for a run of
     ``max_steps`` optimizer steps.
 
-    Raises UserError for an unknown ``schedule.name`` (listing the known ones), a warmup
-    that is negative or not shorter than the run, a non-positive ``power``, or a wsd decay
+    Raises UserError for a warmup that is negative or not shorter than the run, a non-positive ``power``, or a wsd decay
     length that is missing, doubly given or does not fit after the warmup.
     """
     s = schedule_cfg
-    if s.name not in SCHEDULES:
-        raise UserError(f"train.schedule.name={s.name!r} is not one of: {', '.join(SCHEDULES)}")
     w = int(s.warmup_steps)
     if w < 0 or w >= max_steps:
         raise UserError(

@@ -27,7 +27,6 @@ data_dir, num_train_sequences, num_parameters, skipped_steps (fp16 only).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -37,13 +36,6 @@ SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tb"
 ABLATION = "ablation.yaml"
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def read_metrics(run: Path, kind: Optional[str] = None) -> List[Dict[str, Any]]:
