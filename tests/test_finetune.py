@@ -122,3 +122,65 @@ def test_probe_cli_gives_the_same_blimp_score_for_checkpoint_and_export(tiny_run
     assert main(["probe", "sentence", str(run), "--pairs", "30", "--runs", str(tmp_path)]) == 0
     rec = json.loads((run / "eval" / "sentence.json").read_text())
     assert rec["corpus"] == "pydoc" and rec["nsp"]["count"] <= 30 and rec["sentence_objective"] == "nsp"
+
+
+def _losses(run: Path, key: str):
+    return [json.loads(x)[key] for x in (run / "metrics.jsonl").read_text().splitlines() if json.loads(x)["kind"] == "train"]
+
+
+FAST = ["data.max_train_rows=32", "data.max_eval_rows=48", "data.max_length=32", "lrs=[3e-3]",
+        "train.global_batch_size=8", "train.micro_batch_size=8", "train.log_every=4", "epochs=16"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_finetune_checkpoint_and_export_give_the_same_scores_through_the_loop(tiny_run, tmp_path, capsys):
+    from pretrain.cli import main
+
+    run, hf, _ = tiny_run
+    assert main(["finetune", str(run), "--task", "sst2", "--preset", "smoke", "--seeds", "1", *FAST]) == 0
+    job = run / "finetune" / "sst2"
+    ours = json.loads((job / "scores.json").read_text())
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("sst2 dev_accuracy = ") and "median of 1 seeds" in line and "at lr 0.003" in line
+    assert (job / "scores.md").read_text().strip().endswith(line)
+    seed_run = job / "lr-0.003" / "seed-1"
+    summary = json.loads((seed_run / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["num_train_rows"] == 32 and summary["eval_rows"] == {"dev": 48}
+    assert summary["steps"] == 16 * (32 // 8) and not (seed_run / "checkpoints").exists()  # weights not kept
+    loss = _losses(seed_run, "cls_loss")
+    assert loss[-1] < 0.5 * loss[0]  # 32 rows, 16 epochs: the head and encoder fit them
+    assert main(["finetune", str(hf), "--task", "sst2", "--preset", "smoke", "--seeds", "1", "--out", str(tmp_path / "hf-job"), *FAST]) == 0
+    theirs = json.loads((tmp_path / "hf-job" / "scores.json").read_text())
+    assert theirs["per_lr"]["lr-0.003"]["scores"] == ours["per_lr"]["lr-0.003"]["scores"]
+    assert _losses(tmp_path / "hf-job" / "lr-0.003" / "seed-1", "cls_loss") == pytest.approx(loss, rel=1e-5)
+    # a finished job is not trained again
+    assert main(["finetune", str(run), "--task", "sst2", "--preset", "smoke", "--seeds", "1", *FAST]) == 0
+    assert "(done before)" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("task, term, metric", [("conll2003", "tok_loss", "test_entity_f1"), ("stsb", "mse_loss", "dev_spearman")])
+def test_token_and_regression_tasks_train_through_the_loop(tiny_run, tmp_path, task, term, metric):
+    from pretrain.downstream.runner import finetune
+
+    run, _, _ = tiny_run
+    s = finetune(str(run), task, seeds=1, preset="smoke", overrides=FAST, out=tmp_path / task)
+    assert s["main_metric"] == metric and -1.0 <= s["score"] <= 1.0
+    seed_run = tmp_path / task / "lr-0.003" / "seed-1"
+    loss = _losses(seed_run, term)
+    assert loss[-1] < loss[0]
+    evals = [json.loads(x) for x in (seed_run / "metrics.jsonl").read_text().splitlines() if json.loads(x)["kind"] == "eval"]
+    assert len(evals) == 16 and metric in evals[-1]  # scored every epoch; the last one is reported
+    assert json.loads((seed_run / "summary.json").read_text())["final_eval"][metric] == evals[-1][metric] == s["score"]
+
+
+def test_bad_finetune_input_is_one_line_before_training(tiny_run, tmp_path, capsys):
+    from pretrain.cli import main
+
+    run, _, _ = tiny_run
+    assert main(["finetune", str(run), "--task", "qnli", "--preset", "smoke"]) == 2
+    assert "qnli train split not found" in capsys.readouterr().err
+    assert main(["finetune", str(run), "--task", "sst2", "--preset", "smoke", "data.max_length=100"]) == 2
+    assert "data.max_length=100 exceeds the model's 64 positions" in capsys.readouterr().err
+    assert main(["finetune", str(tmp_path / "nothing"), "--task", "sst2"]) == 2
+    assert "does not exist" in capsys.readouterr().err
