@@ -184,3 +184,14 @@ def test_bad_finetune_input_is_one_line_before_training(tiny_run, tmp_path, caps
     assert "data.max_length=100 exceeds the model's 64 positions" in capsys.readouterr().err
     assert main(["finetune", str(tmp_path / "nothing"), "--task", "sst2"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_random_init_control_has_its_own_job_directory(tiny_run):
+    from pretrain.downstream.runner import finetune
+
+    run, _, _ = tiny_run
+    s = finetune(str(run), "sst2", seeds=1, preset="smoke", overrides=[*FAST, "epochs=1"], random_init=True)
+    job = run / "finetune" / "sst2-random-init"
+    assert s["pretrained"].endswith("(random init)") and (job / "scores.json").is_file()
+    assert json.loads((job / "lr-0.003" / "seed-1" / "summary.json").read_text())["random_init"] is True

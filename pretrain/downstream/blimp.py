@@ -11,7 +11,9 @@ syntax, semantics, syntax_semantics) and overall over all scored pairs (the mean
 phenomena when every phenomenon is scored on the same number of pairs, as ``limit`` does).
 
 Data: ``<root>/data/*.jsonl`` (or ``root`` holding the jsonl files), one JSON object per line
-with ``sentence_good``, ``sentence_bad``, ``field``, ``UID``.
+with ``sentence_good``, ``sentence_bad``, ``field``, ``UID``. The released files spell the
+fourth field both ``syntax_semantics`` and ``syntax/semantics``; both count as
+``syntax_semantics`` (the paper's "syntax-semantics").
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def load_pairs(root: str | Path, limit: Optional[int] = None, phenomena: Optiona
                     continue
                 try:
                     r = json.loads(line)
-                    out.append(MinimalPair(f.stem, r["field"], r["sentence_good"], r["sentence_bad"]))
+                    field = r["field"].replace("/", "_").replace("-", "_")
+                    out.append(MinimalPair(f.stem, field, r["sentence_good"], r["sentence_bad"]))
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise UserError(f"{f}:{n}: not a BLiMP record (sentence_good, sentence_bad, field)") from None
     return out

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -199,26 +200,32 @@ def finetune(
         check_run,  # every run checked before the first trains
     )
 
+    # Under torchrun every rank runs this function and trains every run together; only rank
+    # 0 writes the job's files.
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     for r in runs:
-        check_run(r, 1, FinetuningTask)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "finetune.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        check_run(r, int(os.environ.get("WORLD_SIZE", "1")), FinetuningTask)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "finetune.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     per_run: Dict[float, Dict[int, Dict[str, float]]] = {}
     for r in runs:
         run = Path(r.run_dir)
         summary_file = run / SUMMARY
         done = summary_file.is_file() and json.loads(summary_file.read_text()).get("status") == "done"
         summary = json.loads(summary_file.read_text()) if done else train(r, resume=True, task=FinetuningTask)
-        if not cfg.keep_weights:
-            shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        if not cfg.keep_weights and main_rank:
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)  # train() returned after its last barrier
         scores = summary["final_eval"]
         per_run.setdefault(float(r.train.optimizer.lr), {})[int(r.train.seed)] = scores
         main = main_metric(task, cfg.data.eval_splits)
-        print(f"{r.name}: {main} = {100 * scores[main]:.2f}" + ("" if not done else " (done before)"))
+        if main_rank:
+            print(f"{r.name}: {main} = {100 * scores[main]:.2f}" + ("" if not done else " (done before)"))
     s = summarize(task, per_run, cfg.data.eval_splits)
     source = str(pretrained) + (" (random init)" if random_init else "")
     s.update(task=task, pretrained=source, recipe=recipe or ident["family"], preset=preset, num_train_rows=n_train)
-    write_json_atomic(out / SCORES_JSON, s)
-    write_text_atomic(out / SCORES_MD, markdown(task, source, s))
-    print(score_line(task, source, s))
+    if main_rank:
+        write_json_atomic(out / SCORES_JSON, s)
+        write_text_atomic(out / SCORES_MD, markdown(task, source, s))
+        print(score_line(task, source, s))
     return s
