@@ -103,7 +103,7 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimizerConfig:
-    """Optimizer (read by ``pretrain.training.optim`` and ``pretrain.training.loop``). Defaults are
+    """Optimizer (read by ``pretrain.training.optim`` and ``pretrain.training.engine``). Defaults are
     RoBERTa's (Liu et al. 2019, §3.1): AdamW, β1=0.9, β2=0.98, ε=1e-6, weight decay 0.01.
 
     name: ``adamw`` (decoupled weight decay; BERT §A.2 uses β2=0.999, RoBERTa §3.1 0.98) or
@@ -150,8 +150,10 @@ class TrainConfig:
     """Training loop (read by ``pretrain.training.loop``).
 
     global_batch_size: sequences per optimizer step over all ranks
-        (= micro_batch_size × gradient accumulation × world size).
-    micro_batch_size: sequences per forward pass on one rank.
+        (= micro batch × gradient accumulation × world size).
+    micro_batch_size: the most sequences one rank runs in one forward pass (what fits in
+        memory); the loop runs the largest divisor of ``global_batch_size / world size``
+        not above it and derives the accumulation (``pretrain.training.engine.split_batch``).
     max_steps: optimizer steps; the token budget of a run is max_steps × global batch.
     precision: ``fp32`` or ``bf16`` (``fp16`` with loss scaling on GPU).
     eval_every / log_every / checkpoint_every: in optimizer steps.
@@ -159,7 +161,7 @@ class TrainConfig:
     seed: seeds model init, data order and dynamic masks.
     zero_stage: DeepSpeed ZeRO stage 0-3 (Rajbhandari et al. 2020); 1-3 partition the
         optimizer state over ranks, which LAMB's per-tensor trust ratio does not survive
-        (refused, ``pretrain.training.loop.deepspeed_config``).
+        (refused, ``pretrain.training.engine.deepspeed_config``).
     gradient_clipping: global gradient-norm clip; 0 = off. Default 1.0 (BERT's reference
         code); RoBERTa's Table 9 trains with 0.0 (configs/train/roberta.yaml).
     peak_flops: the peak FLOP/s of one device (one rank) for the model-FLOPs-utilization

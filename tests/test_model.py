@@ -1,4 +1,4 @@
-"""The encoder and its objectives: the trainer's forward contract, factorized embedding,
+"""The encoder and its criterion: fairseq's criterion contract (sums and counts), factorized embedding,
 cross-layer sharing, pre-LN, RoBERTa positions, NSP/SOP heads and one-line bad-input errors."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from common.configfile import merge_into
 from common.errors import UserError
 from data_prep.config import DataConfig
 from pretrain.config import ModelConfig
-from pretrain.criterions.pretraining import check_objective, score_sentence_task
+from pretrain.criterions.pretraining import PretrainingCriterion, check_objective, score_sentence_task
 from pretrain.models.encoder import build_model, check_model_fits_data, flops_per_token
+from pretrain.tasks.base import normalized_loss
 
 V, H, L, A, FF = 97, 32, 3, 4, 48
 
@@ -41,32 +42,59 @@ def batch(b=4, t=10, seed=0, pad_from=(None, 7, 4, None)):
 
 
 @pytest.mark.parametrize("sentence", ["none", "nsp", "sop"])
-def test_trainer_contract_forward_backward(sentence):
+def test_criterion_contract_sums_counts_and_backward(sentence):
+    """fairseq's contract: the model returns logits only; the criterion returns per-term
+    loss SUMS with a gradient path, the counts they sum over (equal to what
+    ``sample_size`` reads from the labels alone), and correct/count logs."""
     torch.manual_seed(0)
-    m = build_model(tiny(), sentence)
+    m = build_model(tiny(), sentence).eval()  # no dropout: two forward passes below must agree
     b = batch()
     col = {"nsp": "next_sentence_label", "sop": "sentence_order_label"}.get(sentence)
     if col:
         b[col] = torch.tensor([0, 1, 1, 0])
-    out = m(**b)
+    out = m(**{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")})
+    assert not any("loss" in k for k in out)  # losses left the model
+    crit = PretrainingCriterion(sentence)
+    loss_sum, sample_size, logs = crit(m, b)
     n_labels = int((b["labels"] != -100).sum())
-    assert out["mlm_count"].item() == n_labels == out["mlm_logits"].shape[0]
-    assert out["mlm_logits"].shape == (n_labels, V)
-    assert 0 <= out["mlm_correct"].item() <= n_labels
-    loss_keys = sorted(k for k in out if k.endswith("_loss"))
-    assert loss_keys == (["mlm_loss"] if sentence == "none" else ["mlm_loss", f"{sentence}_loss"])
-    # loss = MLM + sentence loss (BERT appendix A.2); the logged parts are detached
-    expected = out["mlm_loss"] + (out[f"{sentence}_loss"] if col else 0.0)
-    assert torch.allclose(out["loss"], expected)
-    assert not out["mlm_loss"].requires_grad and out["loss"].requires_grad
-    mlm_ref = F.cross_entropy(out["mlm_logits"], b["labels"][b["labels"] != -100])
-    assert torch.allclose(out["mlm_loss"], mlm_ref)
-    out["loss"].backward()
+    assert crit.weights == ({"mlm": 1.0} if sentence == "none" else {"mlm": 1.0, sentence: 1.0})
+    assert sorted(loss_sum) == sorted(sample_size) == sorted(crit.weights)
+    assert {k: int(v) for k, v in crit.sample_size(b).items()} == {k: int(v) for k, v in sample_size.items()}
+    assert int(sample_size["mlm"]) == n_labels == int(logs["mlm_count"]) == out["mlm_logits"].shape[0]
+    assert out["mlm_logits"].shape == (n_labels, V) and 0 <= int(logs["mlm_correct"]) <= n_labels
+    mlm_ref = F.cross_entropy(out["mlm_logits"], b["labels"][b["labels"] != -100], reduction="sum")
+    assert torch.allclose(loss_sum["mlm"], mlm_ref)
+    # the step loss of one micro batch on one rank: BERT appendix A.2's sum of the two means
+    total = normalized_loss(loss_sum, {k: float(v) for k, v in sample_size.items()}, crit.weights)
+    mean_ref = mlm_ref / n_labels
+    if col:
+        assert int(sample_size[sentence]) == 4 == int(logs["sentence_count"])
+        mean_ref = mean_ref + F.cross_entropy(out["sentence_logits"], b[col])
+    assert torch.allclose(total, mean_ref)
+    total.backward()
     grads = [p.grad for p in m.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     if col:
-        assert out["sentence_logits"].shape == (4, 2) and out["sentence_count"].item() == 4
+        assert out["sentence_logits"].shape == (4, 2)
         assert m.sentence_head.classifier.weight.grad.abs().sum() > 0
+
+
+def test_global_sample_size_weighs_every_token_equally():
+    """Two micro batches with 1 and 9 masked tokens: the micro batches' shares over the
+    GLOBAL count add up to the mean over all 10 tokens, not the mean of the two means."""
+    torch.manual_seed(3)
+    m = build_model(tiny(), "none").eval()  # no dropout: the forward passes below must agree
+    crit = PretrainingCriterion("none")
+    a, b = batch(seed=1), batch(seed=2)
+    a["labels"].fill_(-100)
+    a["labels"][0, 1] = a["input_ids"][0, 1]
+    assert int(crit.sample_size(a)["mlm"]) == 1 and int(crit.sample_size(b)["mlm"]) > 1
+    n = float(crit.sample_size(a)["mlm"] + crit.sample_size(b)["mlm"])
+    shares = [normalized_loss(crit(m, x)[0], {"mlm": n}, crit.weights) for x in (a, b)]
+    per_token = torch.cat([F.cross_entropy(m(**x)["mlm_logits"], x["labels"][x["labels"] != -100], reduction="none")
+                           for x in (a, b)])
+    torch.testing.assert_close(sum(shares), per_token.mean())
+    assert not torch.allclose(sum(shares), (per_token[:1].mean() + per_token[1:].mean()) / 2)
 
 
 def test_labelled_position_logits_equal_all_position_logits():
@@ -81,13 +109,13 @@ def test_labelled_position_logits_equal_all_position_logits():
     torch.testing.assert_close(out["sentence_logits"], full["sentence_logits"])
 
 
-def test_model_without_sentence_head_ignores_sentence_labels_and_wrong_task_is_refused():
+def test_criterion_without_sentence_term_ignores_sentence_labels_and_needs_its_own():
     b = batch()
     b["next_sentence_label"] = torch.zeros(4, dtype=torch.long)
-    out = build_model(tiny(), "none")(**b)
-    assert "sentence_logits" not in out and not any(k.startswith(("nsp", "sop")) for k in out)
-    with pytest.raises(ValueError, match="trained for sop got only next_sentence_label"):
-        build_model(tiny(), "sop")(**b)
+    loss_sum, sample_size, logs = PretrainingCriterion("none")(build_model(tiny(), "none"), b)
+    assert list(loss_sum) == list(sample_size) == ["mlm"] and not any(k.startswith("sentence") for k in logs)
+    with pytest.raises(ValueError, match="sop criterion needs a sentence_order_label column"):
+        PretrainingCriterion("sop")(build_model(tiny(), "sop"), b)
 
 
 def _count(m):
@@ -197,9 +225,6 @@ def test_init_is_bert_truncated_normal():
     [
         (dict(hidden_size=30), "hidden_size=30 is not divisible by model.num_attention_heads=4"),
         (dict(embedding_size=64), "embedding_size=64 is larger than model.hidden_size=32"),
-        (dict(sharing="layers"), "model.sharing='layers' is not one of: none, all, attention, ffn"),
-        (dict(family="gpt"), "model.family='gpt' is not one of"),
-        (dict(hidden_act="swish"), "hidden_act='swish'"),
         (dict(vocab_size=None), "vocab_size is not set"),
         (dict(position_offset=600), "position_offset=600"),
         (dict(hidden_dropout_prob=1.0), "hidden_dropout_prob=1.0"),
@@ -212,6 +237,20 @@ def test_bad_model_configs_are_one_line_user_errors(kw, msg):
     with pytest.raises(UserError) as e:
         build_model(cfg, "none")
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(sharing="layers"), "model: sharing='layers' is not one of: none, all, attention, ffn"),
+    (dict(family="gpt"), "model: family='gpt' is not one of: bert, roberta, albert"),
+    (dict(hidden_act="swish"), "model: hidden_act='swish' is not one of: gelu, gelu_new, relu"),
+])
+def test_model_choices_are_typed_and_fail_at_load(kw, msg):
+    with pytest.raises(UserError) as e:
+        merge_into(ModelConfig, kw, where="model")
+    assert str(e.value) == msg
+    cfg = tiny()
+    with pytest.raises(Exception, match="expected one of"):  # not even assignable later
+        cfg.sharing = "layers"
 
 
 def test_bad_objective_is_refused_before_training():

@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from omegaconf import OmegaConf
 
+from common.atomic import write_json_atomic, write_text_atomic
 from common.configfile import merge_into, read_yaml
 from common.errors import UserError
 from data_prep.config import data_fingerprint
@@ -411,7 +412,7 @@ def submit(
     ids = _sbatch_chain(cmds)
     names = ["data", "train", "tables"][: len(ids)]
     jobs = dict(zip(names, ids))
-    rundir.write_json_atomic(plan.slurm_dir / JOBS, {
+    write_json_atomic(plan.slurm_dir / JOBS, {
         "kind": plan.kind,
         "name": plan.name,
         "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -433,8 +434,6 @@ def submit(
 
 def _write_inputs(plan: Plan, scripts: Dict[str, str]) -> None:
     """Everything the jobs read: run configs, data configs, scripts, ablation.yaml."""
-    from common.atomic import write_text_atomic
-
     plan.slurm_dir.mkdir(parents=True, exist_ok=True)
     for cfg in plan.runs.values():
         run = run_dir(cfg)

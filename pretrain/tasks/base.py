@@ -148,9 +148,11 @@ class Task(ABC):
         partitions the parameters away."""
 
     def frozen_modules(self) -> Dict[str, nn.Module]:
-        """Modules used but not trained (e.g. a distillation teacher): the task keeps them
-        in eval mode with ``requires_grad`` off, outside the engine, out of checkpoints;
-        their forward FLOPs belong in ``flops``. Default: none."""
+        """Modules used but not trained (e.g. a distillation teacher), by name. Called once
+        after ``build_model``; the loop moves them to the engine's device, puts them in eval
+        mode and turns ``requires_grad`` off. They stay outside the engine and out of
+        checkpoints; the criterion reaches them through the task; their forward FLOPs
+        belong in ``flops``. Default: none."""
         return {}
 
     @abstractmethod

@@ -1,1 +1,1 @@
-"""The training loop and its components: world, DeepSpeed config, optimizer and schedule, batching, evaluation, checkpoints, run directory layout, MFU."""
+"""The training loop (``loop``) and its components: checks, DeepSpeed engine and config, world, optimizer and schedule, batching, evaluation, checkpoints, metrics log, preemption, run directory layout, MFU."""

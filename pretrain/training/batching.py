@@ -40,8 +40,6 @@ from data_prep.shards import SplitData
 # Keeps the epoch permutations apart from every masking stream even with equal seeds.
 _ORDER_STREAM = 0x5A4D
 
-# Per-sequence scalar columns handed to the model unchanged (NSP, BERT §3.1; SOP, ALBERT §4.2).
-
 
 class GlobalBatchSampler:
     """Deterministic global batches over ``num_rows`` training rows.
@@ -208,6 +206,7 @@ class Collator:
         self.pad_id = int(pad_id)
         self.masker = None if split.masked else masker
         self.seed = int(seed)
+        # Per-sequence labels passed through for the criterion (NSP, BERT §3.1; SOP, ALBERT §3.2).
         self.sentence_labels = [c for c in SENTENCE_LABELS if c in split.columns]
 
     def example(self, row: int, epoch: int) -> Dict[str, np.ndarray]:
