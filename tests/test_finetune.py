@@ -226,3 +226,32 @@ def test_two_ranks_fine_tune_and_score_as_one(tiny_run, tmp_path):
     a = json.loads((one / "summary.json").read_text())["final_eval"]
     b = json.loads((two / "summary.json").read_text())["final_eval"]
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("family, kind", [("roberta", "bpe"), ("albert", "unigram")])
+def test_roberta_and_albert_directories_fine_tune_on_pairs(family, kind, tmp_path, data_dir):
+    """A Hugging Face RoBERTa (byte-level BPE, <s> A </s></s> B </s>, one token type, its own
+    head) and ALBERT (SentencePiece-style unigram, factorized embedding, shared layers, SOP
+    pooler) directory fine-tune on RTE sentence pairs."""
+    from data_prep.tokenizer import load_tokenizer, train_tokenizer
+    from pretrain.config import load_run_config
+    from pretrain.downstream import glue
+    from pretrain.downstream.runner import finetune
+    from pretrain.models.encoder import build_model
+    from pretrain.models.hf import export_run
+
+    text = [t for e in glue.load_examples("rte", "dev", data_dir / "glue") for t in (e.text_a, e.text_b)]
+    tok = train_tokenizer(kind, text, 800, 2, tmp_path / "tok" / "tokenizer.json")
+    n = load_tokenizer(tok, kind).vocab_size
+    extra = ["model.embedding_size=16"] if family == "albert" else []
+    cfg = load_run_config(REPO / "configs" / "recipe" / f"{family}.yaml", "smoke",
+                          ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+                           "model.intermediate_size=64", f"model.vocab_size={n}", *extra])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.objective.sentence)
+    hf = export_run(cfg, model.state_dict(), tmp_path / "hf", tok)
+    s = finetune(str(hf), "rte", seeds=1, preset="smoke", overrides=[*FAST, "epochs=1"], out=tmp_path / "job")
+    assert s["main_metric"] == "dev_accuracy" and 0.0 <= s["score"] <= 1.0 and s["recipe"] == family
+    loss = _losses(tmp_path / "job" / "lr-0.003" / "seed-1", "cls_loss")
+    assert len(loss) == 1 and 0.0 < loss[0] < 5.0

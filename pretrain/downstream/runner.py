@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 from common.atomic import write_json_atomic, write_text_atomic
 from common.errors import UserError
 from pretrain.downstream.config import load_finetune_config
-from pretrain.downstream.tasks import count_train_rows, main_metric
+from pretrain.downstream.task_data import count_train_rows, main_metric
 
 SCORES_JSON = "scores.json"
 SCORES_MD = "scores.md"

@@ -4,7 +4,7 @@ CoNLL-2003 NER) as a ``Task`` of the one training loop.
 What it supplies to the loop (``pretrain.tasks.base``), for a
 ``pretrain.downstream.config.FinetuneConfig``:
 - data: the task's training split and evaluation splits, encoded with the pretrained
-  model's tokenizer (``pretrain.downstream.tasks``); read by every rank (small files);
+  model's tokenizer (``pretrain.downstream.task_data``); read by every rank (small files);
 - the trainable module: ``pretrain.models.heads.FineTuneModel``, the pretrained encoder (and
   BERT/ALBERT pooler) plus a fresh head initialised under the run's seed, or, with
   ``random_init``, the whole model from BERT's initialisation (the control row);
@@ -30,7 +30,12 @@ from common.errors import UserError
 from common.schema import IGNORE_INDEX
 from pretrain.criterions.finetuning import CRITERIA
 from pretrain.downstream.config import check_finetune_config
-from pretrain.downstream.tasks import load_task_data, main_metric, metric_names, score
+from pretrain.downstream.task_data import (
+    load_task_data,
+    main_metric,
+    metric_names,
+    score,
+)
 from pretrain.tasks.base import Batch, Criterion, Sampler, Task
 from pretrain.training.batching import GlobalBatchSampler
 
