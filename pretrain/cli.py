@@ -131,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     f = sub.add_parser("finetune", help="fine-tune a checkpoint or Hugging Face model on a GLUE task or CoNLL-2003, over seeds")
     f.add_argument("pretrained", help="run directory, checkpoints/ or step-* directory, or a Hugging Face model directory")
     f.add_argument("overrides", nargs="*", help="key=value overrides of the fine-tuning config, e.g. lrs=[1e-4]")
-    f.add_argument("--task", required=True, choices=["sst2", "cola", "mrpc", "qqp", "stsb", "qnli", "rte", "mnli", "conll2003"])
+    f.add_argument("--task", required=True, help="sst2 cola mrpc qqp stsb qnli rte mnli conll2003 (checked by the config: TaskName)")
     f.add_argument("--seeds", type=int, help="seeds 1..N per learning rate (default: the recipe's)")
     f.add_argument("--preset", help="configs/finetune/preset/NAME.yaml: smoke, small (or a YAML path)")
     f.add_argument("--recipe", help="configs/finetune/NAME.yaml: bert, roberta, albert (default: the model's family)")

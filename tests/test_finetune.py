@@ -52,6 +52,14 @@ def tiny_run(tmp_path_factory, data_dir):
     return run, hf, model
 
 
+def test_every_task_name_has_a_reader():
+    from pretrain.downstream import glue
+    from pretrain.downstream.config import TASK_NAMES
+    from pretrain.downstream.task_data import NER_TASK
+
+    assert set(TASK_NAMES) == set(glue.TASKS) | {NER_TASK}
+
+
 def test_recipe_follows_the_family_and_layers_merge_in_order():
     base = {"pretrained": "x", "task": "cola"}
     bert = load_finetune_config("bert", None, [], base)

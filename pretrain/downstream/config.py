@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, get_args
 
 from omegaconf import OmegaConf
 
@@ -27,7 +27,7 @@ from common.errors import UserError
 from pretrain.config import TrainConfig, find_configs_root
 
 TaskName = Literal["sst2", "cola", "mrpc", "qqp", "stsb", "qnli", "rte", "mnli", "conll2003"]
-TASK_NAMES = ("sst2", "cola", "mrpc", "qqp", "stsb", "qnli", "rte", "mnli", "conll2003")
+TASK_NAMES = get_args(TaskName)
 
 
 @dataclass
