@@ -208,9 +208,9 @@ def run_ablation(
     abl_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(abl_dir / rundir.ABLATION, OmegaConf.to_yaml(rec))
 
-    from pretrain.training.loop import (
-        train,  # imported here: `pretrain tables` imports this module, keep it light
-    )
+    # imported here: `pretrain submit` and `pretrain status` import this module without
+    # training, and torch + DeepSpeed take seconds to load
+    from pretrain.training.loop import train
 
     written: List[Path] = []
     n = len(cfgs)
