@@ -33,7 +33,7 @@ class Pretrained:
 
     model_cfg: Any
     sentence: str
-    model: BertForPretraining
+    model: Optional[BertForPretraining]  # None once a fine-tuning task has copied it
     tokenizer: TokenizerInfo
     where: str
     random_init: bool = False
