@@ -39,10 +39,12 @@ def test_blimp_pairs_limit_per_phenomenon(data_dir):
         blimp.load_pairs(data_dir / "blimp", phenomena=["nope"])
 
 
-def test_pll_is_the_sum_of_masked_token_log_probabilities(tiny):
+def test_pll_is_the_sum_of_masked_token_log_probabilities(tiny, monkeypatch):
     model, info = tiny
     sentences = ["Many girls insulted themselves.", "Who should Derek hug after shocking Richard?"]
     got = blimp.pseudo_log_likelihoods(model, info, sentences, 64, batch_rows=5)
+    monkeypatch.setattr(blimp, "SENTENCES_PER_CHUNK", 1)  # one sentence per chunk: the same sums
+    assert blimp.pseudo_log_likelihoods(model, info, sentences, 64, batch_rows=64) == pytest.approx(got, abs=1e-5)
     for s, value in zip(sentences, got):
         ids = [info.cls_id, *info.encode_batch([s])[0], info.sep_id]
         want = 0.0

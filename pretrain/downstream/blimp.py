@@ -33,6 +33,8 @@ from common.errors import UserError
 from data_prep.tokenizer import TokenizerInfo
 from pretrain.models.encoder import BertForPretraining
 
+SENTENCES_PER_CHUNK = 4096
+
 
 @dataclass(frozen=True)
 class MinimalPair:
@@ -105,31 +107,33 @@ def pseudo_log_likelihoods(
     model.eval()
     device = next(model.parameters()).device
     encoded = info.encode_batch(list(sentences))
-    # One row per (sentence, masked position); rows sorted by length so padding stays low.
-    rows = []
-    for s, ids in enumerate(encoded):
-        ids = [info.cls_id, *ids[: max_length - 2], info.sep_id]
-        for pos in range(1, len(ids) - 1):
-            rows.append((len(ids), s, pos, ids))
-    rows.sort(key=lambda r: r[0])
     total = np.zeros(len(encoded), dtype=np.float64)
     emb = model.encoder.embeddings.word_embeddings.weight
-    starts = range(0, len(rows), batch_rows)
-    for start in tqdm(starts, desc="pll", unit="batch", disable=not progress):
-        chunk = rows[start : start + batch_rows]
-        width = chunk[-1][0]
-        ids = torch.full((len(chunk), width), info.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, (n, _, pos, toks) in enumerate(chunk):
-            ids[i, :n] = torch.tensor(toks)
-            mask[i, :n] = 1
-        positions = torch.tensor([r[2] for r in chunk])
-        target = ids[torch.arange(len(chunk)), positions].clone()
-        ids[torch.arange(len(chunk)), positions] = info.mask_id
-        h = model.encoder(ids.to(device), mask.to(device), torch.zeros_like(ids).to(device))
-        logits = model.mlm(h[torch.arange(len(chunk), device=device), positions.to(device)], emb)
-        logp = F.log_softmax(logits.float(), dim=-1).gather(1, target.to(device)[:, None])[:, 0].double().cpu().numpy()
-        np.add.at(total, np.asarray([r[1] for r in chunk]), logp)
+    # Sentences in chunks (bounded memory), each chunk's masked copies sorted by length so
+    # padding stays low.
+    chunks = range(0, len(encoded), SENTENCES_PER_CHUNK)
+    for first in tqdm(chunks, desc="pll", unit="chunk", disable=not progress):
+        rows = []
+        for s in range(first, min(first + SENTENCES_PER_CHUNK, len(encoded))):
+            ids = [info.cls_id, *encoded[s][: max_length - 2], info.sep_id]
+            rows.extend((len(ids), s, pos, ids) for pos in range(1, len(ids) - 1))
+        rows.sort(key=lambda r: r[0])
+        for start in range(0, len(rows), batch_rows):
+            chunk = rows[start : start + batch_rows]
+            width = chunk[-1][0]
+            ids = torch.full((len(chunk), width), info.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, (n, _, _, toks) in enumerate(chunk):
+                ids[i, :n] = torch.tensor(toks)
+                mask[i, :n] = 1
+            at = torch.arange(len(chunk))
+            positions = torch.tensor([r[2] for r in chunk])
+            target = ids[at, positions].clone()
+            ids[at, positions] = info.mask_id
+            h = model.encoder(ids.to(device), mask.to(device), torch.zeros_like(ids).to(device))
+            logits = model.mlm(h[at.to(device), positions.to(device)], emb)
+            logp = F.log_softmax(logits.float(), dim=-1).gather(1, target.to(device)[:, None])[:, 0]
+            np.add.at(total, np.asarray([r[1] for r in chunk]), logp.double().cpu().numpy())
     return total
 
 
