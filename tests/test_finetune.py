@@ -263,3 +263,24 @@ def test_roberta_and_albert_directories_fine_tune_on_pairs(family, kind, tmp_pat
     assert s["main_metric"] == "dev_accuracy" and 0.0 <= s["score"] <= 1.0 and s["recipe"] == family
     loss = _losses(tmp_path / "job" / "lr-0.003" / "seed-1", "cls_loss")
     assert len(loss) == 1 and 0.0 < loss[0] < 5.0
+
+
+def test_pooler_of_a_masked_lm_directory_is_fine_tuned_from(tiny_run, tmp_path):
+    """bert-base-uncased names BertForMaskedLM (no pooler) but ships the NSP-trained pooler;
+    fine-tuning starts from it, as BertForSequenceClassification.from_pretrained does."""
+    import shutil
+
+    from pretrain.downstream.source import load_pretrained
+    from pretrain.models.heads import FineTuneModel
+
+    run, hf, model = tiny_run
+    mlm_dir = tmp_path / "mlm"
+    shutil.copytree(hf, mlm_dir)
+    config = json.loads((mlm_dir / "config.json").read_text())
+    config["architectures"] = ["BertForMaskedLM"]
+    (mlm_dir / "config.json").write_text(json.dumps(config))
+    pre = load_pretrained(mlm_dir)
+    assert pre.sentence == "none" and pre.pooler is not None
+    m = FineTuneModel(pre.model_cfg, "sequence", 2).load_pretrained(pre.model, pre.pooler)
+    assert torch.equal(m.head.pooler.weight, model.sentence_head.pooler.weight)
+    assert load_pretrained(mlm_dir, random_init=True).pooler is None

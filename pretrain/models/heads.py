@@ -120,18 +120,22 @@ class FineTuneModel(nn.Module):
     ) -> torch.Tensor:
         return self.head(self.encoder(input_ids, attention_mask, token_type_ids))
 
-    def load_pretrained(self, pretrained: BertForPretraining) -> "FineTuneModel":
+    def load_pretrained(self, pretrained: BertForPretraining, pooler: Optional[dict] = None) -> "FineTuneModel":
         """Copy the encoder of ``pretrained`` (same ModelConfig) and, for a BERT/ALBERT
-        sequence head, the pooler of its NSP/SOP head when it has one. Returns self.
-        Raises UserError when the encoders' shapes differ."""
+        sequence head, the pooler of its NSP/SOP head when it has one, else ``pooler``
+        (``{"weight" [H, H], "bias" [H]}`` read from a checkpoint whose class has no head).
+        Returns self. Raises UserError when the encoders' shapes differ."""
         try:
             self.encoder.load_state_dict(pretrained.encoder.state_dict())
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise UserError(f"pretrained encoder does not fit the fine-tuning model: {first}") from None
         sentence_head = getattr(pretrained, "sentence_head", None)
-        if self.kind == "sequence" and sentence_head is not None and hasattr(self.head, "pooler"):
-            self.head.pooler.load_state_dict(sentence_head.pooler.state_dict())
+        if self.kind == "sequence" and hasattr(self.head, "pooler"):
+            if sentence_head is not None:
+                self.head.pooler.load_state_dict(sentence_head.pooler.state_dict())
+            elif pooler is not None:
+                self.head.pooler.load_state_dict(pooler)
         return self
 
     def num_parameters(self, non_embedding: bool = False) -> int:

@@ -91,7 +91,7 @@ class FinetuningTask(Task):
 
         model = FineTuneModel(self.pretrained.model_cfg, self.data.head, self.data.num_labels, self.cfg.classifier_dropout)
         if not self.cfg.random_init:
-            model.load_pretrained(self.pretrained.model)
+            model.load_pretrained(self.pretrained.model, self.pretrained.pooler)
         self.pretrained.model = None  # copied; do not hold a second encoder through training
         self._per_token = flops_per_token(model, 0)
         self._per_token_pos = flops_per_token(model, 1) - self._per_token
