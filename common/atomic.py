@@ -1,11 +1,14 @@
 """Writes a reader never sees half of: write to ``<name>.tmp`` beside the target, then
-``os.replace`` (atomic on POSIX within one file system)."""
+``os.replace`` (atomic on POSIX within one file system). A write that fails (a full disk)
+removes its temporary file and leaves the target as it was."""
 
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from common.diskspace import disk_full_is_user_error
 
 
 @contextmanager
@@ -23,11 +26,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename.
+
+    Raises UserError naming ``path`` and the space needed if the disk is full."""
+    data = text.encode()
+    with disk_full_is_user_error(path, len(data)), atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON to ``path``, atomically."""
+    """Write ``obj`` as indented, key-sorted JSON to ``path``, atomically (see
+    ``write_text_atomic``)."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

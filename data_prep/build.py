@@ -4,10 +4,13 @@ manifest, for every input format of RoBERTa §4.2 and BERT/ALBERT's sentence-pai
 Two streaming passes over the corpus; memory is bounded by ``chunk_documents``, never by
 the corpus size:
 
-1. **Tokenizer** (skipped with ``tokenizer.path``): trained with ``tokenizers``'
-   ``train_from_iterator`` on a stream of the training split's line units
-   (``sentences.line_units``; validation documents never reach it). The trainer keeps word
-   counts, not text, so memory grows with the vocabulary of the corpus, not its size.
+1. **Tokenizer** (skipped with ``tokenizer.path``): trained reproducibly
+   (``data_prep.tokenizer.train_tokenizer``) on a stream of the training split's line units
+   (``sentences.line_units``; validation documents never reach it), or taken from the
+   cache of tokenizers trained on the same text (``_cached_tokenizer``: one file per
+   training text, kind, vocabulary size and special tokens, in ``tokenizers/`` beside the
+   shard directory), so the arms of an ablation share one tokenizer. The trainers keep
+   word counts, not text, so memory grows with the vocabulary of the corpus, not its size.
    The pre-tokenizers of all three kinds cut text at whitespace before anything else, so
    line units give the same word counts as their sentences, without the splitter's cost.
 2. **Chunks**: documents in read order go to train or validation by a sha256 of their id
@@ -27,9 +30,11 @@ Masks: validation masked once with ``masking.validation_seed``, row ``r`` of chu
 ``sequence_rng(validation_seed, STREAM_VALIDATION, 0, row_key(c, r))`` (the same bytes for
 every arm of an ablation: ``splits.validation.sha256``); training data ``static`` =
 ``dupe_factor`` copies of the same rows, copy ``k`` of row ``r`` of chunk ``c`` masked with
-``sequence_rng(seed, STREAM_STATIC, k, row_key(c, r))`` (BERT, Devlin et al. 2019, §A.2; BERT's
-reference also re-draws the pairs per copy, here copies share rows so row ``i`` is one
-sequence in every copy); ``dynamic`` = unmasked rows the trainer's collator masks every
+``sequence_rng(seed, STREAM_STATIC, k, row_key(c, r))`` (BERT, Devlin et al. 2019, §A.2). With
+``masking.copies=reference`` every copy also reruns instance creation with its own
+generator (``chunk_random(seed, split, chunk, k)``), as BERT's and ALBERT's
+``create_pretraining_data.py`` do, so copies hold different rows (pooled by the reader);
+with ``remask`` copies share rows, so row ``i`` is one sequence in every copy; ``dynamic`` = unmasked rows the trainer's collator masks every
 epoch (RoBERTa §4.1). Every row carries ``word_starts`` so the collator can mask whole
 words or n-grams.
 
@@ -37,9 +42,10 @@ Shards: a chunk's rows go to ``ceil(rows / rows_per_shard)`` shard files, so sha
 up to ``rows_per_shard`` rows and their row counts vary (the manifest records each).
 
 Resumability: the directory is built as ``<out>.partial`` and renamed when complete,
-under an exclusive lock (``.<out>.lock``) so concurrent builds of one directory build it
-once. The tokenizer and each finished chunk are recorded in ``<out>.partial/.progress/``
-(a chunk's JSON record names its shards and a sha256 of its input documents). A build
+under an exclusive lock (``.<out>.lock`` beside it, ``common.lock``: a second build of the
+same directory waits, naming the holder's host and pid, then finds it built; the file is
+deleted when the build ends). The tokenizer and each finished chunk are recorded in
+``<out>.partial/.progress/`` (a chunk's JSON record names its shards and a sha256 of its input documents). A build
 that is killed or interrupted leaves the ``.partial`` directory; rerunning the same config
 reuses the tokenizer and every recorded chunk whose input is unchanged, redoes the rest,
 and ends byte-identical to an uninterrupted build (``manifest.json`` differs only in its
@@ -49,7 +55,6 @@ code version is deleted; a bad-input error (UserError) deletes it too.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -71,6 +76,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.lock import DirLock
 from common.schema import LABEL_COLUMNS, PAIR_FORMATS
 from data_prep import shards
 from data_prep.config import (
@@ -79,7 +85,7 @@ from data_prep.config import (
     data_fingerprint,
     resolve_output_dir,
 )
-from data_prep.corpus import ReadStats, read_documents
+from data_prep.corpus import ReadOptions, ReadStats, read_documents, report_lines
 from data_prep.instances import (
     InstanceStats,
     Row,
@@ -97,16 +103,19 @@ from data_prep.tokenizer import (
     load_tokenizer,
     train_tokenizer,
 )
-from data_prep.words import encode_with_words
+from data_prep.words import encode_with_words, reference_starts
 
 # Bumped whenever the code changes the bytes a config builds (sentence rules, packing,
 # tokenizer settings): the fingerprint covers the config only, so a directory built by
 # other code is refused instead of being reported up to date.
-PIPELINE_VERSION = 3
+# 4: one layout rule for text files, over-long lines cut (data_prep.corpus); 5: reproducible
+# WordPiece/Unigram training, special-token strings encoded as text, reference pair rules.
+PIPELINE_VERSION = 5
 
 # Ids of a split's documents in the order they were used, one per line.
 DOCUMENTS_FILE = "documents.txt"
 PROGRESS_DIR = ".progress"  # inside <out>.partial: what a rerun may reuse
+TOKENIZER_CACHE = "tokenizers"  # beside the shard directories: trained tokenizers by training text
 ENCODE_BATCH = 8192  # sentences per encode_batch call: big enough to keep Rust threads busy
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: keeps workers busy, bounds memory
 # A chunk also closes at this many characters of text (about 1.5M words): documents vary
@@ -160,7 +169,28 @@ def build(cfg: DataConfig, force: bool = False) -> Path:
         f"{t['tokens']} tokens in {manifest['build']['seconds']:.1f} s",
         file=sys.stderr,
     )
+    for line in read_report_lines(manifest):
+        print(f"data-prep: {line}", file=sys.stderr)
     return out
+
+
+def read_options(cfg: DataConfig) -> ReadOptions:
+    """How ``cfg``'s corpus is read: its encoding and layout keys, and over-long lines cut
+    into pieces a row can hold (a token covers at least one byte; one more for the
+    word-start marker a unigram tokenizer may add), so no token of them is truncated."""
+    return ReadOptions(str(cfg.corpus_encoding), str(cfg.corpus_errors), str(cfg.corpus_layout),
+                       max(16, int(cfg.max_seq_length) - 4))
+
+
+def read_report_lines(manifest: Dict[str, Any]) -> List[str]:
+    """The end-of-build report: ``corpus.report_lines`` of the manifest's ``read_report``
+    (binary, undecodable and cut files) and the sentences truncated to fit a row."""
+    dc, st = manifest["data_config"], manifest["stats"]
+    lines = report_lines(manifest["read_report"], dc["corpus_encoding"], dc["corpus_errors"])
+    if st["truncated_sentences"]:
+        dropped = "" if dc["format"] in PAIR_FORMATS else f" ({st['truncated_tokens']} tokens dropped)"
+        lines.append(f"{st['truncated_sentences']} sentences longer than max_seq_length={dc['max_seq_length']} were truncated{dropped}")
+    return lines
 
 
 def _build_locked(out: Path, cfg: DataConfig, fp: str, force: bool) -> Optional[Dict[str, Any]]:
@@ -253,19 +283,10 @@ def _first_damaged(out: Path, manifest: Dict[str, Any]) -> Optional[str]:
 
 @contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
-    lock = out.with_name(f".{out.name}.lock")
-    with open(lock, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"data-prep: waiting for another build of {out} to finish", file=sys.stderr)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        _LOCK_FDS.append(f.fileno())
-        try:
-            yield
-        finally:
-            _LOCK_FDS.remove(f.fileno())
-            fcntl.flock(f, fcntl.LOCK_UN)
+    # One build per output directory: a second one waits (naming the holder), then finds
+    # the directory complete. The lock file is deleted when the build ends, however it ends.
+    with DirLock(out.with_name(f".{out.name}.lock"), f"the build of {out}", wait=True):
+        yield
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -304,7 +325,7 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
     lap = _Lap(stages)
     shutil.rmtree(tmp / PROGRESS_DIR / "work", ignore_errors=True)  # files of chunks that never finished
     job = _Job.from_config(cfg, str(tmp), str(tmp / shards.TOKENIZER_FILE))
-    writers = {s: _SplitWriter(tmp, s, job.copy_labels(s), job.columns(s)) for s in SPLITS}
+    writers = {s: _SplitWriter(tmp, s, job.copy_labels(s), job.columns(s), not job.rerun_copies(s)) for s in SPLITS}
     read_stats = ReadStats()
     worker_seconds: Dict[str, float] = {}
     with _Runner(cfg.num_workers, job) as runner:
@@ -324,7 +345,8 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
     splits = {s: writers[s].summary() for s in SPLITS}
     static = cfg.masking.mode == "static"
     splits["train"]["masking"] = (
-        {"mode": "static", "seed": cfg.seed, "stream": STREAM_STATIC, "copies": cfg.masking.dupe_factor, "index": "row_key(chunk, row in chunk)"}
+        {"mode": "static", "seed": cfg.seed, "stream": STREAM_STATIC, "copies": cfg.masking.dupe_factor, "index": "row_key(chunk, row in chunk)",
+         "copy_rows": "instances recreated per copy, rows pooled" if cfg.masking.copies == "reference" else "shared, epoch e reads copy e % copies"}
         if static
         else {"mode": "dynamic", "note": "unmasked; the trainer's collator masks every epoch"}
     )
@@ -354,7 +376,7 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
         "totals": {
             "sequences": both.sequences,
             "tokens": both.tokens,
-            "stored_sequences": sum(sp["rows"] * len(sp["copies"]) for sp in splits.values()),
+            "stored_sequences": sum(sp["rows"] * (len(sp["copies"]) if sp["copies_share_rows"] else 1) for sp in splits.values()),
             "bytes": sum(e["bytes"] for sp in splits.values() for c in sp["copies"] for e in c),
         },
         "stats": {
@@ -371,6 +393,7 @@ def _build_into(tmp: Path, cfg: DataConfig, fp: str) -> Dict[str, Any]:
             "skipped_members": read_stats.skipped_members,
             "instances": {s: inst[s].as_dict() for s in SPLITS},
         },
+        "read_report": read_stats.report(),
         "chunks": {"documents_per_chunk": cfg.chunk_documents, **{s: writers[s].next_chunk for s in SPLITS}},
         "sentence_splitter": DEFAULT_BACKEND,
         "build": {
@@ -448,18 +471,48 @@ def _tokenizer(tmp: Path, cfg: DataConfig) -> Tuple[TokenizerInfo, str, Optional
         source = src
     else:
         counts = {s: 0 for s in SPLITS}
-        texts = _training_text(cfg, counts)
-        train_tokenizer(t.kind, texts, t.vocab_size, t.min_frequency, dest)
+        cached = _cached_tokenizer(tmp, cfg, counts)
         _check_both_splits(cfg, counts, ReadStats(documents=sum(counts.values())))
+        if not cached.is_file():
+            train_tokenizer(t.kind, _training_text(cfg, {s: 0 for s in SPLITS}), t.vocab_size, t.min_frequency, dest)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            part = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+            shutil.copyfile(dest, part)
+            os.replace(part, cached)
+        else:
+            shutil.copyfile(cached, dest)
         source = "trained"
     info = load_tokenizer(dest, t.kind)
     _write_json(marker, {"source": source, "documents": counts})
     return info, source, counts
 
 
+def _cached_tokenizer(tmp: Path, cfg: DataConfig, counts: Dict[str, int]) -> Path:
+    """Where the tokenizer trained on this build's training text is cached:
+    ``<shard directory's parent>/tokenizers/<kind>-<vocab_size>-<key>.json``.
+
+    The key is a sha256 of the training text itself (every line unit the trainer reads,
+    so corpus, ``max_documents``, ``strip_pos_tags`` and ``validation_fraction`` are in it
+    through the text they select), the kind, ``vocab_size``, ``min_frequency``, the special
+    tokens and ``PIPELINE_VERSION``. Every arm of an ablation that differs in anything else
+    (masking, format, objective, sequence length) thus finds the one tokenizer the first
+    arm trained and uses its bytes, so all arms are scored on the same tokens; training is
+    reproducible anyway (``data_prep.tokenizer``), the cache saves the time. Costs one
+    streaming pass over the corpus; fills ``counts`` (documents per split).
+    """
+    t = cfg.tokenizer
+    h = hashlib.sha256()
+    h.update(json.dumps({"kind": t.kind, "vocab_size": t.vocab_size, "min_frequency": t.min_frequency,
+                         "special_tokens": SPECIAL_TOKENS[t.kind], "pipeline": PIPELINE_VERSION}, sort_keys=True).encode())
+    for unit in _training_text(cfg, counts):
+        data = unit.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little") + data)
+    return tmp.parent / TOKENIZER_CACHE / f"{t.kind}-{t.vocab_size}-{h.hexdigest()[:24]}.json"
+
+
 def _training_text(cfg: DataConfig, counts: Dict[str, int]) -> Iterator[str]:
     """Line units of the training split's documents, streamed (counts documents per split)."""
-    docs = read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, ReadStats())
+    docs = read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, ReadStats(), read_options(cfg))
     for doc in tqdm(docs, desc="train tokenizer", unit="doc", total=cfg.max_documents, dynamic_ncols=True):
         if is_validation(doc.id, cfg.validation_fraction):
             counts["validation"] += 1
@@ -475,6 +528,8 @@ def _check_both_splits(cfg: DataConfig, counts: Dict[str, int], stats: ReadStats
     raise UserError(
         f"corpus {cfg.corpus} is too small: {stats.documents} documents leave no {which} document at "
         f"validation_fraction={cfg.validation_fraction}; use a larger corpus (or change validation_fraction)"
+        + ("; a text file without ' = Title = ' headings is one document unless data.corpus_layout says how its "
+           "documents are separated (blank_lines, lines; README: Corpus layouts)" if cfg.corpus_layout == "auto" and stats.documents < 10 else "")
     )
 
 
@@ -513,7 +568,7 @@ def _chunks(cfg: DataConfig, stats: ReadStats) -> Iterator[_Chunk]:
         index[split] += 1
         return _Chunk(split, index[split] - 1, docs, h.hexdigest())
 
-    for doc in read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, stats):
+    for doc in read_documents(cfg.corpus, list(cfg.strip_pos_tags), cfg.max_documents, stats, read_options(cfg)):
         split = "validation" if is_validation(doc.id, cfg.validation_fraction) else "train"
         counts[split] += 1
         buf = bufs[split]
@@ -558,6 +613,9 @@ class _Job:
     seed: int
     rows_per_shard: int
     masking: Dict[str, Any]
+    short_seq_rule: str
+    sentence_labels: str
+    word_boundaries: str
 
     @classmethod
     def from_config(cls, cfg: DataConfig, root: str, tokenizer_file: str) -> "_Job":
@@ -565,7 +623,13 @@ class _Job:
             root, tokenizer_file, cfg.tokenizer.kind, cfg.format, cfg.sentence_objective, int(cfg.max_seq_length),
             float(cfg.short_seq_prob), int(cfg.seed), int(cfg.rows_per_shard),
             OmegaConf.to_container(OmegaConf.structured(cfg.masking), resolve=True),
+            cfg.short_seq_rule, cfg.sentence_labels, cfg.word_boundaries,
         )
+
+    def rerun_copies(self, split: str) -> bool:
+        """True if ``split``'s copies are made by rerunning instance creation
+        (``masking.copies=reference``, static training data), so their rows differ."""
+        return split == "train" and self.masking["mode"] == "static" and self.masking["copies"] == "reference"
 
     def plans(self, split: str) -> List[Tuple[Optional[int], Optional[int], int, int]]:
         """Copies of ``split``: ``(copy label, mask seed or None = unmasked, stream, round)``."""
@@ -592,11 +656,11 @@ class _Context:
     def __init__(self, job: _Job) -> None:
         self.job = job
         self.info = load_tokenizer(job.tokenizer_file, job.kind)
+        self.word_table = reference_starts(self.info) if job.word_boundaries == "reference" else None
         self.masker = Masker.from_config(SimpleNamespace(**job.masking), self.info.vocab_size, self.info.mask_id, self.info.special_ids)
 
 
 _WORKER: Dict[str, _Context] = {}  # this process's context, keyed by its job
-_LOCK_FDS: List[int] = []  # build locks held by this process (``_exclusive``)
 
 
 def _init_worker(parent: int) -> None:
@@ -612,12 +676,6 @@ def _init_worker(parent: int) -> None:
         os._exit(1)
     # Ctrl-C goes to the whole process group; the main process handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The lock is the main process's: a worker's copy of it must not outlive the build.
-    for fd in _LOCK_FDS:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 def _work(job: _Job, chunk: _Chunk) -> Dict[str, Any]:
@@ -692,17 +750,24 @@ def _process(ctx: _Context, chunk: _Chunk) -> Dict[str, Any]:
 
     per_doc = [split_sentences(text) for _, text in chunk.docs]
     lap("split")
-    ids, starts = _encode(info, per_doc)
+    ids, starts = _encode(info, per_doc, job.word_boundaries, ctx.word_table)
     lap("encode")
     order = document_order([d for d, _ in chunk.docs], job.seed)
     stats = InstanceStats()
+    # One row list per copy when copies rerun instance creation (BERT's dupe_factor loop),
+    # else one list that every copy masks.
+    copies = len(job.plans(chunk.split)) if job.rerun_copies(chunk.split) else 1
     try:
-        rows = list(
-            make_rows(
-                job.format, job.objective, [ids[i] for i in order], job.max_seq_length, info.cls_id, info.sep_id,
-                chunk_random(job.seed, chunk.split, chunk.index), job.short_seq_prob, [starts[i] for i in order], stats,
+        rows = [
+            list(
+                make_rows(
+                    job.format, job.objective, [ids[i] for i in order], job.max_seq_length, info.cls_id, info.sep_id,
+                    chunk_random(job.seed, chunk.split, chunk.index, k), job.short_seq_prob, [starts[i] for i in order],
+                    stats if k == 0 else InstanceStats(), job.short_seq_rule, job.sentence_labels,
+                )
             )
-        )
+            for k in range(copies)
+        ]
     except ValueError as e:  # NSP without a second non-empty document in the chunk
         raise UserError(f"{chunk.split} chunk {chunk.index}: {e}; use a larger corpus") from None
     lap("instances")
@@ -719,13 +784,15 @@ def _process(ctx: _Context, chunk: _Chunk) -> Dict[str, Any]:
     }
 
 
-def _encode(info: TokenizerInfo, per_doc: List[List[str]]) -> Tuple[List[List[np.ndarray]], List[List[np.ndarray]]]:
-    """Token ids and word starts of every sentence, per document, ``ENCODE_BATCH``
-    sentences per call; sentences without tokens are dropped."""
+def _encode(
+    info: TokenizerInfo, per_doc: List[List[str]], rule: str = "pretokenizer", table: Optional[np.ndarray] = None
+) -> Tuple[List[List[np.ndarray]], List[List[np.ndarray]]]:
+    """Token ids and word starts (``word_boundaries`` rule ``rule``) of every sentence, per
+    document, ``ENCODE_BATCH`` sentences per call; sentences without tokens are dropped."""
     flat = [s for sents in per_doc for s in sents]
     encoded: List[Tuple[np.ndarray, np.ndarray]] = []
     for i in range(0, len(flat), ENCODE_BATCH):
-        encoded.extend(encode_with_words(info, flat[i : i + ENCODE_BATCH]))
+        encoded.extend(encode_with_words(info, flat[i : i + ENCODE_BATCH], rule, table))
     ids: List[List[np.ndarray]] = []
     starts: List[List[np.ndarray]] = []
     pos = 0
@@ -737,19 +804,33 @@ def _encode(info: TokenizerInfo, per_doc: List[List[str]]) -> Tuple[List[List[np
     return ids, starts
 
 
-def _write_parts(ctx: _Context, chunk: _Chunk, rows: List[Row]) -> List[Dict[str, Any]]:
-    """Mask and write ``rows`` as ``ceil(len / rows_per_shard)`` parts × copies into the
-    chunk's work directory. Returns per part ``{"rows", "tokens", "files": [[work path,
-    manifest entry] per copy]}``."""
+def _write_parts(ctx: _Context, chunk: _Chunk, rows: List[List[Row]]) -> List[Dict[str, Any]]:
+    """Mask and write the chunk's rows as parts × copies into its work directory.
+
+    ``rows`` holds one row list that every copy masks, or one list per copy (copies that
+    rerun instance creation). A copy's rows go to ``ceil(most rows of a copy /
+    rows_per_shard)`` parts, split as evenly as possible, so every copy has the same
+    number of shard files. Returns per part ``{"rows", "tokens", "files": [[work path,
+    manifest entry] per copy]}``; ``rows``/``tokens`` sum over the copies when they differ.
+    """
     job = ctx.job
     work = Path(job.root) / PROGRESS_DIR / "work" / f"{chunk.split}-{chunk.index:05d}"
     pair = job.format in PAIR_FORMATS
     label_col = LABEL_COLUMNS.get(job.objective)
+    plans = job.plans(chunk.split)
+    per_copy = rows if len(rows) > 1 else rows * len(plans)
+    n_parts = max(-(-len(r) // job.rows_per_shard) for r in per_copy)
+    cuts = [np.linspace(0, len(r), n_parts + 1).round().astype(int).tolist() if len(rows) > 1
+            else [min(p * job.rows_per_shard, len(r)) for p in range(n_parts + 1)] for r in per_copy]
     parts = []
-    for p, start in enumerate(range(0, len(rows), job.rows_per_shard)):
-        part = rows[start : start + job.rows_per_shard]
+    for p in range(n_parts):
         files = []
-        for copy, seed, stream, round_ in job.plans(chunk.split):
+        counted: List[Row] = []
+        for k, (copy, seed, stream, round_) in enumerate(plans):
+            start = cuts[k][p]
+            part = per_copy[k][start : cuts[k][p + 1]]
+            if k == 0 or len(rows) > 1:
+                counted.extend(part)
             cols: Dict[str, Any] = {}
             if seed is None:
                 cols["input_ids"] = [r.input_ids for r in part]
@@ -766,7 +847,7 @@ def _write_parts(ctx: _Context, chunk: _Chunk, rows: List[Row]) -> List[Dict[str
                 cols[label_col] = [r.label for r in part]
             path = work / f"copy-{0 if copy is None else copy:02d}-part-{p:04d}.arrow"
             files.append([str(path), shards.write_shard(path, cols)])
-        parts.append({"rows": len(part), "tokens": int(sum(r.input_ids.size for r in part)), "files": files})
+        parts.append({"rows": len(counted), "tokens": int(sum(r.input_ids.size for r in counted)), "files": files})
     return parts
 
 
@@ -777,8 +858,9 @@ class _SplitWriter:
     """Puts one split's chunk results in place, in chunk order: renames their shards to
     the split's global shard names, records each chunk in ``.progress/`` and sums counts."""
 
-    def __init__(self, root: Path, split: str, copy_labels: List[Optional[int]], columns: List[str]) -> None:
+    def __init__(self, root: Path, split: str, copy_labels: List[Optional[int]], columns: List[str], shared_rows: bool = True) -> None:
         self.root, self.split, self.copy_labels, self.columns = root, split, copy_labels, columns
+        self.shared_rows = shared_rows  # False: every copy has its own rows (masking.copies=reference)
         self.copies: List[List[Dict[str, Any]]] = [[] for _ in copy_labels]
         self.stats = InstanceStats()
         self.next_chunk = 0
@@ -843,14 +925,18 @@ class _SplitWriter:
                     f.write(doc_id.replace("\n", " ") + "\n")
 
     def summary(self) -> Dict[str, Any]:
-        """The split's manifest entry (``shards`` module docstring)."""
+        """The split's manifest entry (``shards`` module docstring); ``rows``/``tokens``
+        count what the reader serves: one copy's when the copies share their rows, all
+        copies' when they do not."""
         digest = hashlib.sha256("".join(e["sha256"] for c in self.copies for e in c).encode()).hexdigest()
+        counted = self.copies[:1] if self.shared_rows else self.copies
         return {
             "copies": self.copies,
+            "copies_share_rows": self.shared_rows,
             "masked": "labels" in self.columns,
             "columns": self.columns,
             "rows": self.rows,
-            "tokens": int(sum(e["tokens"] for e in self.copies[0])),
+            "tokens": int(sum(e["tokens"] for c in counted for e in c)),
             "sha256": digest,
             "documents": self.documents,
             "documents_file": f"{self.split}/{DOCUMENTS_FILE}",

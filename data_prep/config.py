@@ -17,13 +17,22 @@ from omegaconf import OmegaConf
 from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
 from common.schema import Format, SentenceObjective
+from data_prep.corpus import DECODE_ERRORS, LAYOUTS, check_encoding
+from data_prep.instances import SENTENCE_LABEL_RULES, SHORT_SEQ_RULES
 
 # Typed choices: a value outside them fails when the config loads, naming the valid ones.
 TokenizerKind = Literal["bpe", "wordpiece", "unigram"]
 MaskingMode = Literal["static", "dynamic"]
 MaskingUnit = Literal["token", "whole_word", "ngram"]
+# Rule sets of the pair and word data (see DataConfig); "reference" = the reference code's.
+WordBoundaries = Literal["reference", "pretokenizer"]
+StaticCopies = Literal["reference", "remask"]
+ShortSeqRule = Literal[SHORT_SEQ_RULES]
+SentenceLabelRule = Literal[SENTENCE_LABEL_RULES]
 # How the trainer batches DOC-SENTENCES rows (read by pretrain.training.batching; data bytes unchanged).
 DocSentencesBatching = Literal["tokens", "sequences"]
+CorpusLayout = Literal[LAYOUTS]
+CorpusErrors = Literal[DECODE_ERRORS]
 TOKENIZER_KINDS = get_args(TokenizerKind)
 MASKING_MODES = get_args(MaskingMode)
 MASKING_UNITS = get_args(MaskingUnit)
@@ -72,6 +81,16 @@ class MaskingConfig:
     max_ngram: longest n-gram for ``unit=ngram`` (ALBERT: 3).
     max_predictions_per_seq: cap on predicted tokens per sequence (BERT's reference: 20 at
         length 128, 80 at 512; ALBERT: 20 at 512); None = no cap.
+    copies: what the ``dupe_factor`` static copies share (``data_prep.build``):
+        ``reference`` = instance creation is rerun for every copy — new A/B splits,
+        NotNext partners, short targets and truncation, then a new mask — as the
+        ``for _ in range(dupe_factor)`` loop of ``create_training_instances`` in
+        google-research/bert's and google-research/albert's ``create_pretraining_data.py``
+        (BERT appendix A.2); the training split is then all copies' rows together, one
+        pool the trainer shuffles, as the reference's one shuffled instance list.
+        ``remask`` = every copy holds the same rows, only the mask differs, and epoch
+        ``e`` reads copy ``e % dupe_factor``: RoBERTa's static baseline, "each sequence is
+        masked in 10 different ways over the 40 epochs" (Liu et al. 2019, §4.1).
     """
 
     mode: MaskingMode = "dynamic"
@@ -83,6 +102,7 @@ class MaskingConfig:
     unit: MaskingUnit = "token"
     max_ngram: int = 3
     max_predictions_per_seq: Optional[int] = None
+    copies: StaticCopies = "remask"
 
 
 @dataclass
@@ -92,15 +112,47 @@ class DataConfig:
     corpus: a path (directory, glob, .txt, .jsonl, .parquet, .zip or a directory of zips),
         ``hf:NAME[:CONFIG]`` for ``datasets.load_dataset``, or ``pydoc`` (the CPython
         reference documentation embedded in every Python; the offline default).
+    corpus_layout: how a text file (named directly, found in a folder, or a zip member)
+        is cut into documents, the same rule for all (``data_prep.corpus``): ``auto`` =
+        WikiText articles if the file has `` = Title = `` headings, else one document per
+        file; ``file``; ``headings``; ``blank_lines`` (BERT's input format: a blank line
+        between documents); ``lines`` (one document per line).
+    corpus_encoding: the text encoding of the corpus files (a Python codec name:
+        ``utf-8``, ``latin-1``, ``cp1252``, ...).
+    corpus_errors: undecodable bytes: ``replace`` (U+FFFD, counted and reported per
+        file), ``ignore`` (dropped, counted), ``strict`` (a one-line error naming the file).
     strip_pos_tags: corpus sources (zip or file stem, e.g. ``brown``) whose whitespace tokens
         are ``word/tag`` and get their tags stripped.
     max_documents: read only the first N documents (for quick tests); None = all.
     validation_fraction: share of documents (by a stable hash of the document id) held out.
     format / sentence_objective: input format and sentence-level task (RoBERTa §4.2).
     max_seq_length: tokens per sequence including special tokens (BERT/RoBERTa: 512).
-    short_seq_prob: share of SEGMENT-PAIR chunks given a random shorter target length in
-        [2, max_seq_length - 3] (Devlin et al. 2019, appendix A.2; BERT's reference: 0.1);
+    short_seq_prob: chance of a random shorter target length in [2, max_seq_length - 3]
+        for SEGMENT-PAIR data (Devlin et al. 2019, appendix A.2; BERT's reference: 0.1);
         read by ``data_prep.instances``.
+    short_seq_rule: when that chance is taken (``data_prep.instances``): ``reference`` =
+        once per document, the target kept for all of the document's pairs
+        (``create_instances_from_document`` of google-research/bert's
+        ``create_pretraining_data.py``; fewer, longer documents thus give more short
+        pairs); ``per_chunk`` = anew for every chunk of sentences, so about
+        ``short_seq_prob`` of the pairs get a short target (the variant).
+    sentence_labels: how SEGMENT-PAIR pairs are labelled (``data_prep.instances``):
+        ``reference`` = ``create_instances_from_document`` of google-research/bert (NSP,
+        BERT §3.1: a one-sentence chunk is always NotNext, the random document drawn with
+        up to 10 tries to avoid the current one) and of google-research/albert (SOP,
+        ALBERT §3.2: a one-sentence chunk gets a random-document B labelled 1, the others
+        are swapped with probability 0.5); ``balanced`` = every pair two or more
+        sentences, its label a fair coin, SOP always two consecutive segments (the
+        variant). SENTENCE-PAIR data has only ``balanced``.
+    word_boundaries: the ``word_starts`` column that whole-word and n-gram masking read
+        (``data_prep.words``): ``reference`` = the reference's rule per tokenizer kind —
+        ALBERT's ``_is_start_piece_sp`` for unigram (a word starts at every ``▁`` piece,
+        at pieces starting with ``<``, at punctuation pieces and at pieces with a digit or
+        a non-English character; google-research/albert ``create_pretraining_data.py``,
+        ALBERT §4.1 n-gram masking), BERT's ``_is_start_piece_bert`` for wordpiece (no
+        ``##``), fairseq's ``get_whole_word_mask`` for bpe (a ``Ġ`` piece); ``pretokenizer``
+        = the tokenizer's pre-tokenizer words (the variant; the same as ``reference`` for
+        wordpiece).
     rows_per_shard: most sequences per shard file; a chunk with more rows writes several.
     chunk_documents: documents per chunk (``data_prep.build``): the unit of streaming,
         parallel work and resuming, the window in which documents are shuffled and
@@ -118,6 +170,9 @@ class DataConfig:
     """
 
     corpus: str = "pydoc"
+    corpus_layout: CorpusLayout = "auto"
+    corpus_encoding: str = "utf-8"
+    corpus_errors: CorpusErrors = "replace"
     strip_pos_tags: List[str] = field(default_factory=lambda: ["brown"])
     max_documents: Optional[int] = None
     validation_fraction: float = 0.05
@@ -128,6 +183,9 @@ class DataConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     rows_per_shard: int = 16384
     short_seq_prob: float = 0.1
+    short_seq_rule: ShortSeqRule = "per_chunk"
+    sentence_labels: SentenceLabelRule = "balanced"
+    word_boundaries: WordBoundaries = "pretokenizer"
     chunk_documents: int = 1000
     doc_sentences_batching: DocSentencesBatching = "tokens"
     num_workers: int = 1
@@ -137,8 +195,9 @@ class DataConfig:
 
 def check_data_config(cfg: DataConfig) -> None:
     """Reject value combinations the pipeline cannot build. Raises UserError (one line).
-    Single choices (format, tokenizer.kind, masking.mode ...) are typed: a bad one fails
-    earlier, when the config loads."""
+    Single choices (format, tokenizer.kind, masking.mode, corpus_layout ...) are typed: a bad
+    one fails earlier, when the config loads."""
+    check_encoding(cfg.corpus_encoding)
     m = cfg.masking
     if m.max_ngram < 1:
         raise UserError(f"masking.max_ngram={m.max_ngram} must be >= 1")
@@ -160,6 +219,8 @@ def check_data_config(cfg: DataConfig) -> None:
         raise UserError(
             f"format={cfg.format} needs sentence_objective={need}, got {cfg.sentence_objective}"
         )
+    if cfg.format == "sentence_pair" and cfg.sentence_labels == "reference":
+        raise UserError("format=sentence_pair has no reference labelling rule (it is RoBERTa's §4.2 variant); set sentence_labels=balanced")
     if not 0.0 <= cfg.short_seq_prob <= 1.0:
         raise UserError(f"short_seq_prob={cfg.short_seq_prob} must be in [0, 1]")
     if cfg.chunk_documents < 2:

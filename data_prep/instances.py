@@ -21,48 +21,50 @@ size, see ``DataConfig.doc_sentences_batching``).
 
 A sentence longer than ``max_seq_length - 2`` keeps its first tokens (counted).
 
-SEGMENT-PAIR (BERT, Devlin et al. 2019, §3.1 and appendix A.2; RoBERTa §4.2), following
-the data creation of BERT's reference ``create_pretraining_data.py``: the target length is
-``max_seq_length - 3``, or with probability ``short_seq_prob`` a uniform random length in
-``[2, max_seq_length - 3]``; sentences of a document are gathered into a chunk until the
-target is reached; segment A is the first 1..m-1 of the chunk's m sentences (uniform),
-segment B the rest (IsNext, 50%) or, for NotNext (50%), sentences from a random start in a
-random *other* document of the chunk until B reaches the target (the chunk's unused
-sentences go back to the stream); the pair is then cut to ``max_seq_length - 3`` tokens
-one token at a time from its longer side, front or back at random. Layout
-``[CLS] A [SEP] B [SEP]``, ``token_type_ids`` 0 up to and including the first ``[SEP]``,
-1 after. ``next_sentence_label``: 0 = IsNext, 1 = NotNext (the Hugging Face convention
-``pretrain.criterions.pretraining`` expects).
+SEGMENT-PAIR (BERT, Devlin et al. 2019, §3.1 and appendix A.2; RoBERTa §4.2) and SOP
+pairs (ALBERT, Lan et al. 2020, §3.2 "Inter-sentence coherence loss") come in two rule
+sets, chosen by two ``DataConfig`` keys:
 
-Where we differ from the reference, and why:
+- ``sentence_labels=reference`` with ``short_seq_rule=reference`` (the defaults of
+  ``configs/data/bert.yaml`` and ``albert.yaml``): ``reference_pairs``, the rules of
+  ``create_instances_from_document`` in google-research/bert's and google-research/
+  albert's ``create_pretraining_data.py``: the short target is drawn once per document;
+  a one-sentence chunk always gets a B from a random document (NSP: NotNext; SOP: label
+  1), so one-sentence documents give pairs too; the random document is drawn from all
+  documents of the chunk with up to 10 tries to avoid the current one. NotNext thus
+  comes out a little above 50% (53-54% on WikiText-2, as the reference's).
+- ``sentence_labels=balanced`` with ``short_seq_rule=per_chunk`` (today's variant, the
+  ``DataConfig`` defaults): the target length is ``max_seq_length - 3``, or with
+  probability ``short_seq_prob`` a uniform random length in ``[2, max_seq_length - 3]``,
+  drawn for every chunk, so the share of short chunks is ``short_seq_prob`` whatever the
+  document lengths; sentences of a document are gathered into a chunk until the target
+  is reached, and a chunk always holds two or more sentences (a chunk that reached its
+  target with one sentence takes the next one too, and a single sentence that would be
+  left at the end of a document joins the chunk before it); segment A is the first
+  1..m-1 of the chunk's m sentences (uniform), B the rest (IsNext, 50%) or, for NotNext
+  (50%), sentences from a random start in a uniformly drawn *other* document of the
+  chunk until B reaches the target (the chunk's unused sentences go back to the
+  stream). Every label is a fair coin (nltk-corpora: 50.1% NotNext at length 128, the
+  reference rule 54.7%; ``python bench/bench_data_prep.py --nsp-balance``); a lone
+  sentence left by a put-back at a document's end is dropped (``unpaired_sentences``);
+  one-sentence documents give no pair (``one_sentence_documents``). SOP pairs here are
+  always two consecutive segments of one document, swapped with probability 0.5.
+  ``short_seq_rule`` may also be set alone (``reference`` = per document with balanced
+  labels, ``per_chunk`` with reference labels).
 
-- The short target is drawn for every chunk; the reference draws it once per document
-  (and keeps it for all of the document's pairs), which makes the share of short
-  sequences depend on document lengths rather than equal ``short_seq_prob``.
-- A chunk always holds two or more sentences, so that it can be split into A and B: a
-  chunk that reached its target with one sentence takes the next one too, and a single
-  sentence that would be left at the end of a document joins the chunk before it. The
-  reference turns a one-sentence chunk into a forced NotNext pair, which tilts the label
-  balance (on nltk-corpora: 54.7% NotNext at length 128, 54.9% at 512; this rule: 50.1%
-  and 49.9%; ``python bench/bench_data_prep.py --nsp-balance``). A lone sentence
-  left by a NotNext put-back at a document's end is dropped and counted
-  (``unpaired_sentences``). So every pair's label is a fair coin.
-- The NotNext document is drawn uniformly from the *other* documents of the same chunk
-  (the reference: from the whole corpus, retrying up to 10 times to avoid the same
-  document). The pool is bounded and fixed by the chunk, so memory stays bounded and the
-  output does not depend on how many workers process chunks.
-- Documents with one sentence cannot give an A and B of their own and yield no pair
-  (counted as ``one_sentence_documents``); they still serve as NotNext material.
+In both, the pair is cut to ``max_seq_length - 3`` tokens one token at a time from its
+longer side, front or back at random (BERT's ``truncate_seq_pair``). Layout ``[CLS] A
+[SEP] B [SEP]``, ``token_type_ids`` 0 up to and including the first ``[SEP]``, 1 after.
+``next_sentence_label``: 0 = IsNext, 1 = NotNext (the Hugging Face convention
+``pretrain.criterions.pretraining`` expects); ``sentence_order_label``: 0 = in order, 1 =
+swapped (or, reference rule, B from another document). The document pool is the chunk
+(``chunk_documents`` documents, bounded memory, independent of the worker count); the
+reference draws from the whole corpus, which is the same when the corpus fits in one
+chunk (WikiText-2's 122 articles do).
 
-SENTENCE-PAIR (RoBERTa §4.2): the same, with exactly one sentence in A and one in B
-(two consecutive sentences, or a sentence and one random sentence of another document);
-no short targets.
-
-SOP pairs (ALBERT, Lan et al. 2020, §3.1 "Inter-sentence coherence loss"): two
-consecutive segments of one document, chunked as for NSP; swapped with probability 0.5;
-``sentence_order_label`` 1 when swapped, 0 = in order. (ALBERT's reference code gives a
-one-sentence chunk a random-document B labelled "swapped"; here chunks have two or more
-sentences, so every SOP pair really is two consecutive segments.)
+SENTENCE-PAIR (RoBERTa §4.2): the balanced rules with exactly one sentence in A and one
+in B (two consecutive sentences, or a sentence and one random sentence of another
+document); no short targets.
 
 Every random draw comes from the ``random.Random`` passed in (``data_prep.build`` seeds one
 per chunk from ``(seed, split, chunk)``), and documents are visited in the given order,
@@ -79,6 +81,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from common.schema import LABEL_COLUMNS, PACKED_FORMATS, PAIR_FORMATS
+
+# ``DataConfig.short_seq_rule`` and ``DataConfig.sentence_labels`` (see there and ``create_pairs``).
+SHORT_SEQ_RULES: Tuple[str, ...] = ("reference", "per_chunk")
+SENTENCE_LABEL_RULES: Tuple[str, ...] = ("reference", "balanced")
 
 # Ids of a document's sentences: one int array of token ids per sentence.
 Document = Sequence[np.ndarray]
@@ -109,10 +115,14 @@ def document_order(doc_ids: Sequence[str], seed: int) -> List[int]:
     return sorted(range(len(doc_ids)), key=keys.__getitem__)
 
 
-def chunk_random(seed: int, split: str, chunk: int) -> random.Random:
+def chunk_random(seed: int, split: str, chunk: int, copy: int = 0) -> random.Random:
     """The generator of instance creation for one chunk: seeded by a sha256 of
-    ``(seed, split, chunk)``, so it is the same in any process and Python version."""
-    digest = hashlib.sha256(f"instances:{seed}:{split}:{chunk}".encode("utf-8")).digest()
+    ``(seed, split, chunk)`` and, for static copies made anew (``masking.copies=reference``),
+    the copy number ``copy`` >= 1; the same in any process and Python version. Copy 0 is
+    the generator of the unduplicated data, so the first copy and the validation split
+    are the rows a dynamic build makes."""
+    tag = f"instances:{seed}:{split}:{chunk}" + (f":copy{copy}" if copy else "")
+    digest = hashlib.sha256(tag.encode("utf-8")).digest()
     return random.Random(int.from_bytes(digest[:16], "big"))
 
 
@@ -126,8 +136,13 @@ class InstanceStats:
     truncated_tokens: tokens those cuts (packing) or pair truncation dropped. sequences /
     tokens: rows and their tokens (special tokens included). Pairs only:
     one_sentence_documents (no pair of their own), is_next / not_next / in_order / swapped
-    (labels written), short_targets (chunks given a short target), truncated_pairs (pairs
-    cut to fit), unpaired_sentences (lone sentences dropped, see the module docstring).
+    (labels written), short_targets (chunks, or with ``short_seq_rule=reference``
+    documents, given a short target), truncated_pairs (pairs cut to fit),
+    unpaired_sentences (lone sentences dropped, see the module docstring), random_b (pairs
+    whose B comes from another document: NSP NotNext, and SOP pairs of a one-sentence
+    chunk under ``sentence_labels=reference``). When static copies rerun instance
+    creation (``masking.copies=reference``) the counters describe copy 0, the rows a
+    dynamic build of the same config makes.
     """
 
     documents: int = 0
@@ -145,6 +160,7 @@ class InstanceStats:
     short_targets: int = 0
     truncated_pairs: int = 0
     unpaired_sentences: int = 0
+    random_b: int = 0
 
     def add(self, other: "InstanceStats | Dict[str, int]") -> None:
         """Add ``other``'s counters (an InstanceStats or its ``as_dict``) to these."""
@@ -292,6 +308,8 @@ def create_pairs(
     short_seq_prob: float = 0.1,
     word_starts: Optional[Sequence[Sequence[np.ndarray]]] = None,
     stats: Optional[InstanceStats] = None,
+    short_seq_rule: str = "per_chunk",
+    sentence_labels: str = "balanced",
 ) -> Iterator[Row]:
     """SEGMENT-PAIR (or, with ``sentence_pairs``, SENTENCE-PAIR) rows for NSP or SOP.
 
@@ -306,13 +324,27 @@ def create_pairs(
         short_seq_prob: chance of a short target per chunk (SEGMENT-PAIR only).
         word_starts: int8 arrays parallel to ``documents`` (None: rows get none).
         stats: counters, filled in while iterating.
+        short_seq_rule / sentence_labels: ``DataConfig`` keys of the same names; both
+            ``reference`` = ``reference_pairs`` (SEGMENT-PAIR only); ``per_chunk`` with
+            ``balanced`` = the rules of the module docstring. Other mixes are refused.
     Yields:
         ``Row`` with ``token_type_ids`` and ``label`` (module docstring for semantics);
         ``source`` holds A's and B's pieces in row order.
     Raises:
-        ValueError: ``objective`` not nsp/sop, ``max_seq_length`` < 5, or NSP with fewer
-            than two non-empty documents (no other document to draw NotNext from).
+        ValueError: ``objective`` not nsp/sop, ``max_seq_length`` < 5, NSP with fewer
+            than two non-empty documents (no other document to draw NotNext from), or a
+            mix of rules this function does not make.
     """
+    if short_seq_rule not in SHORT_SEQ_RULES or sentence_labels not in SENTENCE_LABEL_RULES:
+        raise ValueError(f"short_seq_rule={short_seq_rule!r} / sentence_labels={sentence_labels!r}: use one of "
+                         f"{SHORT_SEQ_RULES} / {SENTENCE_LABEL_RULES}")
+    if sentence_labels == "reference":
+        if sentence_pairs:
+            raise ValueError("sentence_labels=reference is BERT's and ALBERT's segment_pair rule; sentence_pair uses balanced")
+        yield from reference_pairs(
+            documents, max_seq_length, cls_id, sep_id, objective, rng, short_seq_prob, word_starts, stats, short_seq_rule
+        )
+        return
     if objective not in LABEL_COLUMNS:
         raise ValueError(f"objective={objective!r} is not nsp or sop")
     if max_seq_length < 5:
@@ -339,11 +371,14 @@ def create_pairs(
             continue
         n = len(ks)
         i = 0
+        per_document = short_seq_rule == "reference" and not sentence_pairs
+        if per_document:
+            target = _draw_target(rng, short_seq_prob, max_tokens, stats)
         while i < n:
-            target = max_tokens
-            if not sentence_pairs and rng.random() < short_seq_prob:
-                target = rng.randint(2, max_tokens)
-                stats.short_targets += 1
+            if sentence_pairs:
+                target = max_tokens
+            elif not per_document:
+                target = _draw_target(rng, short_seq_prob, max_tokens, stats)
             if sentence_pairs:
                 j = i + 2
                 if j > n:  # a lone last sentence: nothing to pair it with
@@ -390,11 +425,128 @@ def create_pairs(
                             break
                 yield pair.make(a, (other, oks[start], oks[end - 1] + 1), 1)
                 stats.not_next += 1
+                stats.random_b += 1
                 i += a_end
             else:
                 yield pair.make(a, (d, ks[i + a_end - 1] + 1, ks[j - 1] + 1), 0)
                 stats.is_next += 1
                 i = j
+
+
+def reference_pairs(
+    documents: Sequence[Document],
+    max_seq_length: int,
+    cls_id: int,
+    sep_id: int,
+    objective: str,
+    rng: random.Random,
+    short_seq_prob: float = 0.1,
+    word_starts: Optional[Sequence[Sequence[np.ndarray]]] = None,
+    stats: Optional[InstanceStats] = None,
+    short_seq_rule: str = "reference",
+) -> Iterator[Row]:
+    """SEGMENT-PAIR rows by the reference rules (``short_seq_rule=reference``,
+    ``sentence_labels=reference``): ``create_instances_from_document`` of
+    google-research/bert's ``create_pretraining_data.py`` for NSP (Devlin et al. 2019,
+    §3.1, appendix A.2) and of google-research/albert's for SOP (Lan et al. 2020, §3.2,
+    its default ``random_next_sentence=False``), with the chunk's documents as the
+    reference's ``all_documents``.
+
+    Per document (empty sentences and documents dropped, as the reference reads them):
+    ``target_seq_length`` is ``max_seq_length - 3``, or with probability
+    ``short_seq_prob`` a uniform length in ``[2, max_seq_length - 3]``, drawn ONCE and kept
+    for all of the document's pairs. Sentences gather into a chunk until its length
+    reaches the target or the document ends; A = the first ``a_end`` sentences (uniform in
+    ``1..m-1``; 1 if the chunk has one sentence). B is taken from a random document —
+    drawn from all documents, up to 10 tries to avoid this one — starting at a random
+    sentence, until B reaches ``target - len(A)``, and the chunk's unused sentences are
+    put back, when
+
+    - NSP: the chunk has one sentence (so a one-sentence chunk is always NotNext, and a
+      one-sentence document gives a pair), or with probability 0.5 otherwise; label 1
+      (NotNext), else B = the rest of the chunk, label 0 (IsNext).
+    - SOP: the chunk has one sentence; label 1. Otherwise B = the rest of the chunk,
+      and with probability 0.5 A and B are swapped (label 1), else kept (label 0).
+
+    The pair is cut by ``truncate_seq_pair`` (``_PairMaker.make``). Every draw is the
+    reference's, in its order, from ``rng``. With ``short_seq_rule=per_chunk`` the target
+    is drawn anew for every chunk instead (the variant). Args, yields and raises as
+    ``create_pairs`` (NSP needs two non-empty documents).
+    """
+    if objective not in LABEL_COLUMNS:
+        raise ValueError(f"objective={objective!r} is not nsp or sop")
+    if max_seq_length < 5:
+        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for a pair")
+    stats = stats if stats is not None else InstanceStats()
+    max_tokens = max_seq_length - 3
+    sizes = [[int(len(s)) for s in doc] for doc in documents]
+    kept = [[k for k, n in enumerate(sz) if n] for sz in sizes]
+    usable = [d for d, ks in enumerate(kept) if ks]
+    if objective == "nsp" and len(usable) < 2:
+        raise ValueError(f"NSP needs at least two non-empty documents to draw NotNext from, got {len(usable)}")
+    pair = _PairMaker(documents, word_starts, max_tokens, cls_id, sep_id, rng, stats)
+    stats.empty_documents += len(documents) - len(usable)
+    for pos, d in enumerate(usable):
+        ks = kept[d]
+        n = len(ks)
+        stats.documents += 1
+        stats.sentences += n
+        stats.truncated_sentences += sum(1 for k in ks if sizes[d][k] > max_tokens)
+        stats.one_sentence_documents += int(n == 1)
+        per_document = short_seq_rule == "reference"
+        if per_document:
+            target = _draw_target(rng, short_seq_prob, max_tokens, stats)
+        first, length, i = 0, 0, 0  # the chunk is sentences [first, i] of the document
+        while i < n:
+            if i == first and not per_document:
+                target = _draw_target(rng, short_seq_prob, max_tokens, stats)
+            length += sizes[d][ks[i]]
+            if i == n - 1 or length >= target:
+                m = i + 1 - first
+                a_end = rng.randint(1, m - 1) if m >= 2 else 1
+                a = (d, ks[first], ks[first + a_end - 1] + 1)
+                rest = (d, ks[first + a_end - 1] + 1, ks[i] + 1)
+                if m == 1 or (objective == "nsp" and rng.random() < 0.5):
+                    for _ in range(10):
+                        other = rng.randint(0, len(usable) - 1)
+                        if other != pos:
+                            break
+                    oks = kept[usable[other]]
+                    osz = sizes[usable[other]]
+                    start = rng.randint(0, len(oks) - 1)
+                    want, end, got = target - pair.length(a), start, 0
+                    while end < len(oks):
+                        got += osz[oks[end]]
+                        end += 1
+                        if got >= want:
+                            break
+                    yield pair.make(a, (usable[other], oks[start], oks[end - 1] + 1), 1)
+                    stats.random_b += 1
+                    if objective == "nsp":
+                        stats.not_next += 1
+                    else:
+                        stats.swapped += 1
+                    i -= m - a_end  # the unused sentences go back to the stream
+                elif objective == "sop" and rng.random() < 0.5:
+                    yield pair.make(rest, a, 1)
+                    stats.swapped += 1
+                else:
+                    yield pair.make(a, rest, 0)
+                    if objective == "nsp":
+                        stats.is_next += 1
+                    else:
+                        stats.in_order += 1
+                first, length = i + 1, 0
+            i += 1
+
+
+def _draw_target(rng: random.Random, short_seq_prob: float, max_tokens: int, stats: InstanceStats) -> int:
+    """BERT's ``target_seq_length``: ``max_tokens``, or with probability ``short_seq_prob``
+    a uniform length in ``[2, max_tokens]`` (the reference's two draws, in its order)."""
+    if rng.random() < short_seq_prob:
+        stats.short_targets += 1
+        return rng.randint(2, max_tokens)
+    return max_tokens
 
 
 class _PairMaker:
@@ -473,9 +625,12 @@ def make_rows(
     short_seq_prob: float = 0.1,
     word_starts: Optional[Sequence[Sequence[np.ndarray]]] = None,
     stats: Optional[InstanceStats] = None,
+    short_seq_rule: str = "per_chunk",
+    sentence_labels: str = "balanced",
 ) -> Iterator[Row]:
     """Rows of one chunk in ``format`` (``DataConfig.format``; pairs with
-    ``sentence_objective`` nsp or sop). See ``pack_sentences`` and ``create_pairs``.
+    ``sentence_objective`` nsp or sop and the rules ``short_seq_rule`` /
+    ``sentence_labels``). See ``pack_sentences`` and ``create_pairs``.
     Raises ValueError for an unknown format (the config check refuses it first)."""
     if format in PACKED_FORMATS:
         return pack_sentences(documents, max_seq_length, cls_id, sep_id, format == "full_sentences", word_starts, stats)
@@ -483,5 +638,6 @@ def make_rows(
         return create_pairs(
             documents, max_seq_length, cls_id, sep_id, sentence_objective, rng,
             sentence_pairs=format == "sentence_pair", short_seq_prob=short_seq_prob, word_starts=word_starts, stats=stats,
+            short_seq_rule=short_seq_rule, sentence_labels=sentence_labels,
         )
     raise ValueError(f"format={format!r} is not one of: {', '.join(PACKED_FORMATS + PAIR_FORMATS)}")

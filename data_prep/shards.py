@@ -3,7 +3,10 @@
 Layout of a shard directory::
 
     manifest.json           format version, resolved data config, tokenizer sha256,
-                            every shard's rows/sha256/chunk, totals and data-prep counters
+                            every shard's rows/sha256/chunk, totals and data-prep counters,
+                            ``read_report``: reading totals and every corpus file skipped
+                            (binary, metadata), with undecodable bytes, or with lines or
+                            documents cut (``data_prep.corpus.ReadStats.report``)
     tokenizer.json          the tokenizer the ids were made with
     train/shard-00000.arrow          dynamic masking: unmasked ``input_ids``
     train/copy-03/shard-00000.arrow  static masking: copy 3 of ``dupe_factor``
@@ -13,7 +16,11 @@ Layout of a shard directory::
 Shards are numbered per split in corpus order; each comes from one chunk of documents
 (``data_prep.build``), so row counts vary from shard to shard (the manifest records each;
 ``SplitData`` indexes rows across them). Every copy of a split holds the same sequences
-in the same order, so row ``i`` names one sequence whatever the copy. Columns:
+in the same order, so row ``i`` names one sequence whatever the copy — unless the split's
+``copies_share_rows`` is false (static copies that reran instance creation,
+``masking.copies=reference``): then each copy holds its own rows, and the reader serves
+all copies' rows as one split (copy 0's rows first), as BERT's reference pools and
+shuffles its ``dupe_factor`` copies. Columns:
 ``input_ids`` (list<int32>, always); ``labels`` (list<int32>, -100 where nothing is
 predicted) in masked copies; ``word_starts`` (list<int8>, 1 where a token begins a word,
 special tokens included; ``data_prep.words``) for whole-word and n-gram masking;
@@ -141,19 +148,21 @@ class SplitData:
     """Random access to one split (all copies) of a shard directory.
 
     ``len(split)`` is the number of sequences; ``split.num_copies`` is ``dupe_factor`` for
-    statically masked training data and 1 otherwise; ``split.masked`` tells whether the
-    copies carry ``labels``.
+    statically masked training data whose copies share their rows and 1 otherwise (copies
+    with rows of their own, ``shared_rows`` False, are served as one pool of rows);
+    ``split.masked`` tells whether the copies carry ``labels``.
     """
 
-    def __init__(self, name: str, copies: List[List[_Shard]], masked: bool, columns: List[str]) -> None:
+    def __init__(self, name: str, copies: List[List[_Shard]], masked: bool, columns: List[str], shared_rows: bool = True) -> None:
         self.name = name
-        self._copies = copies
+        self.stored_copies = len(copies)
+        self._copies = copies if shared_rows else [[s for c in copies for s in c]]
         self.masked = masked
         self.columns = columns
-        rows = [s.offsets["input_ids"].size - 1 for s in copies[0]]
+        rows = [s.offsets["input_ids"].size - 1 for s in self._copies[0]]
         self._starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self.num_rows = int(self._starts[-1])
-        self.num_tokens = int(sum(int(s.offsets["input_ids"][-1]) for s in copies[0]))
+        self.num_tokens = int(sum(int(s.offsets["input_ids"][-1]) for s in self._copies[0]))
 
     def __len__(self) -> int:
         return self.num_rows
@@ -192,6 +201,8 @@ class SplitData:
 
     def lengths(self) -> np.ndarray:
         """int64 ``[rows]``: token count of every sequence."""
+        if not self._copies[0]:
+            return np.zeros(0, dtype=np.int64)
         return np.concatenate([np.diff(s.offsets["input_ids"]) for s in self._copies[0]]).astype(np.int64)
 
 
@@ -224,7 +235,7 @@ class ShardSet:
         self.splits: Dict[str, SplitData] = {}
         for name, info in self.manifest["splits"].items():
             copies = [[self._open(e, verify) for e in entries] for entries in info["copies"]]
-            self.splits[name] = SplitData(name, copies, bool(info["masked"]), list(info["columns"]))
+            self.splits[name] = SplitData(name, copies, bool(info["masked"]), list(info["columns"]), bool(info.get("copies_share_rows", True)))
 
     @property
     def tokenizer_path(self) -> Path:

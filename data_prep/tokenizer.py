@@ -1,5 +1,5 @@
-"""Tokenizers: train one with the ``tokenizers`` library, or load a tokenizer.json or a
-pretrained tokenizer by name, and know its special tokens.
+"""Tokenizers: train one (``tokenizers``' trainers; ``sentencepiece`` for unigram), or load
+a tokenizer.json or a pretrained tokenizer by name, and know its special tokens.
 
 Kinds (``tokenizer.kind``):
 
@@ -19,11 +19,16 @@ Kinds (``tokenizer.kind``):
   file (pretraining, fine-tuning) encodes the same way.
 - ``unigram``: ALBERT's SentencePiece-style tokenizer (Lan et al. 2020, §4.1: "a
   vocabulary size of 30,000 … tokenized using SentencePiece (Kudo & Richardson, 2018)"):
-  a unigram language model trained with ``UnigramTrainer``; text normalized as ALBERT's
-  ``preprocess_text`` does (```` `` ```` and ``''`` → ``"``, NFKD with combining marks
+  a unigram language model trained by the ``sentencepiece`` library and stored as a
+  ``tokenizers`` Unigram model; text normalized as ALBERT's ``preprocess_text`` does (```` `` ```` and ``''`` → ``"``, NFKD with combining marks
   removed, lower-cased, whitespace runs collapsed) and split into words at spaces, each
   space becoming ``▁`` at the start of the next word (``Metaspace``). Special tokens with
   ALBERT's ids: ``<pad>``=0 ``<unk>``=1 ``[CLS]``=2 ``[SEP]``=3 ``[MASK]``=4.
+
+Training is reproducible for every kind: the same corpus and settings give a
+byte-identical tokenizer.json with any number of threads or workers (``train_tokenizer``).
+Special-token strings in text are text (``load_tokenizer`` sets
+``encode_special_tokens``), as in BERT's and ALBERT's ``create_pretraining_data.py``.
 
 Round trip: ``decode(encode(x)) == normalize(x)`` for text without unknown characters,
 where ``TokenizerInfo.normalize`` is the text as the tokenizer sees it (see there).
@@ -32,9 +37,10 @@ where ``TokenizerInfo.normalize`` is the text as the tokenizer sees it (see ther
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, Iterator, List
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -117,6 +123,11 @@ class TokenizerInfo:
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, min_frequency: int, out: Path) -> Path:
     """Train a tokenizer of ``kind`` on ``texts`` and write it to ``out`` (atomically).
 
+    Training is reproducible: the same texts (in any order) give a byte-identical
+    tokenizer.json for every kind, whatever the thread count (``tokenizers``' own WordPiece
+    and Unigram trainers do not, huggingface/tokenizers#1794; see ``_train_wordpiece`` and
+    ``_train_unigram`` for the deterministic routes taken here).
+
     Args:
         kind: ``wordpiece``, ``bpe`` or ``unigram`` (see the module docstring).
         texts: training text (str items; sentences or documents), consumed once.
@@ -133,36 +144,86 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, min_freque
     specials = list(SPECIAL_TOKENS[kind].values())
     if vocab_size <= len(specials):
         raise UserError(f"tokenizer.vocab_size={vocab_size} must exceed the {len(specials)} special tokens")
-    tok, trainer = _BUILDERS[kind](vocab_size, min_frequency, specials)
-    tok.train_from_iterator(texts, trainer=trainer)
-    _set_post_processor(tok, kind)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    tok = _TRAINERS[kind](texts, vocab_size, min_frequency, specials, out.parent)
+    _set_post_processor(tok, kind)
     tmp = out.with_name(out.name + ".tmp")
     tok.save(str(tmp))
     os.replace(tmp, out)
     return out
 
 
-def _wordpiece(vocab_size: int, min_frequency: int, specials: List[str]):
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+def _word_counts(tok: Tokenizer, texts: Iterable[str]) -> Counter:
+    """Counter of the words ``tok``'s normalizer and pre-tokenizer cut ``texts`` into: what
+    every trainer here learns from (none of them lets a piece cross a word)."""
+    norm = tok.normalizer.normalize_str if tok.normalizer is not None else (lambda x: x)
+    pre = tok.pre_tokenizer.pre_tokenize_str
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre(norm(text)))
+    return counts
+
+
+def _repeat_words(counts: Counter, per_line: int = 4096) -> Iterator[str]:
+    """Lines of space-separated words holding every word ``counts[word]`` times, in sorted
+    word order: a trainer counting the words of these lines finds ``counts`` again."""
+    for word in sorted(counts):
+        left = counts[word]
+        while left > 0:
+            n = min(left, per_line)
+            yield " ".join([word] * n)
+            left -= n
+
+
+def _wordpiece_base() -> Tokenizer:
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
 
     tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["wordpiece"]["unk"], continuing_subword_prefix="##"))
     # strip_accents=None follows lowercase, as in BERT's uncased BasicTokenizer.
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    return tok
+
+
+def _train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, specials: List[str], workdir: Path) -> Tokenizer:
+    """WordPiece by ``tokenizers``' ``WordPieceTrainer`` (BPE merges over words whose
+    non-initial characters carry ``##``, Wu et al. 2016 as BERT's released vocabulary),
+    made reproducible.
+
+    The trainer gives each ``##c`` token its id in the iteration order of a hash map, and
+    ids break ties between merges of equal count, so two runs learn different vocabularies
+    (huggingface/tokenizers#1794; measured on WikiText-2 valid+test: 17,361 vs 17,362
+    tokens, also with one thread). Here the words are counted first and every ``##c`` the
+    trainer would create is handed to it up front, in sorted order, so every id and every
+    tie is fixed. The trainer then sees the counted words (sorted), which it counts back
+    to the same numbers: the merges are those of training on the text itself. The
+    ``##c`` tokens are ordinary vocabulary entries of the written file, not special.
+    """
+    from tokenizers import models, trainers
+
+    tok = _wordpiece_base()
+    counts = _word_counts(tok, texts)
+    continuing = sorted({"##" + c for w in counts for c in w[1:]} - set(specials))
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=specials,
+        special_tokens=specials + continuing,
         continuing_subword_prefix="##",
         show_progress=False,
     )
-    return tok, trainer
+    tok.train_from_iterator(_repeat_words(counts), trainer=trainer)
+    vocab = tok.get_vocab(with_added_tokens=False)
+    out = _wordpiece_base()
+    out.model = models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["wordpiece"]["unk"], continuing_subword_prefix="##")
+    out.add_special_tokens(specials)
+    return out
 
 
-def _bpe(vocab_size: int, min_frequency: int, specials: List[str]):
+def _train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, specials: List[str], workdir: Path) -> Tokenizer:
+    """Byte-level BPE by ``tokenizers``' ``BpeTrainer``: its ids come from the sorted
+    alphabet and merges, so it is reproducible as it is (checked by the tests)."""
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -175,18 +236,12 @@ def _bpe(vocab_size: int, min_frequency: int, specials: List[str]):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    return tok, trainer
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
 
 
-def _unigram(vocab_size: int, min_frequency: int, specials: List[str]):
-    from tokenizers import (
-        Regex,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        trainers,
-    )
+def _unigram_base() -> Tokenizer:
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 
     tok = Tokenizer(models.Unigram())
     # ALBERT's tokenization.preprocess_text (quotes, NFKD without combining marks,
@@ -205,16 +260,88 @@ def _unigram(vocab_size: int, min_frequency: int, specials: List[str]):
     )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        unk_token=SPECIAL_TOKENS["unigram"]["unk"],
-        show_progress=False,
-    )
-    return tok, trainer
+    return tok
 
 
-_BUILDERS = {"wordpiece": _wordpiece, "bpe": _bpe, "unigram": _unigram}
+# Threads of the SentencePiece trainer: fixed, because its result depends on the thread
+# count (measured on WikiText-2: identical at a fixed count, different between 1 and 2).
+SENTENCEPIECE_THREADS = 1
+# Score of the special pieces in the unigram model: so low that no segmentation of text
+# ever uses them, as SentencePiece never matches its control and unknown symbols in text
+# (a literal "<unk>" or "[SEP]" in the corpus is text: "▁<", "unk", ">").
+SPECIAL_PIECE_SCORE = -1.0e6
+# Private-use characters standing in for <pad> <unk> [CLS] [SEP] [MASK] while SentencePiece trains.
+_STAND_INS = ("\ue000", "\ue001", "\ue002", "\ue003", "\ue004")
+
+
+def _train_unigram(texts: Iterable[str], vocab_size: int, min_frequency: int, specials: List[str], workdir: Path) -> Tokenizer:
+    """A unigram language model trained by the ``sentencepiece`` library (Kudo &
+    Richardson 2018), which ALBERT used (Lan et al. 2020, §4.1), written as a ``tokenizers``
+    Unigram model.
+
+    ``tokenizers``' own ``UnigramTrainer`` learns a different vocabulary on every run
+    (measured on WikiText-2, also with one thread); SentencePiece's trainer is
+    reproducible at a fixed thread count (``SENTENCEPIECE_THREADS``). It is given the
+    normalized words with their counts (``input_format=tsv``), which is what it reduces
+    sentences to when pieces may not cross whitespace (``split_by_whitespace``, its
+    default), so memory grows with the corpus vocabulary, not its size; normalization is
+    ours (``identity`` inside SentencePiece), so training and encoding see the same text.
+    Special pieces keep ALBERT's ids 0-4 (``<pad> <unk> [CLS] [SEP] [MASK]``) with
+    ``SPECIAL_PIECE_SCORE``. A small corpus may give fewer pieces than ``vocab_size``
+    (``hard_vocab_limit=False``). SentencePiece's other settings are its defaults
+    (``character_coverage`` 0.9995, pieces of at most 16 characters, split at digits and
+    script changes).
+    """
+    import sentencepiece as spm
+    from tokenizers import models
+
+    tok = _unigram_base()
+    norm = tok.normalizer.normalize_str
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(norm(text).split(" "))
+    counts.pop("", None)
+    if not counts:
+        raise UserError("no text to train the unigram tokenizer on; use a larger corpus")
+    tsv = workdir / "unigram-words.tsv.tmp"
+    prefix = workdir / "unigram-sp.tmp"
+    try:
+        with open(tsv, "w", encoding="utf-8") as f:
+            for word in sorted(counts):
+                f.write(f"{word}\t{counts[word]}\n")
+        spm.SentencePieceTrainer.train(
+            input=str(tsv), input_format="tsv", model_prefix=str(prefix), model_type="unigram",
+            vocab_size=vocab_size, hard_vocab_limit=False,
+            # Stand-ins for the special pieces: SentencePiece drops the words that contain its
+            # unknown piece's spelling, and WikiText has 26,936 literal "<unk>" (text, here).
+            pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece=_STAND_INS[0], unk_piece=_STAND_INS[1],
+            control_symbols=list(_STAND_INS[2:]),
+            # The characters of the special tokens' spellings are always pieces, so their
+            # literal strings in text are segmented as text, never as the special piece.
+            required_chars="".join(sorted(set("".join(specials).lower()))),
+            # Every character of the training text is a piece (SentencePiece's advice for
+            # languages with a small character set; its default 0.9995 drops rare ones).
+            character_coverage=1.0,
+            normalization_rule_name="identity", add_dummy_prefix=True, remove_extra_whitespaces=False,
+            num_threads=SENTENCEPIECE_THREADS, minloglevel=2,
+        )
+        sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+        pieces = [
+            (sp.id_to_piece(i), SPECIAL_PIECE_SCORE if (sp.is_control(i) or sp.is_unknown(i)) else float(sp.get_score(i)))
+            for i in range(sp.get_piece_size())
+        ]
+    finally:
+        for f in (tsv, Path(str(prefix) + ".model"), Path(str(prefix) + ".vocab")):
+            f.unlink(missing_ok=True)
+    if [p for p, _ in pieces[: len(specials)]] != list(_STAND_INS):
+        raise RuntimeError(f"sentencepiece put the special pieces at other ids: {pieces[:len(specials)]}")
+    pieces[: len(specials)] = [(token, score) for token, (_, score) in zip(specials, pieces)]
+    tok.model = models.Unigram(pieces, unk_id=1, byte_fallback=False)
+    tok.add_special_tokens(specials)
+    return tok
+
+
+_TRAINERS = {"wordpiece": _train_wordpiece, "bpe": _train_bpe, "unigram": _train_unigram}
 
 
 def _set_post_processor(tok: Tokenizer, kind: str) -> None:
@@ -265,6 +392,12 @@ def load_tokenizer(path: str | Path, kind: str) -> TokenizerInfo:
         if i is None:
             raise UserError(f"tokenizer {where} has no {token!r} token; it is not a {kind} tokenizer (set tokenizer.kind)")
         ids[role] = i
+    # Text is text: a literal "[SEP]", "</s>" or "<unk>" in a document is encoded as the
+    # characters it is made of, never as the special token (BERT's and ALBERT's
+    # create_pretraining_data.py tokenize text without special-token matching; the
+    # pipeline places every special token itself, by id). Not stored in tokenizer.json,
+    # so set on every load.
+    tok.encode_special_tokens = True
     special = sorted(set(ids.values()) | _added_special_ids(tok))
     return TokenizerInfo(
         tokenizer=tok,

@@ -16,6 +16,7 @@ time with the valid names (``data_prep.config.merge_into``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, get_args
@@ -186,9 +187,18 @@ class TrainConfig:
     peak_flops: Optional[float] = None
 
 
+# A run name becomes a directory, a Slurm job name and a word in job scripts: keep it to
+# characters that mean nothing to a shell, sbatch or a path (``/`` nests, as in ablation/arm).
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9._/-]+")
+
+
 @dataclass
 class RunConfig:
-    """One pretraining run. ``run_dir`` None = ``runs/<name>``."""
+    """One pretraining run. ``run_dir`` None = ``runs/<name>``.
+
+    name: ``[A-Za-z0-9._/-]+``, relative (no leading ``/``, no empty, ``.`` or ``..`` part);
+        an ablation names its arms ``<ablation>/<arm>``.
+    """
 
     name: str = "run"
     run_dir: Optional[str] = None
@@ -262,9 +272,22 @@ def load_run_config(
         parts.append(read_composed(resolve_preset(preset, cfg_path)))
     parts.extend(layers)
     parts.append(parse_overrides(overrides))
-    cfg = merge_into(RunConfig, *parts, where=str(cfg_path) if cfg_path else "run config")
+    where = str(cfg_path) if cfg_path else "run config"
+    cfg = merge_into(RunConfig, *parts, where=where)
+    check_run_name(cfg.name, where)
     check_data_config(cfg.data)
     return cfg
+
+
+def check_run_name(name: str, where: str = "run config") -> None:
+    """Raise UserError unless ``name`` matches ``RUN_NAME_RE`` and is a relative path without
+    empty, ``.`` or ``..`` parts (it becomes ``runs/<name>``, a job name and a script word)."""
+    parts = name.split("/")
+    if not RUN_NAME_RE.fullmatch(name) or any(p in ("", ".", "..") for p in parts):
+        raise UserError(
+            f"{where}: name={name!r} must be letters, digits, '.', '_', '-' and '/' between non-empty "
+            "parts (no '..'), e.g. name=roberta-small; it becomes runs/<name> and the Slurm job name"
+        )
 
 
 def run_dir(cfg: RunConfig) -> Path:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# local-cluster.sh start|stop|status — a real one-node Slurm cluster on this
-# machine, so the project can test SLURM job submission end to end.
+# local-cluster.sh start|stop|status — a real Slurm cluster on this machine, so
+# the project can test SLURM job submission end to end: node `localhost` in the
+# default partition `debug`, and a second node `node1` on the same host, which
+# with `localhost` forms partition `twonodes` for multi-node jobs.
 #
 # Design decisions (why, not what):
 #
@@ -24,7 +26,20 @@
 # * Job processes (slurmstepd) outlive slurmd, so `stop` first cancels all jobs
 #   and then kills any slurmstepd still carrying our SLURM_CONF in its
 #   environment — that identifies exactly the processes this cluster spawned.
-# * Ports are Slurm's defaults (6817/6818): only one such cluster per machine.
+# * Ports are Slurm's defaults (6817 slurmctld, 6818 slurmd of `localhost`) plus
+#   6828 for the slurmd of `node1`: only one such cluster per machine.
+# * Two slurmds on one host (`slurmd -N <node>`): each node has its own Port,
+#   and the slurmd spool, pid and log files carry the node name (%n). Debian's
+#   Slurm 22.05 does this without being built with --enable-multiple-slurmd.
+#   The second node is declared BEFORE `localhost`: while Slurm reads the node
+#   lines, looking up any name returns the only node read so far if that one is
+#   called `localhost` (node_conf.c, _find_node_record), so with `localhost`
+#   first the next node is a "Duplicated NodeHostName" and every daemon dies.
+# * Node names: a job's first node (sorted: `localhost` before `node1`) is where
+#   the training template's torchrun rendezvous listens, so its name must
+#   resolve; `node1` is only a name for Slurm (NodeAddr=127.0.0.1).
+# * `debug` holds `localhost` only, so one-node jobs see the machine's CPUs once
+#   (each node declares all CPUs; a 2-node job runs both "nodes" on one host).
 #
 # Settings below were measured to matter with Debian 12's Slurm 22.05 in a
 # container without systemd/cgroup delegation: see comments in write_conf.
@@ -38,6 +53,9 @@ SYSTEM_CONF=/etc/slurm/slurm.conf
 MARKER="# written by slurm/local-cluster.sh"
 PACKAGES=(slurmctld slurmd slurm-client munge)
 TIMEOUT="${LOCAL_SLURM_TIMEOUT:-60}"
+# The nodes and their slurmd ports; the first is the default partition's node.
+NODES=(localhost node1)
+declare -A NODE_PORT=([localhost]=6818 [node1]=6828)
 MUNGE_KEY=/etc/munge/munge.key
 
 log() { echo "local-slurm: $*"; }
@@ -219,15 +237,19 @@ SlurmctldTimeout=60
 # A node that was down comes back by itself once slurmd registers again.
 ReturnToService=2
 StateSaveLocation=$STATE_DIR/slurmctld
-SlurmdSpoolDir=$STATE_DIR/slurmd
+# One slurmd per node on this host: %n is the node name (see the header).
+SlurmdSpoolDir=$STATE_DIR/slurmd-%n
 SlurmctldPidFile=$STATE_DIR/slurmctld.pid
-SlurmdPidFile=$STATE_DIR/slurmd.pid
+SlurmdPidFile=$STATE_DIR/slurmd-%n.pid
 SlurmctldLogFile=$STATE_DIR/slurmctld.log
-SlurmdLogFile=$STATE_DIR/slurmd.log
+SlurmdLogFile=$STATE_DIR/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus $topo RealMemory=$real State=UNKNOWN
+# node1 before localhost: see the header. Both are this host, each with all its CPUs.
+NodeName=node1 NodeAddr=127.0.0.1 Port=${NODE_PORT[node1]} CPUs=$cpus $topo RealMemory=$real State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 Port=${NODE_PORT[localhost]} CPUs=$cpus $topo RealMemory=$real State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=twonodes Nodes=localhost,node1 MaxTime=INFINITE State=UP
 EOF
     mv "$CONF.tmp" "$CONF"
 }
@@ -246,21 +268,49 @@ install_system_conf() {
 # --------------------------------------------------------------------------
 # commands
 
-daemons_up() {
-    pid_alive "$STATE_DIR/slurmctld.pid" slurmctld && pid_alive "$STATE_DIR/slurmd.pid" slurmd
+slurmd_pidfile() { echo "$STATE_DIR/slurmd-$1.pid"; }
+
+# slurmd pid files: one per node, and slurmd.pid of a cluster started by the
+# one-node version of this script (so `stop` still stops that one).
+slurmd_pidfiles() {
+    local node
+    for node in "${NODES[@]}"; do slurmd_pidfile "$node"; done
+    echo "$STATE_DIR/slurmd.pid"
 }
 
-node_state() { SLURM_CONF=$CONF sinfo -h -N -n localhost -o '%T' 2>/dev/null | head -n1; }
+daemons_up() {
+    local node
+    pid_alive "$STATE_DIR/slurmctld.pid" slurmctld || return 1
+    for node in "${NODES[@]}"; do
+        pid_alive "$(slurmd_pidfile "$node")" slurmd || return 1
+    done
+}
+
+node_state() { SLURM_CONF=$CONF sinfo -h -N -n "$1" -o '%T' 2>/dev/null | head -n1; }
+
+# all_nodes_ready: print node=state for every node; true if all are idle or busy.
+all_nodes_ready() {
+    local node state states=() rc=0
+    for node in "${NODES[@]}"; do
+        state=$(node_state "$node")
+        states+=("$node=${state:-no answer}")
+        [[ $state =~ ^(idle|mixed|allocated|completing) ]] || rc=1
+    done
+    echo "${states[*]}"
+    return $rc
+}
 
 # A second slurmctld/slurmd (another state dir, or a distro service) would
 # hold the default ports: ours would die at once while sinfo happily answers
 # from the other cluster, so refuse instead of reporting a false success.
 check_no_foreign_daemons() {
-    local d pid ours
+    local d f pid ours=" "
+    for f in "$STATE_DIR/slurmctld.pid" $(slurmd_pidfiles); do
+        ours+="$(pid_of "$f" slurmctld || pid_of "$f" slurmd || true) "
+    done
     for d in slurmctld slurmd; do
-        ours=$(pid_of "$STATE_DIR/$d.pid" "$d" || true)
         for pid in $(pgrep -x "$d" || true); do
-            [[ $pid == "$ours" ]] && continue
+            [[ $ours == *" $pid "* ]] && continue
             is_proc "$pid" "$d" || continue
             die "another $d is running (pid $pid: $(tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null)); stop it first (a different LOCAL_SLURM_DIR?)"
         done
@@ -272,7 +322,8 @@ print_env_hint() {
 }
 
 cmd_start() {
-    if [[ -f $CONF ]] && daemons_up && [[ "$(node_state)" =~ ^(idle|mixed|allocated|completing) ]]; then
+    local node
+    if [[ -f $CONF ]] && daemons_up && all_nodes_ready >/dev/null; then
         log "already running (state dir $STATE_DIR)"
         ((EUID != 0)) || install_system_conf
         print_env_hint
@@ -290,6 +341,13 @@ cmd_start() {
     export SLURM_CONF=$CONF
 
     check_no_foreign_daemons
+    # A one-node cluster of an earlier version of this script: its slurmctld
+    # knows one node only, so restart it with the config of today.
+    if pid_alive "$STATE_DIR/slurmd.pid" slurmd; then
+        log "restarting the one-node cluster of an earlier version with ${#NODES[@]} nodes"
+        cmd_stop
+        ensure_munge
+    fi
     if ! pid_alive "$STATE_DIR/slurmctld.pid" slurmctld; then
         # Only regenerate the config while slurmctld is down; a running
         # controller keeps the config it read at startup anyway.
@@ -299,36 +357,40 @@ cmd_start() {
         slurmctld -c -f "$CONF" >"$STATE_DIR/slurmctld.out" 2>&1 ||
             die "slurmctld failed to start, see $STATE_DIR/slurmctld.out and $STATE_DIR/slurmctld.log"
     fi
-    if ! pid_alive "$STATE_DIR/slurmd.pid" slurmd; then
-        log "starting slurmd"
-        slurmd -f "$CONF" -N localhost >"$STATE_DIR/slurmd.out" 2>&1 ||
-            die "slurmd failed to start, see $STATE_DIR/slurmd.out and $STATE_DIR/slurmd.log"
-    fi
+    for node in "${NODES[@]}"; do
+        if ! pid_alive "$(slurmd_pidfile "$node")" slurmd; then
+            log "starting slurmd of node $node"
+            slurmd -f "$CONF" -N "$node" >"$STATE_DIR/slurmd-$node.out" 2>&1 ||
+                die "slurmd of $node failed to start, see $STATE_DIR/slurmd-$node.out and $STATE_DIR/slurmd-$node.log"
+        fi
+    done
 
-    local state="" started=$SECONDS deadline=$((SECONDS + TIMEOUT))
+    local states="" started=$SECONDS deadline=$((SECONDS + TIMEOUT))
     while ((SECONDS < deadline)); do
         # Daemons write their pid files a moment after forking: allow 3 s.
-        ((SECONDS - started < 3)) || daemons_up || die "slurmctld or slurmd exited during startup; see $STATE_DIR/slurmctld.log and $STATE_DIR/slurmd.log"
-        state=$(node_state)
-        case $state in
-        idle | mixed | allocated | completing) break ;;
-        # Slurm keeps a node DOWN after an unexpected restart; we know it is fine.
-        down* | drain*) scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
-        esac
+        ((SECONDS - started < 3)) || daemons_up ||
+            die "slurmctld or a slurmd exited during startup; see $STATE_DIR/slurmctld.log and $STATE_DIR/slurmd-*.log"
+        states=$(all_nodes_ready) && break
+        for node in "${NODES[@]}"; do
+            # Slurm keeps a node DOWN after an unexpected restart; we know it is fine.
+            if [[ "$(node_state "$node")" =~ ^(down|drain) ]]; then
+                scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+            fi
+        done
         sleep 0.5
     done
-    if [[ ! $state =~ ^(idle|mixed|allocated|completing) ]]; then
-        die "node not idle after ${TIMEOUT}s (state: '${state:-no answer}'); see $STATE_DIR/slurmctld.log and $STATE_DIR/slurmd.log"
-    fi
-    log "cluster up: node localhost is $state"
+    all_nodes_ready >/dev/null ||
+        die "nodes not idle after ${TIMEOUT}s ($states); see $STATE_DIR/slurmctld.log and $STATE_DIR/slurmd-*.log"
+    log "cluster up: $states; partitions debug (localhost, default) and twonodes (localhost,node1)"
     print_env_hint
 }
 
 cmd_stop() {
-    local any=0 pid i jobs
-    if ((EUID != 0)) && { pid_alive "$STATE_DIR/slurmctld.pid" slurmctld ||
-        pid_alive "$STATE_DIR/slurmd.pid" slurmd || pid_alive "$STATE_DIR/munged.pid" munged; }; then
-        die "stop must run as root (the daemons run as root and munge)"
+    local any=0 pid i jobs f
+    if ((EUID != 0)); then
+        for f in "$STATE_DIR/slurmctld.pid:slurmctld" "$STATE_DIR/munged.pid:munged" $(slurmd_pidfiles | sed 's/$/:slurmd/'); do
+            if pid_alive "${f%:*}" "${f##*:}"; then die "stop must run as root (the daemons run as root and munge)"; fi
+        done
     fi
     if [[ -f $CONF ]] && pid_alive "$STATE_DIR/slurmctld.pid" slurmctld; then
         # Cancel jobs so their processes do not outlive the cluster.
@@ -343,10 +405,12 @@ cmd_stop() {
             done
         fi
     fi
-    for d in slurmd slurmctld; do
-        if pid_alive "$STATE_DIR/$d.pid" "$d"; then any=1; fi
-        stop_pid "$STATE_DIR/$d.pid" "$d"
+    for f in $(slurmd_pidfiles); do
+        if pid_alive "$f" slurmd; then any=1; fi
+        stop_pid "$f" slurmd
     done
+    if pid_alive "$STATE_DIR/slurmctld.pid" slurmctld; then any=1; fi
+    stop_pid "$STATE_DIR/slurmctld.pid" slurmctld
     # Job steps outlive slurmd; give cancelled ones a moment to finish, then
     # kill what is left.
     for ((i = 0; i < 50; i++)); do
@@ -367,12 +431,17 @@ cmd_stop() {
 }
 
 cmd_status() {
-    local up=0 d
-    for d in slurmctld slurmd; do
-        if pid_alive "$STATE_DIR/$d.pid" "$d"; then
-            echo "$d: running (pid $(pid_of "$STATE_DIR/$d.pid" "$d"))"
+    local up=0 node
+    if pid_alive "$STATE_DIR/slurmctld.pid" slurmctld; then
+        echo "slurmctld: running (pid $(pid_of "$STATE_DIR/slurmctld.pid" slurmctld))"
+    else
+        echo "slurmctld: not running"
+    fi
+    for node in "${NODES[@]}"; do
+        if pid_alive "$(slurmd_pidfile "$node")" slurmd; then
+            echo "slurmd of $node: running (pid $(pid_of "$(slurmd_pidfile "$node")" slurmd))"
         else
-            echo "$d: not running"
+            echo "slurmd of $node: not running"
         fi
     done
     if munge_works; then

@@ -1,6 +1,11 @@
 """Shared fixtures. Real data comes from $BERT_RECIPES_DATA (default ../shared/data next to
 the repository); tests that need it skip with a reason only when it is absent, and .ci/run
-fails before that can happen."""
+fails before that can happen.
+
+Tests marked ``slurm`` submit to a local Slurm cluster (slurm/local-cluster.sh), which they
+start — and, as root, apt-install — when it is not running. That is never done to a
+machine unasked: they run only with ``--slurm`` or ``BERT_RECIPES_SLURM=1`` (.ci/run sets
+it) and are skipped, with that reason, otherwise."""
 
 from __future__ import annotations
 
@@ -12,8 +17,33 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ENV = "BERT_RECIPES_DATA"
+SLURM_ENV = "BERT_RECIPES_SLURM"
+SLURM_SKIP_REASON = (
+    f"Slurm tests run only when asked for ({SLURM_ENV}=1 or --slurm; .ci/run sets it): they start a "
+    "local Slurm cluster, apt-installing it when run as root"
+)
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slurm", action="store_true", default=False,
+                     help=f"run the tests marked slurm (starts a local Slurm cluster); same as {SLURM_ENV}=1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # tests/slurm_cluster.py reads the variable before it starts anything.
+    if config.getoption("--slurm"):
+        os.environ[SLURM_ENV] = "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if os.environ.get(SLURM_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=SLURM_SKIP_REASON)
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(skip)
 
 
 def shared_data_dir() -> Path:

@@ -1,4 +1,6 @@
-"""Session-wide access to the local one-node Slurm cluster (slurm/local-cluster.sh).
+"""Session-wide access to the local Slurm cluster (slurm/local-cluster.sh): node
+``localhost`` in the default partition ``debug``, and partition ``twonodes`` of
+``localhost`` and ``node1`` (a second slurmd on the same host) for multi-node jobs.
 
 Not a conftest: import the fixture into a test module to use it::
 
@@ -56,12 +58,16 @@ def _conf_from_output(output: str) -> str | None:
 def ensure_cluster() -> dict[str, str]:
     """Start the cluster if needed (or reuse a running one) and return its env.
 
-    Skips the calling test when the cluster cannot be had without root;
+    Skips the calling test unless Slurm tests were asked for (``BERT_RECIPES_SLURM=1``,
+    which ``pytest --slurm`` sets) and when the cluster cannot be had without root;
     fails loudly when starting it as root does not work.
     """
     global _env_cache
     if _env_cache is not None:
         return _env_cache
+    if os.environ.get("BERT_RECIPES_SLURM") != "1":
+        # conftest.py skips tests marked `slurm` unless asked; this guards any other caller.
+        pytest.skip("Slurm tests run only when asked for: BERT_RECIPES_SLURM=1 or pytest --slurm")
 
     is_root = os.geteuid() == 0
     if not is_root and shutil.which("sbatch") is None:

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -201,12 +202,13 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     (ck / "latest").write_text("step-0000010")
     paths = run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
     assert len(recorder.builds) == 2 and len(set(recorder.builds)) == 2  # dynamic and dynamic2 share data
-    assert recorder.trains == [("toy/static", False), ("toy/dynamic", False), ("toy/dynamic2", True)]
+    # every arm runs with --resume: one without a checkpoint starts fresh, none is overwritten
+    assert recorder.trains == [("toy/static", True), ("toy/dynamic", True), ("toy/dynamic2", True)]
     out = capsys.readouterr().out
     assert "=== [1/3] toy / static: training" in out and "=== [3/3] toy / dynamic2: resuming from checkpoint" in out
-    assert f"table: {results / 'toy.md'}" in out
+    assert f"table: {results / 'smoke' / 'toy.md'}" in out
     assert [x.name for x in paths] == ["toy.md", "toy.csv", "toy.png"]
-    md = (results / "toy.md").read_text()
+    md = (results / "smoke" / "toy.md").read_text()
     assert "| `static` | done | 5.0000 |" in md and "| `dynamic` | done | 4.5000 |" in md and "| F1 (paper) |" in md
     rec = OmegaConf.load(runs / "toy" / rundir.ABLATION)
     assert rec.preset == "smoke" and list(rec.overrides) == ["train.max_steps=20", "train.schedule.warmup_steps=2"] and rec.ablation.name == "toy"
@@ -214,7 +216,7 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     # rerun: everything done → nothing trained, table rewritten identically
     recorder.trains.clear()
     run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
-    assert recorder.trains == [] and (results / "toy.md").read_text() == md
+    assert recorder.trains == [] and (results / "smoke" / "toy.md").read_text() == md
     assert "static: done, skipping" in capsys.readouterr().out
     # a rerun with other overrides would skip arms trained differently: refused
     with pytest.raises(UserError, match=r"records different arms, preset or overrides"):
@@ -244,7 +246,10 @@ def test_smoke_ablation_end_to_end(tmp_path: Path):
     """`pretrain ablate` on a small slice with the real data build and trainer, then
     `pretrain tables` rebuilds the identical table from the run directories."""
     runs, results = tmp_path / "runs", tmp_path / "results"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    # Without the launcher variables an in-process train() of an earlier test left behind
+    # (its MASTER_PORT is still listened on): the child picks its own world of one.
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "DS_ACCELERATOR": "cpu"}
     # smoke's 20 warmup steps need max_steps > 20: warm up over 4 of the 20 steps here
     small = ["data.max_documents=30", "train.max_steps=20", "train.eval_every=10", "train.checkpoint_every=10",
              "train.schedule.warmup_steps=4"]
@@ -256,8 +261,8 @@ def test_smoke_ablation_end_to_end(tmp_path: Path):
 
     r = pretrain("ablate", str(MASKING), "--preset", "smoke", *small, "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "=== [1/2] roberta_masking / static: training" in r.stdout and f"table: {results / 'roberta_masking.md'}" in r.stdout
-    with open(results / "roberta_masking.csv", newline="") as f:
+    assert "=== [1/2] roberta_masking / static: training" in r.stdout and f"table: {results / 'smoke' / 'roberta_masking.md'}" in r.stdout
+    with open(results / "smoke" / "roberta_masking.csv", newline="") as f:
         rows = {row["arm"]: row for row in csv.DictReader(f)}
     assert list(rows) == ["static", "dynamic"]
     for arm, row in rows.items():
@@ -268,14 +273,13 @@ def test_smoke_ablation_end_to_end(tmp_path: Path):
         summary = rundir.read_summary(runs / "roberta_masking" / arm)
         assert float(row["held-out MLM loss"]) == summary["final_eval"]["mlm_loss"] and summary["steps"] == 20
     assert rows["static"]["SQuAD 2.0 F1 (paper)"] == "78.3" and rows["dynamic"]["SST-2 acc (paper)"] == "92.9"
-    assert (results / "roberta_masking.png").stat().st_size > 5000
+    assert (results / "smoke" / "roberta_masking.png").stat().st_size > 5000
 
-    md = (results / "roberta_masking.md").read_text()
-    for f in results.iterdir():
-        f.unlink()
+    md = (results / "smoke" / "roberta_masking.md").read_text()
+    shutil.rmtree(results)
     r = pretrain("tables", "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (results / "roberta_masking.md").read_text() == md
+    assert (results / "smoke" / "roberta_masking.md").read_text() == md
 
     # rerunning the ablation trains nothing
     r = pretrain("ablate", str(MASKING), "--preset", "smoke", *small, "--runs", str(runs), "--results", str(results))

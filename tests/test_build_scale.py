@@ -37,13 +37,22 @@ def manifest_without_run_details(d: Path) -> dict:
     return m
 
 
-def pydoc_cfg(out: Path, **kw) -> DataConfig:
-    """Pydoc in chunks of 6 documents (12 train chunks): small, but many chunks."""
+def pydoc_cfg(out: Path, reference: bool = False, **kw) -> DataConfig:
+    """Pydoc in chunks of 6 documents (12 train chunks): small, but many chunks. With
+    ``reference``: ALBERT's reference rules (unigram tokenizer trained by SentencePiece,
+    per-document short targets, reference SOP labels and word starts, copies that rerun
+    instance creation)."""
     base = dict(
         corpus="pydoc", tokenizer=TokenizerConfig(vocab_size=1024), max_seq_length=64, rows_per_shard=50,
         masking=MaskingConfig(mode="static", dupe_factor=2), validation_fraction=0.1, format="segment_pair",
         sentence_objective="sop", chunk_documents=6, output_dir=str(out),
     )
+    if reference:
+        base.update(
+            tokenizer=TokenizerConfig(kind="unigram", vocab_size=1024), short_seq_rule="reference",
+            sentence_labels="reference", word_boundaries="reference",
+            masking=MaskingConfig(mode="static", dupe_factor=2, copies="reference", unit="ngram", max_predictions_per_seq=10),
+        )
     base.update(kw)
     return DataConfig(**base)
 
@@ -113,16 +122,17 @@ from data_prep.config import DataConfig, MaskingConfig, TokenizerConfig
 from common.errors import UserError
 sys.path.insert(0, sys.argv[1])
 from test_build_scale import pydoc_cfg
-build(pydoc_cfg(sys.argv[2], num_workers=1))
+build(pydoc_cfg(sys.argv[2], reference=sys.argv[3] == "reference", num_workers=1))
 """
 
 
-def test_killed_build_resumes_byte_identical(tmp_path, capsys):
-    reference = build(pydoc_cfg(tmp_path / "ref", num_workers=1))
+@pytest.mark.parametrize("rules", ["variant", "reference"])
+def test_killed_build_resumes_byte_identical(rules, tmp_path, capsys):
+    reference = build(pydoc_cfg(tmp_path / "ref", reference=rules == "reference", num_workers=1))
     out = tmp_path / "killed"
     progress = tmp_path / "killed.partial" / ".progress"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(REPO / "tests"), str(out)], env=env,
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(REPO / "tests"), str(out), rules], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while len(list(progress.glob("train-*.json"))) < 3 and child.poll() is None and time.time() < deadline:
@@ -138,7 +148,7 @@ def test_killed_build_resumes_byte_identical(tmp_path, capsys):
             for e in part["entries"]:
                 kept[e["file"]] = (tmp_path / "killed.partial" / e["file"]).stat().st_mtime_ns
     capsys.readouterr()
-    build(pydoc_cfg(out, num_workers=2))
+    build(pydoc_cfg(out, reference=rules == "reference", num_workers=2))
     assert "resuming the interrupted build" in capsys.readouterr().err
     assert tree_digest(out) == tree_digest(reference)
     assert manifest_without_run_details(out) == manifest_without_run_details(reference)

@@ -42,7 +42,7 @@ def test_objective_follows_data_sentence_objective_by_default():
     "override, expected",
     [
         ("train.optimiser.lr=1", "unknown key 'train.optimiser'"),
-        ("data.masking.mod=static", "valid keys under data.masking: dupe_factor"),
+        ("data.masking.mod=static", "valid keys under data.masking: copies, dupe_factor"),
         ("data.max_seq_length=abc", "bad value for 'data.max_seq_length'"),
         ("data.masking.mode=sometimes", "masking.mode='sometimes' is not one of: static, dynamic"),
         ("data.format=segment_pair", "needs sentence_objective=nsp or sop"),

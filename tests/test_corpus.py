@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from common.errors import UserError
-from data_prep.corpus import ReadStats, read_documents, split_text_file, strip_tags
+from data_prep.corpus import ReadOptions, ReadStats, read_documents, split_text_file, strip_tags
 from data_prep.instances import document_order, is_validation
 from data_prep.sentences import BACKENDS, line_units, split_sentences
 
@@ -56,7 +56,10 @@ def test_glob_selects_files(tmp_path):
 def test_single_txt_split_on_blank_lines(tmp_path):
     f = tmp_path / "docs.txt"
     f.write_text("Doc one line one.\nDoc one line two.\n\n\n \nDoc two.\n\nDoc three.\n")
-    docs, _ = read(f)
+    # The layout rule is the same for a file named directly and one found in a folder:
+    # without headings a file is one document unless corpus_layout says otherwise.
+    assert [x.id for x in read(f)[0]] == ["docs.txt"]
+    docs, _ = read(f, options=ReadOptions(layout="blank_lines"))
     assert [x.id for x in docs] == ["docs.txt:0", "docs.txt:1", "docs.txt:2"]
     assert docs[0].text == "Doc one line one.\nDoc one line two."
     assert docs[2].text.strip() == "Doc three."

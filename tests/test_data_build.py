@@ -198,7 +198,8 @@ def test_bad_corpora_are_user_errors(tmp_path):
     two.write_text("First document. It has two sentences.\n\nSecond document. Also two sentences.")
     with pytest.raises(UserError, match="needs two or more documents per split") as e:
         # validation_fraction 0.5 leaves one document per split: no other document for NotNext
-        build(small_cfg(tmp_path / "d", str(two), format="sentence_pair", sentence_objective="nsp", validation_fraction=0.5))
+        build(small_cfg(tmp_path / "d", str(two), format="sentence_pair", sentence_objective="nsp", validation_fraction=0.5,
+                        corpus_layout="blank_lines"))
     one_line_error(e)
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
@@ -286,3 +287,25 @@ def test_rerun_rebuilds_a_directory_with_a_missing_or_cut_shard(tmp_path, capsys
     assert build(small_cfg(tmp_path / "d", max_documents=30)) == out
     assert "damaged" in capsys.readouterr().err
     assert shard.read_bytes() == good and len(ShardSet(out)["validation"]) > 0
+
+
+def test_arms_share_one_cached_tokenizer(tmp_path, monkeypatch):
+    """A second build on the same training text with the same tokenizer settings but other
+    data settings (here masking and format) takes the tokenizer from the cache beside the
+    shard directories instead of training again: every arm of an ablation gets the same
+    tokenizer bytes. Other tokenizer settings train anew."""
+    import data_prep.build as build_mod
+
+    first = build(small_cfg(tmp_path / "a", mode="static", tokenizer=TokenizerConfig(kind="wordpiece", vocab_size=600)))
+    cached = list((tmp_path / "tokenizers").glob("wordpiece-600-*.json"))
+    assert len(cached) == 1 and cached[0].read_bytes() == (first / "tokenizer.json").read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again although the cache holds this tokenizer")
+
+    monkeypatch.setattr(build_mod, "train_tokenizer", refuse)
+    second = build(small_cfg(tmp_path / "b", mode="dynamic", format="doc_sentences",
+                             tokenizer=TokenizerConfig(kind="wordpiece", vocab_size=600)))
+    assert (second / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
+    with pytest.raises(AssertionError, match="trained again"):
+        build(small_cfg(tmp_path / "c", tokenizer=TokenizerConfig(kind="wordpiece", vocab_size=700)))

@@ -177,13 +177,16 @@ def test_exported_run_fills_a_fill_mask_pipeline(bpe_tokenizer, tmp_path):
 
 def test_cli_export_of_a_checkpoint_finds_the_runs_tokenizer(bpe_tokenizer, tmp_path):
     from pretrain.cli import main
-    from pretrain.training.checkpoint import CLIENT_KEY, LATEST, MODEL_STATES
+    from pretrain.training import manifest
+    from pretrain.training.checkpoint import LATEST, MODEL_STATES, STATE
 
     cfg, model = _roberta_run(bpe_tokenizer)
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "step-0000010"
     ckpt.mkdir(parents=True)
-    torch.save({"module": model.state_dict(), CLIENT_KEY: {"config": to_dict(cfg)}}, ckpt / MODEL_STATES)
+    torch.save({"module": model.state_dict()}, ckpt / MODEL_STATES)
+    (ckpt / STATE).write_text(json.dumps({"config": to_dict(cfg), "rng": []}))
+    manifest.write(ckpt)
     (run / "checkpoints" / LATEST).write_text(ckpt.name + "\n")
     (run / "summary.json").write_text(json.dumps({"status": "done", "data_dir": str(Path(bpe_tokenizer).parent)}))
     assert main(["export", str(run), str(tmp_path / "hf"), "--format", "hf"]) == 0

@@ -175,3 +175,113 @@ def test_rows_depend_only_on_chunk_and_seed(reuters):
     c = [r.input_ids.tobytes() for r in create_pairs(docs, 64, CLS, SEP, "nsp", chunk_random(7, "train", 4), word_starts=ws)]
     assert a == b and a != c
 
+
+
+# --------------------------------------------------------------------------- reference rules
+
+
+def _oracle_pairs(all_documents, max_seq_length, short_seq_prob, rng, objective):
+    """The per-document procedure of create_pretraining_data.py (google-research/bert for
+    NSP, google-research/albert for SOP), written out independently over lists of token
+    lists, without the mask draws (the pipeline masks from its own streams). Returns
+    ``(tokens_a, tokens_b, label)`` per pair, documents in order."""
+    out = []
+    max_num_tokens = max_seq_length - 3
+    for index, document in enumerate(all_documents):
+        target = max_num_tokens
+        if rng.random() < short_seq_prob:
+            target = rng.randint(2, max_num_tokens)
+        chunk, length, i = [], 0, 0
+        while i < len(document):
+            chunk.append(document[i])
+            length += len(document[i])
+            if i == len(document) - 1 or length >= target:
+                a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+                a = [t for seg in chunk[:a_end] for t in seg]
+                b = []
+                if len(chunk) == 1 or (objective == "nsp" and rng.random() < 0.5):
+                    label = 1
+                    for _ in range(10):
+                        other = rng.randint(0, len(all_documents) - 1)
+                        if other != index:
+                            break
+                    doc = all_documents[other]
+                    for seg in doc[rng.randint(0, len(doc) - 1):]:
+                        b.extend(seg)
+                        if len(b) >= target - len(a):
+                            break
+                    i -= len(chunk) - a_end
+                elif objective == "sop" and rng.random() < 0.5:
+                    label = 1
+                    b = [t for seg in chunk[a_end:] for t in seg]
+                    a, b = b, a
+                else:
+                    label = 0
+                    b = [t for seg in chunk[a_end:] for t in seg]
+                while len(a) + len(b) > max_num_tokens:
+                    longer = a if len(a) > len(b) else b
+                    if rng.random() < 0.5:
+                        del longer[0]
+                    else:
+                        longer.pop()
+                out.append((a, b, label))
+                chunk, length = [], 0
+            i += 1
+    return out
+
+
+@pytest.mark.parametrize("objective", ["nsp", "sop"])
+@pytest.mark.parametrize("max_len", [24, 128])
+def test_reference_rules_draw_what_the_reference_draws(reuters, objective, max_len):
+    """sentence_labels=reference + short_seq_rule=reference give, with the same generator,
+    exactly the pairs of the reference's create_instances_from_document (written out in
+    ``_oracle_pairs``), one-sentence documents and chunks included."""
+    ids, starts, _ = reuters
+    docs = ids[:150]
+    expected = _oracle_pairs([[s.tolist() for s in d] for d in docs], max_len, 0.3, random.Random(7), objective)
+    st = InstanceStats()
+    rows = list(create_pairs(docs, max_len, CLS, SEP, objective, random.Random(7), short_seq_prob=0.3, stats=st,
+                             short_seq_rule="reference", sentence_labels="reference"))
+    assert len(rows) == len(expected) > 100
+    for row, (a, b, label) in zip(rows, expected):
+        la = len(a)
+        assert row.input_ids.tolist() == [CLS, *a, SEP, *b, SEP] and row.label == label
+        assert row.token_type_ids.tolist() == [0] * (la + 2) + [1] * (len(b) + 1)
+    assert st.random_b > 0 and st.sequences == len(rows)
+    if objective == "nsp":
+        assert st.not_next == st.random_b and st.is_next + st.not_next == len(rows)
+    else:
+        assert 0 < st.random_b < st.swapped and st.in_order + st.swapped == len(rows)
+
+
+def test_reference_rules_pair_one_sentence_documents_with_a_random_document():
+    """BERT's rule: a one-sentence chunk is always NotNext, so a one-sentence document
+    gives a pair (the balanced rule gives none)."""
+    docs = [[np.arange(5, 9)], [np.arange(10, 14), np.arange(20, 25)], [np.arange(30, 33)]]
+    ref = list(create_pairs(docs, 64, CLS, SEP, "nsp", random.Random(0), short_seq_rule="reference", sentence_labels="reference"))
+    assert [r.label for r in ref if r.source[0][0] in (0, 2)] == [1, 1]
+    balanced = list(create_pairs(docs, 64, CLS, SEP, "nsp", random.Random(0)))
+    assert all(r.source[0][0] == 1 for r in balanced)
+
+
+def test_sentence_pair_has_no_reference_rule():
+    with pytest.raises(ValueError, match="sentence_pair uses balanced"):
+        list(create_pairs([[np.arange(3, 6)] * 3] * 2, 64, CLS, SEP, "nsp", random.Random(0), sentence_pairs=True,
+                          sentence_labels="reference"))
+
+
+def test_short_target_drawn_once_per_document_or_per_chunk(reuters):
+    """short_seq_rule=reference draws the target once per document (BERT's
+    create_instances_from_document), per_chunk once per chunk; with short_seq_prob=1
+    every draw is short, so the counter counts draws."""
+    ids, _, _ = reuters
+    docs = ids[:200]
+    for labels in ("balanced", "reference"):
+        per_doc, per_chunk = InstanceStats(), InstanceStats()
+        list(create_pairs(docs, 128, CLS, SEP, "nsp", random.Random(3), short_seq_prob=1.0, stats=per_doc,
+                          short_seq_rule="reference", sentence_labels=labels))
+        rows = list(create_pairs(docs, 128, CLS, SEP, "nsp", random.Random(3), short_seq_prob=1.0, stats=per_chunk,
+                                 short_seq_rule="per_chunk", sentence_labels=labels))
+        with_pairs = per_doc.documents - (per_doc.one_sentence_documents if labels == "balanced" else 0)
+        assert per_doc.short_targets == with_pairs
+        assert per_chunk.short_targets >= len(rows) > with_pairs

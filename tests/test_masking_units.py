@@ -223,8 +223,11 @@ def test_word_starts_after_special_tokens_are_forced():
 
 def test_config_checks_masking_keys():
     check_data_config(DataConfig(masking=MaskingConfig(unit="ngram", max_ngram=3, max_predictions_per_seq=20)))
+    from data_prep.config import load_data_config
+
+    with pytest.raises(UserError, match="masking.unit='span' is not one of: token, whole_word, ngram"):
+        load_data_config(None, ["masking.unit=span"])  # a typed choice: refused when the config loads
     for bad, msg in (
-        (MaskingConfig(unit="span"), "masking.unit"),
         (MaskingConfig(unit="ngram", max_ngram=0), "masking.max_ngram"),
         (MaskingConfig(max_predictions_per_seq=0), "masking.max_predictions_per_seq"),
     ):

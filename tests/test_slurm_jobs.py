@@ -141,7 +141,7 @@ def test_ablation_array_with_two_processes_per_task_writes_the_table(ablation, s
         # Two ranks (torchrun --nproc-per-node=2) trained each arm.
         assert checkpoint.read_client_state(checkpoint.latest(abl / arm))["world_size"] == 2
         assert any(f"finished: runs/roberta_masking/{arm}/summary.json (exit 0)" in t for t in logs.values())
-    table = (abl.parent.parent / "results" / "roberta_masking.md").read_text()
+    table = (abl.parent.parent / "results" / "smoke" / "roberta_masking.md").read_text()
     rows = [ln for ln in table.splitlines() if ln.startswith("| `")]
     assert [r.split("|")[1:3] for r in rows] == [[" `static` ", " done "], [" `dynamic` ", " done "]]
     status = subprocess.run([sys.executable, "-m", "pretrain.cli", "status", "runs/roberta_masking"],

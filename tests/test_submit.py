@@ -400,15 +400,15 @@ def test_status_after_slurm_forgot_the_jobs_uses_accounting_then_the_run_dirs(fa
 
 
 def test_run_dir_with_a_checkpoint_of_another_config_is_refused(fake_slurm, capsys):
-    import torch
-
     from pretrain.config import load_run_config, to_dict
+    from pretrain.training import checkpoint, manifest
 
     saved = to_dict(load_run_config(RECIPE, None, SMALL))
     saved["model"]["vocab_size"] = 50265  # what the trainer stores for a null vocab_size
     ckpt = Path("runs/roberta/checkpoints/step-0000002")
     ckpt.mkdir(parents=True)
-    torch.save({"bert_recipes": {"config": saved}}, ckpt / "mp_rank_00_model_states.pt")
+    (ckpt / checkpoint.STATE).write_text(json.dumps({"config": saved, "rng": []}))
+    manifest.write(ckpt)
     (ckpt.parent / "latest").write_text("step-0000002")
     # The same experiment resumes (a longer max_steps is allowed, as for `pretrain train --resume`).
     assert main(["submit", str(RECIPE), *SMALL, "train.max_steps=8", "model.vocab_size=null"]) == 0
@@ -422,4 +422,4 @@ def test_directory_with_a_space_is_refused(tmp_path, capsys, monkeypatch):
     d.mkdir()
     monkeypatch.chdir(d)
     assert main(["submit", str(RECIPE), "--dry-run"]) == 2
-    assert "cannot contain whitespace" in _error(capsys)
+    assert "cannot go on an #SBATCH --chdir/--output line: it holds whitespace" in _error(capsys)

@@ -87,7 +87,7 @@ def test_values_round_trip_into_csv_and_md(fabricated: Path):
     runs, results = fabricated / "runs", fabricated / "results"
     paths = rebuild_tables(runs, results)
     assert [p.name for p in paths] == ["toy.md", "toy.csv", "toy.png"]
-    rows = _read_csv(results / "toy.csv")
+    rows = _read_csv(results / "smoke" / "toy.csv")
     assert list(rows) == ["a", "b", "c"]
     a, b, c = rows["a"], rows["b"], rows["c"]
     ev = SUMMARY_A["final_eval"]
@@ -105,11 +105,11 @@ def test_values_round_trip_into_csv_and_md(fabricated: Path):
     assert float(b["masked-token accuracy (%)"]) == pytest.approx(4.0)
     assert b["wall time (min)"] == ""
     assert float(b["MNLI-m acc (paper)"]) == 84.0
-    assert "| 78.7 | 84.0 |" in (results / "toy.md").read_text()
+    assert "| 78.7 | 84.0 |" in (results / "smoke" / "toy.md").read_text()
     # c: listed, marked, empty
     assert c["status"] == "not run" and c["held-out MLM loss"] == "" and c["SQuAD 2.0 F1 (paper)"] == ""
 
-    md = (results / "toy.md").read_text()
+    md = (results / "smoke" / "toy.md").read_text()
     assert md.startswith("# Toy ablation toy\n")
     assert "| SQuAD 2.0 F1 (paper) | MNLI-m acc (paper) |" in md
     row_a = next(line for line in md.splitlines() if line.startswith("| `a` |"))
@@ -122,9 +122,9 @@ def test_values_round_trip_into_csv_and_md(fabricated: Path):
     assert f"pretrain tables --runs {runs} --results {results}" in md
     assert "pretrain ablate configs/ablation/toy.yaml --preset smoke train.max_steps=20" in md
     assert "pretrain train configs/recipe/roberta.yaml --preset smoke train.seed=42 train.max_steps=20 name=toy/a run_dir=runs/toy/a" in md
-    png = (results / "toy.png").read_bytes()
+    png = (results / "smoke" / "toy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert not list(results.glob("*.tmp"))
+    assert not list((results / "smoke").glob("*.tmp"))
 
 
 def test_rebuild_is_deterministic_and_covers_every_ablation(fabricated: Path):
@@ -132,10 +132,10 @@ def test_rebuild_is_deterministic_and_covers_every_ablation(fabricated: Path):
     _write_record(runs / "other", name="other", arms=("a", "b"))
     paths = rebuild_tables(runs, results)
     assert sorted(p.name for p in paths) == sorted(["other.md", "other.csv", "other.png", "toy.md", "toy.csv", "toy.png"])
-    first = (results / "toy.md").read_text(), (results / "toy.csv").read_text()
+    first = (results / "smoke" / "toy.md").read_text(), (results / "smoke" / "toy.csv").read_text()
     rebuild_tables(runs, results)
-    assert ((results / "toy.md").read_text(), (results / "toy.csv").read_text()) == first
-    assert "| `a` | not run |" in (results / "other.md").read_text()
+    assert ((results / "smoke" / "toy.md").read_text(), (results / "smoke" / "toy.csv").read_text()) == first
+    assert "| `a` | not run |" in (results / "smoke" / "other.md").read_text()
 
 
 def test_started_run_without_metrics_is_unfinished(tmp_path: Path):

@@ -4,6 +4,7 @@ pre-tokenizer (data_prep.words)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,44 @@ def test_load_and_train_errors(toks, tmp_path):
     with pytest.raises(UserError, match="must exceed"):
         train_tokenizer("unigram", ["a"], 5, 1, tmp_path / "x.json")
     assert not Path(tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_twice_gives_identical_bytes(kind, tmp_path):
+    """Reproducible training for every kind (tokenizers' own WordPiece and Unigram trainers
+    are not, huggingface/tokenizers#1794)."""
+    a = train_tokenizer(kind, pydoc_texts(), 2000, 2, tmp_path / "a.json").read_bytes()
+    b = train_tokenizer(kind, iter(pydoc_texts()), 2000, 2, tmp_path / "b.json").read_bytes()
+    assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest()
+
+
+def test_special_token_strings_in_text_are_text(toks):
+    """A literal "[SEP]", "</s>", "<unk>" or "[MASK]" in a document is encoded as its
+    characters, never as a special id (BERT's and ALBERT's create_pretraining_data.py)."""
+    text = "a <unk> b [SEP] c </s> d [MASK] e <s> f [CLS] g <pad> h <mask>"
+    for kind, info in toks.items():
+        (ids, _), = encode_with_words(info, [text])
+        assert not set(ids.tolist()) & set(info.special_ids.tolist()), (kind, info.tokenizer.decode(ids.tolist()))
+
+
+def test_reference_word_starts_follow_the_reference_rules(toks):
+    """word_boundaries=reference: ALBERT's _is_start_piece_sp for unigram (a word starts at
+    "▁", "<", punctuation, digits and non-English characters), BERT's "##" rule for
+    wordpiece (= the pre-tokenizer's words), fairseq's "Ġ" rule for bpe."""
+    from data_prep.words import is_start_piece
+
+    sp = {"▁the": True, "s": False, "ing": False, ",": True, ".": True, "1990": True, "'s": True, "é": True,
+          "<": True, "▁": True, "x2": True, "ab-c": False}
+    assert {p: is_start_piece("unigram", p) for p in sp} == sp
+    assert [is_start_piece("wordpiece", p) for p in ("the", "##s", ",")] == [True, False, True]
+    assert [is_start_piece("bpe", p) for p in ("Ġthe", "s", ",")] == [True, False, False]
+    text = ["The 1990s, in Zürich: well-known."]
+    for kind, info in toks.items():
+        (ids, ref), = encode_with_words(info, text, "reference")
+        (_, pre), = encode_with_words(info, text)
+        pieces = [info.tokenizer.id_to_token(int(i)) for i in ids]
+        assert ref[0] == 1 and ref[1:].tolist() == [int(is_start_piece(kind, p)) for p in pieces[1:]]
+        if kind == "wordpiece":
+            assert ref.tolist() == pre.tolist()
+        if kind == "unigram":  # digits and punctuation start words inside a Metaspace word
+            assert ref.sum() > pre.sum()

@@ -20,7 +20,7 @@ from common.errors import UserError
 from data_prep.shards import ShardSet
 from pretrain.config import ModelConfig, TrainConfig, load_run_config
 from pretrain.models.encoder import build_model
-from pretrain.training import checkpoint, rundir
+from pretrain.training import checkpoint, rundir, safeload
 from pretrain.training.checks import check_device
 from pretrain.training.engine import accumulation_steps, deepspeed_config, split_batch
 from pretrain.training.loop import NonFiniteLoss, train
@@ -330,7 +330,7 @@ def test_run_directory_follows_the_contract(short_run):
 
 def test_existing_run_needs_resume_and_same_config(short_run, data: Path):
     cfg, run, _ = short_run
-    with pytest.raises(UserError, match=r"already has checkpoints; pass --resume"):
+    with pytest.raises(UserError, match=r"already holds a run \(2 checkpoint\(s\) \(step-0000024 the newest\), metrics.jsonl, summary.json\); pass --resume"):
         train(cfg)
     with pytest.raises(UserError, match=r"config differs from its checkpoint in train.optimizer.lr: 0.002 -> 0.001"):
         train(tiny_cfg(run, data, "train.max_steps=24", "data.masking.mode=static", "train.optimizer.lr=1e-3"), resume=True)
@@ -349,7 +349,7 @@ def test_load_model_state_gives_the_trained_weights(short_run):
     model = build_model(loaded_cfg.model, loaded_cfg.objective.sentence)
     assert set(sd) == set(model.state_dict())
     model.load_state_dict(sd)
-    raw = torch.load(run / "checkpoints" / "step-0000024" / checkpoint.MODEL_STATES, weights_only=False)["module"]
+    raw = safeload.load_tensors(run / "checkpoints" / "step-0000024" / checkpoint.MODEL_STATES)["module"]
     for k, v in raw.items():
         assert torch.equal(sd[k], v.float()), k
 
@@ -364,7 +364,7 @@ def test_bf16_run_exports_fp32_master_weights(tmp_path: Path, data: Path, zero_s
     assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in rundir.read_metrics(run, "train"))
     _, sd = checkpoint.load_model_state(run)
     ckpt = run / "checkpoints" / "step-0000004"
-    states = torch.load(next(ckpt.glob("*model_states.pt")), weights_only=False)
+    states = safeload.load_tensors(next(ckpt.glob("*model_states.pt")))
     raw = states["module"]
     if zero_stage == 0:
         # 4 optimizer steps = 4 updates: DeepSpeed's state-allocating zero-gradient step is undone

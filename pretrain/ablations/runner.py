@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from common.atomic import write_text_atomic
 from common.configfile import parse_overrides
-from common.errors import UserError
+from common.errors import UserError, launcher_rank
 from data_prep.config import data_fingerprint, resolve_output_dir
 from pretrain.ablations.spec import (  # noqa: F401 (AblationRecord, arm_command: part of the runner's API)
     _RESERVED,
@@ -141,22 +141,29 @@ def prepare_data(cfgs: Dict[str, RunConfig]) -> Dict[str, Path]:
         sha = read_manifest(d)["splits"]["validation"]["sha256"]
         for arm in arms:
             dirs[arm], val_sha[arm] = d, sha
-    if len(set(val_sha.values())) > 1:
-        detail = ", ".join(f"{a}={s[:12]}" for a, s in val_sha.items())
-        raise UserError(
-            f"the arms' validation data differ (sha256 {detail}); the arms must share corpus, tokenizer, "
-            "max_seq_length, validation_fraction and masking.validation_seed to be scored on the same positions"
-        )
+    # Arms that differ in input format or sentence objective (NSP vs SOP, ALBERT Table 5)
+    # cannot share validation rows; every other pair of arms must.
+    task: Dict[str, tuple] = {a: (c.data.format, c.data.sentence_objective) for a, c in cfgs.items()}
+    for key in set(task.values()):
+        same = {a: s for a, s in val_sha.items() if task[a] == key}
+        if len(set(same.values())) > 1:
+            detail = ", ".join(f"{a}={s[:12]}" for a, s in same.items())
+            raise UserError(
+                f"the arms' validation data differ (sha256 {detail}); the arms must share corpus, tokenizer, "
+                "max_seq_length, validation_fraction and masking.validation_seed to be scored on the same positions"
+            )
     return dirs
 
 
 def arm_state(run: Path) -> str:
-    """``done`` (summary.json says so), ``partial`` (``checkpoints/latest`` names a
-    checkpoint to resume from — the file the trainer resumes from) or ``new``."""
+    """``done`` (summary.json says so), ``partial`` (``checkpoints/latest`` or a
+    ``checkpoints/step-*`` directory: something the trainer may resume from) or ``new``."""
     summary = rundir.read_summary(run)
     if summary and summary.get("status") == "done":
         return "done"
-    if (run / rundir.CHECKPOINTS / "latest").is_file():
+    ckpts = run / rundir.CHECKPOINTS
+    # A step-* directory without `latest` counts too: the trainer resumes from the newest intact one.
+    if (ckpts / "latest").is_file() or any(ckpts.glob("step-*")):
         return "partial"
     return "new"
 
@@ -200,10 +207,16 @@ def run_ablation(
     other arms/preset/overrides; prepare data once per distinct data config and check the
     validation data are identical; write ``runs_root/<name>/ablation.yaml``; train each arm
     (skip ``done``, resume ``partial``) and rewrite the table after each. Returns the
-    written paths (``results_dir/<name>.md``, ``.csv``, ``.png``).
+    written paths (``results_dir/<preset>/<name>.md``, ``.csv``, ``.png``: each preset has its
+    own directory, so the README's ``--preset smoke`` quick start leaves the committed
+    ``results/small/`` tables alone).
     """
+    from pretrain.ablations import report
+
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     precheck_arms(cfgs)
+    if launcher_rank() == 0:
+        print(report.header(abl.name, preset, cfgs), flush=True)
     prepare_data(cfgs)
     abl_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(abl_dir / rundir.ABLATION, OmegaConf.to_yaml(rec))
@@ -214,15 +227,26 @@ def run_ablation(
 
     written: List[Path] = []
     n = len(cfgs)
-    for i, (arm, cfg) in enumerate(cfgs.items(), 1):
-        run = Path(cfg.run_dir)
-        state = arm_state(run)
-        action = {"done": "done, skipping", "partial": "resuming from checkpoint", "new": "training"}[state]
-        print(f"=== [{i}/{n}] {abl.name} / {arm}: {action} → {run}", flush=True)
-        if state != "done":
-            train(cfg, resume=(state == "partial"))
-        written = write_ablation_table(abl_dir, results_dir, runs_root)
+    runs = {arm: Path(cfg.run_dir) for arm, cfg in cfgs.items()}
+    done = [arm for arm, run in runs.items() if arm_state(run) == "done"]
+    progress = report.AblationProgress(abl.name, runs, report.arm_steps(cfgs), done)
+    try:
+        for i, (arm, cfg) in enumerate(cfgs.items(), 1):
+            run = runs[arm]
+            state = arm_state(run)
+            action = {"done": "done, skipping", "partial": "resuming from checkpoint", "new": "training"}[state]
+            progress.write(f"=== [{i}/{n}] {abl.name} / {arm}: {action} → {run}")
+            if state != "done":
+                with progress.training(arm, run):
+                    # Always --resume: an arm cut off before `latest` was written (or whose latest
+                    # checkpoint is damaged) continues from its newest intact checkpoint; one with no
+                    # checkpoint starts fresh. A fresh start would refuse to overwrite its files.
+                    train(cfg, resume=True)
+            written = write_ablation_table(abl_dir, results_dir, runs_root)
+    finally:
+        progress.close()
     print(f"table: {written[0]}  (csv: {written[1]}, plot: {written[2]})", flush=True)
+    print(f"runs: {abl_dir}/ (one directory per arm: config.yaml, metrics.jsonl, checkpoints/, summary.json)", flush=True)
     return written
 
 

@@ -1,7 +1,8 @@
 """Result tables of ablations, rebuilt from run directories alone (no training).
 
 For every ``runs_root/<name>/ablation.yaml`` (written by ``pretrain.ablations.runner``) this writes
-``results/<name>.md``, ``results/<name>.csv`` and the loss-curve plot ``results/<name>.png``:
+``results/<preset>/<name>.md``, ``.csv`` and the loss-curve plot ``.png`` — one directory per
+preset, so a quick ``smoke`` run never overwrites the committed ``small`` tables —
 one row per arm with our held-out MLM metrics and the paper's numbers for the same arm,
 labelled "(paper)". Arms that have not finished are listed and marked, so a table can be
 made while an ablation is still running. Every number comes from the run logs
@@ -149,26 +150,38 @@ def render_markdown(rec: AblationRecord, results: List[ArmResult], runs_root: st
     return "\n".join(lines) + "\n"
 
 
+def preset_dir(preset: str) -> str:
+    """The subdirectory of the results root that a preset's tables go to: the preset's name
+    (``--preset smoke`` → ``smoke``; a preset given as a YAML path → its file stem)."""
+    p = Path(preset)
+    return p.stem if p.suffix in (".yaml", ".yml") else preset
+
+
+def table_paths(results_dir: str | Path, preset: str, name: str) -> List[Path]:
+    """``results_dir/<preset>/<name>.md``, ``.csv``, ``.png``: where an ablation's table goes."""
+    out = Path(results_dir) / preset_dir(preset)
+    return [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png"]
+
+
 def write_ablation_table(abl_dir: str | Path, results_dir: str | Path, runs_root: str | Path) -> List[Path]:
-    """Write ``results_dir/<name>.md``, ``.csv`` and ``.png`` for the ablation recorded in
-    ``abl_dir/ablation.yaml`` (atomically: temp name, then rename). Returns the three paths.
+    """Write ``results_dir/<preset>/<name>.md``, ``.csv`` and ``.png`` for the ablation recorded
+    in ``abl_dir/ablation.yaml`` (atomically: temp name, then rename). Returns the three paths.
     Raises UserError if the record is missing or invalid."""
     abl_dir = Path(abl_dir)
     rec = load_record(abl_dir)
     results = collect(abl_dir, rec)
-    out = Path(results_dir)
+    md, csv_path, png_path = table_paths(results_dir, rec.preset, rec.ablation.name)
+    out = md.parent
     out.mkdir(parents=True, exist_ok=True)
-    name = rec.ablation.name
-    md, csv_path = out / f"{name}.md", out / f"{name}.csv"
     write_text_atomic(md, render_markdown(rec, results, str(runs_root), str(results_dir)))
     write_text_atomic(csv_path, render_csv(rec, results))
-    png = plot_loss_curves({a: abl_dir / a for a in rec.ablation.arms}, out / f"{name}.png", rec.ablation.title)
+    png = plot_loss_curves({a: abl_dir / a for a in rec.ablation.arms}, png_path, rec.ablation.title)
     return [md, csv_path, png]
 
 
 def rebuild_tables(runs_root: str | Path, results_dir: str | Path) -> List[Path]:
     """Rebuild the table, CSV and plot of every ablation under ``runs_root`` (``pretrain
-    tables``). Returns the written paths. Raises UserError when no
+    tables``) into ``results_dir/<preset>/``. Returns the written paths. Raises UserError when no
     ``runs_root/*/ablation.yaml`` exists."""
     found = sorted(Path(runs_root).glob(f"*/{rundir.ABLATION}"))
     if not found:

@@ -21,6 +21,13 @@ to ``<run_dir>/slurm/`` for a run and ``<runs>/<name>/slurm/`` for an ablation; 
 resolved ``config.yaml`` goes to its run directory, and an ablation's ``ablation.yaml`` to
 ``<runs>/<name>/``. Lines specific to a cluster (modules, container, environment, extra
 ``#SBATCH`` options) come from a site file (``SiteConfig``), not from edits to the templates.
+
+What reaches a script from the command line or a config cannot run a command: the run name
+is ``[A-Za-z0-9._/-]+`` (``pretrain.config.check_run_name``), paths on ``#SBATCH`` lines
+(working directory, job directory) hold no whitespace, quotes, shell or sbatch pattern
+characters, job options are single words or integers, every value in a shell line is
+``shlex.quote``-d, and no rendered value may hold a newline (``_one_line``). The site file's
+``setup`` and ``srun`` entries are the exception by design (see ``SiteConfig``).
 """
 
 from __future__ import annotations
@@ -43,13 +50,17 @@ from common.configfile import merge_into, read_yaml
 from common.errors import UserError
 from data_prep.config import data_fingerprint
 from pretrain.cluster.slurm_status import JOBS, SLURM_DIR, queued_jobs
-from pretrain.config import RunConfig, load_run_config, run_dir, to_dict, to_yaml
+from pretrain.config import RunConfig, check_run_name, load_run_config, run_dir, to_dict, to_yaml
 from pretrain.training import rundir
 
 LAUNCHERS = ("torchrun", "deepspeed")
 DEFAULT_SITE = Path("slurm") / "site.yaml"
 TEMPLATES = Path(__file__).resolve().parents[2] / "slurm" / "templates"
 _WORD_RE = re.compile(r"^[^\s'\"\\;&|<>`$]+$")  # a value safe on an #SBATCH line
+# A path on an #SBATCH line (--chdir, --output): sbatch reads those lines itself, splitting on
+# whitespace, dropping quotes and expanding %j-style patterns, so none of that may occur; the
+# same paths also appear in shell lines (quoted there).
+_SBATCH_PATH_RE = re.compile(r"^[^\s'\"\\;&|<>`$%*?\[\]{}()!#]+$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -97,6 +108,12 @@ class SiteConfig:
     srun: extra ``srun`` options of the training step, as shell words (e.g. a container:
         ``--container-image=...``).
     python: the Python command on the compute nodes (runs ``-m pretrain.cli``, torchrun, ...).
+
+    Trust: ``setup`` lines and ``srun`` words are written into the scripts as given — they
+    are the site's own shell, like a ``.bashrc`` (so ``$HOME`` expands); keep the site file
+    as private as your shell startup files. Everything else that reaches a script is checked
+    or quoted: ``env`` values and ``python`` with ``shlex.quote``, ``env`` keys as variable
+    names, ``sbatch`` entries as single option lines, and no value may hold a newline.
     """
 
     job: JobOptions = field(default_factory=JobOptions)
@@ -237,10 +254,12 @@ def check_resumable(run: Path, cfg: RunConfig) -> None:
     and the trainer would refuse a different config only once the job runs."""
     from pretrain.training import checkpoint
 
-    ckpt = checkpoint.latest(run)
-    if ckpt is None:
+    # Any complete checkpoint holds the run's config (read from JSON, nothing unpickled);
+    # which one the job resumes from (``checkpoint.resume_point``) does not matter here.
+    complete = checkpoint.list_checkpoints(run)
+    if not complete:
         return
-    saved = checkpoint.read_client_state(ckpt)["config"]
+    saved = checkpoint.read_client_state(complete[-1])["config"]
     new = to_dict(cfg)
     # The trainer fills a null vocab_size from the tokenizer, which the data config fixes.
     if new["model"]["vocab_size"] is None:
@@ -285,9 +304,29 @@ def _template_env():
         # Bash uses "{#" (${#array[@]}); move Jinja's comment syntax out of its way.
         comment_start_string="<#",
         comment_end_string="#>",
+        finalize=_one_line,
     )
     env.filters["shquote"] = shlex.quote
     return env
+
+
+def _one_line(value: Any) -> Any:
+    """Every value written into a job script stays on its line: a newline (or other control
+    character) would start a new shell command or end a comment, whatever the quoting.
+    Raises UserError naming the value."""
+    if isinstance(value, str) and re.search(r"[\x00-\x1f\x7f]", value):
+        raise UserError(f"{value!r} cannot be written into a job script: it holds a newline or control character")
+    return value
+
+
+def check_sbatch_path(path: str, what: str) -> None:
+    """Raise UserError unless ``path`` can go on an ``#SBATCH`` line as is (see
+    ``_SBATCH_PATH_RE``): no whitespace, quotes, shell or sbatch pattern characters."""
+    if not _SBATCH_PATH_RE.match(path):
+        raise UserError(
+            f"{what} {path!r} cannot go on an #SBATCH --chdir/--output line: it holds whitespace, a quote or "
+            "one of $ ` \\ ; & | < > % * ? [ ] { } ( ) ! #; use a directory (run_dir=, --runs) without them"
+        )
 
 
 def data_files(plan: Plan) -> Dict[str, Any]:
@@ -304,10 +343,9 @@ def render(plan: Plan, job: JobOptions, site: SiteConfig, site_source: str) -> D
         raise UserError(f"sbatch templates not found in {TEMPLATES}; `pretrain submit` needs the source checkout")
     env = _template_env()
     d = plan.slurm_dir
-    for path in (os.getcwd(), str(d)):
-        # #SBATCH lines are split on whitespace; sbatch has no quoting for them.
-        if re.search(r"\s", path):
-            raise UserError(f"{path!r}: an #SBATCH --chdir/--output path cannot contain whitespace; use another directory")
+    for what, path in (("the working directory", os.getcwd()), ("the job directory", str(d))):
+        check_sbatch_path(path, what)
+    check_run_name(plan.name, "job name")
     common = {
         "name": plan.name,
         "chdir": os.getcwd(),

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import OmegaConf
 
 from common.atomic import write_json_atomic, write_text_atomic
-from common.errors import UserError
+from common.errors import UserError, launcher_rank
 from pretrain.downstream.config import load_finetune_config
 from pretrain.downstream.task_data import count_train_rows, main_metric
 
@@ -202,7 +202,7 @@ def finetune(
 
     # Under torchrun every rank runs this function and trains every run together; only rank
     # 0 writes the job's files.
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = launcher_rank() == 0
     for r in runs:
         check_run(r, int(os.environ.get("WORLD_SIZE", "1")), FinetuningTask)
     if main_rank:

@@ -372,7 +372,9 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
         AlbertForPreTraining (or what ``sentence_objective`` in config.json says), none for
         the MaskedLM classes.
     Raises:
-        UserError: not a model directory, another architecture, a layout ours cannot hold
+        UserError: not a model directory, weights that are not only tensors (a pickled
+            ``.bin`` naming code: ``safeload.UnsafeCheckpoint``, nothing of it run), another
+            architecture, a layout ours cannot hold
             (ALBERT with E = H and a non-identity projection, grouped layers, ...), or
             missing weights.
     """
@@ -386,7 +388,11 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
         raise UserError(f"cannot read {d / 'config.json'}: {_first_line(e)}") from None
     cfg, sentence = model_config_from_hf(config)
     arch = config.architectures[0]
-    hf_model, info = getattr(tf, arch).from_pretrained(d, output_loading_info=True)
+    from pretrain.training.safeload import tensors_only
+
+    # Weights-only: a pytorch_model.bin is a pickle and may hold code (safetensors cannot).
+    with tensors_only(what=d):
+        hf_model, info = getattr(tf, arch).from_pretrained(d, output_loading_info=True, weights_only=True)
     absent = [k for k in info.get("missing_keys", ()) if not k.endswith(("decoder.weight", "decoder.bias"))]
     if absent:
         raise UserError(f"{d} lacks weights its {arch} needs, e.g. {sorted(absent)[:3]}")

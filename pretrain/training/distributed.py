@@ -102,3 +102,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         else:
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return t
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` (any picklable value) on every rank; ``obj`` itself in a world of
+    one or before ``init``. Every rank must call it."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]

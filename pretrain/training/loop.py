@@ -60,7 +60,7 @@ from pretrain.training.evaluate import to_device
 from pretrain.training.metrics_log import MetricsLog
 from pretrain.training.mfu import peak_flops
 from pretrain.training.preemption import PREEMPTED_EXIT_CODE, Preempted, stop_on_signals  # noqa: F401 (API)
-from pretrain.training.rundir import CONFIG, SUMMARY, TENSORBOARD
+from pretrain.training.rundir import CONFIG, SUMMARY, TENSORBOARD, locked
 
 
 class NonFiniteLoss(UserError):
@@ -95,7 +95,8 @@ def train(cfg, resume: bool = False, task: Optional[Type[Task]] = None) -> Dict[
         from pretrain.tasks.pretraining import PretrainingTask
 
         task = PretrainingTask
-    with stop_on_signals() as signals_received:
+    # The run directory is locked for the whole run (a second process stops with one line).
+    with stop_on_signals() as signals_received, locked(run_dir(cfg)):
         return _train(cfg, resume, task, signals_received)
 
 
@@ -111,17 +112,13 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
     ds_config = check_run(cfg, world.size, task_cls)
     check_device(t)
     accumulation = ds_config["gradient_accumulation_steps"]
-    ckpt = checkpoint.latest(run) if resume else None
-    if not resume and (checkpoint.latest(run) is not None or checkpoint.list_checkpoints(run)):
-        raise UserError(f"{run} already has checkpoints; pass --resume to continue it or set run_dir to a new directory")
+    ckpt = checkpoint.resume_point(run, resume, world)
 
     task = task_cls(cfg)
     task.prepare(world)
     sampler = task.train_sampler()
     criterion = task.criterion
     cfg_dict = to_dict(cfg)
-    if resume and ckpt is None and world.is_main:
-        print(f"no checkpoint in {run / 'checkpoints'}; starting fresh")
     if ckpt is not None:
         saved = checkpoint.read_client_state(ckpt)
         diff = checkpoint.config_differences(saved["config"], cfg_dict)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from common.atomic import write_text_atomic
+from common.diskspace import disk_full_error, is_disk_full
 from pretrain.training.rundir import METRICS, TENSORBOARD
 
 
@@ -28,7 +29,7 @@ class MetricsLog:
         self.tb = None
         if not enabled:
             return
-        path = run / METRICS
+        path = self.path = run / METRICS
         if resume_step is None:
             path.unlink(missing_ok=True)
         else:
@@ -44,8 +45,15 @@ class MetricsLog:
         and each numeric field as TensorBoard scalar ``<kind>/<field>`` at ``step``."""
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        line = json.dumps(record) + "\n"
+        try:
+            self.file.write(line)
+            self.file.flush()
+        except OSError as e:
+            # A line cut short here is dropped when the run resumes (_truncate_metrics).
+            if is_disk_full(e, self.path):
+                raise disk_full_error(self.path, len(line), ", then rerun with --resume") from None
+            raise
         for k, v in record.items():
             if k not in ("kind", "step") and isinstance(v, (int, float)) and v is not None:
                 self.tb.add_scalar(f"{record['kind']}/{k}", v, record["step"])
@@ -53,9 +61,15 @@ class MetricsLog:
     def close(self) -> None:
         """Close metrics.jsonl and flush the TensorBoard writer."""
         if self.file:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass  # a full disk, already reported by write()
         if self.tb:
-            self.tb.close()
+            try:
+                self.tb.close()
+            except OSError:
+                pass  # the same full disk: metrics.jsonl is the record, TensorBoard a view of it
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -5,7 +5,9 @@
         config.yaml                 resolved RunConfig (all interpolations expanded)
         metrics.jsonl               one JSON object per line, see below
         summary.json                written once, atomically, when the run finishes
-        checkpoints/step-0000100/   DeepSpeed checkpoint + client state; ``latest`` names the newest
+        checkpoints/step-0000100/   DeepSpeed checkpoint, trainer_state.json, manifest.json
+                                    (``pretrain.training.checkpoint``); ``latest`` names the newest
+        .lock                       while a process trains the run: its host and pid (``locked``)
         tb/                         TensorBoard event files (the numeric fields of metrics.jsonl)
     runs/<ablation>/ablation.yaml   the ablation definition the arms came from
 
@@ -27,8 +29,13 @@ data_dir, num_train_sequences, num_parameters, skipped_steps (fp16 only).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
+
+# Run files are written through a temporary name and a rename (a full disk: one line).
+from common.atomic import write_json_atomic  # noqa: F401  (re-exported for the trainer)
+from common.lock import DirLock
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -36,6 +43,7 @@ SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tb"
 ABLATION = "ablation.yaml"
+LOCK = ".lock"
 
 
 def read_metrics(run: Path, kind: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -65,3 +73,33 @@ def iter_runs(root: Path) -> Iterator[Path]:
     """Every directory below ``root`` holding a config.yaml."""
     for cfg in sorted(Path(root).rglob(CONFIG)):
         yield cfg.parent
+
+
+@contextmanager
+def locked(run: Path) -> Iterator[None]:
+    """Hold ``run/.lock`` (``common.lock.DirLock``) while the block runs, on global rank 0
+    only: every rank of a job shares the run directory, and on a shared file system the
+    local rank 0 of each node would lock one another out. Every rank learns rank 0's
+    outcome, so a run directory in use stops the whole job with the same one line.
+
+    Raises:
+        UserError: another live process (``host ... pid ...``) holds the lock.
+    """
+    from common.errors import UserError
+    from pretrain.training import distributed
+
+    world = distributed.init()
+    lock = DirLock(Path(run) / LOCK, f"run directory {run}")
+    error = None
+    if world.is_main:
+        try:
+            lock.acquire()
+        except UserError as e:
+            error = str(e)
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    try:
+        yield
+    finally:
+        lock.release()
