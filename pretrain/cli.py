@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "(<run>/eval/ or RUNS/probe/<name>/). sentence: score models on one shared held-out NSP set\n"
                  "and SOP set (and masked tokens) from the pretraining corpus's validation documents; prints\n"
                  "the cross table, writes sentence.json per model. See docs/evaluation.md.")
-    pr.add_argument("probe", choices=["blimp", "sentence"])
+    pr.add_argument("probe", choices=["blimp", "sentence"], help="blimp (minimal pairs) or sentence (NSP/SOP/MLM)")
     pr.add_argument("models", nargs="+", help="run/checkpoint directories or Hugging Face model directories")
     pr.add_argument("--limit", type=int, help="blimp: first N pairs of each phenomenon")
     pr.add_argument("--phenomena", nargs="+", help="blimp: only these phenomena (file names without .jsonl)")

@@ -25,7 +25,8 @@ def tiny_run(tmp_path_factory, data_dir):
     from pretrain.downstream import blimp, conll, glue
     from pretrain.models.encoder import build_model
     from pretrain.models.hf import export_checkpoint
-    from pretrain.training.checkpoint import CLIENT_KEY, LATEST, MODEL_STATES
+    from pretrain.training import manifest
+    from pretrain.training.checkpoint import LATEST, MODEL_STATES, STATE
 
     root = tmp_path_factory.mktemp("tiny")
     text = [e.text_a for e in glue.load_examples("sst2", "dev", data_dir / "glue")]
@@ -45,7 +46,9 @@ def tiny_run(tmp_path_factory, data_dir):
     run = root / "run"
     ckpt = run / "checkpoints" / "step-0000010"
     ckpt.mkdir(parents=True)
-    torch.save({"module": model.state_dict(), CLIENT_KEY: {"config": to_dict(cfg)}}, ckpt / MODEL_STATES)
+    torch.save({"module": model.state_dict()}, ckpt / MODEL_STATES)
+    (ckpt / STATE).write_text(json.dumps({"config": to_dict(cfg), "rng": []}))
+    manifest.write(ckpt)
     (run / "checkpoints" / LATEST).write_text(ckpt.name + "\n")
     (run / "summary.json").write_text(json.dumps({"status": "done", "data_dir": str(tok_dir)}))
     hf = export_checkpoint(run, root / "hf")
