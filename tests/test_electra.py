@@ -285,6 +285,12 @@ def test_smoke_recipe_trains_on_wikitext_and_resumes_exactly(tmp_path, data_dir)
     ids = torch.tensor([[2, 50, 60, 3]])
     torch.testing.assert_close(mlm.eval().encoder(ids), electra.discriminator(ids), atol=0, rtol=0)
 
+    # `pretrain finetune` starts from the discriminator
+    from pretrain.downstream.source import load_pretrained
+
+    pre = load_pretrained(straight)
+    torch.testing.assert_close(pre.model.encoder(ids), electra.discriminator(ids), atol=0, rtol=0)
+
     # `pretrain export --format hf` of the run: two directories transformers loads
     from pretrain.cli import main
 
