@@ -30,7 +30,7 @@ from data_prep.config import DataConfig, check_data_config
 
 # Typed choices (OmegaConf checks Literal fields): a value outside them fails when the
 # config loads — YAML file, preset, ablation arm or key=value — naming the valid values.
-Family = Literal["bert", "roberta", "albert"]
+Family = Literal["bert", "roberta", "albert", "distilbert"]
 Sharing = Literal["none", "all", "attention", "ffn"]
 Activation = Literal["gelu", "gelu_new", "relu"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -38,6 +38,9 @@ OptimizerName = Literal["adamw", "lamb"]
 LambImpl = Literal["auto", "fused", "torch"]
 ScheduleName = Literal["linear", "polynomial", "wsd"]
 ZeroStage = Literal[0, 1, 2, 3]
+TaskName = Literal["pretraining", "distillation"]
+LayerSelection = Literal["extract_distilbert", "every_other", "list"]
+StudentInit = Literal["teacher", "random"]
 FAMILIES = get_args(Family)
 SHARING = get_args(Sharing)
 ACTIVATIONS = get_args(Activation)
@@ -55,10 +58,10 @@ class ModelConfig:
         (feed-forward width, 4H in BERT): Devlin et al. 2019 §3, Table in §3 ("BERT-base:
         L=12, H=768, A=12").
     max_position_embeddings: learned absolute positions (BERT: 512).
-    type_vocab_size: segment embeddings (2 for A/B segments).
+    type_vocab_size: segment embeddings (2 for A/B segments; 0 = none, DistilBERT).
     hidden_dropout_prob / attention_probs_dropout_prob: 0.1 in BERT and RoBERTa.
     initializer_range: std of the truncated-normal init (0.02).
-    family: ``bert`` | ``roberta`` | ``albert``: which Hugging Face class a checkpoint is
+    family: ``bert`` | ``roberta`` | ``albert`` | ``distilbert``: which Hugging Face class a checkpoint is
         exported to / imported from (``pretrain.models.hf``); the architecture itself is set by the
         keys below, and ``pretrain export`` refuses a family its keys do not fit.
     embedding_size (E): None = H; E < H factorizes the embedding with an E→H projection
@@ -187,6 +190,47 @@ class TrainConfig:
     peak_flops: Optional[float] = None
 
 
+@dataclass
+class DistillationConfig:
+    """Knowledge distillation of a frozen teacher into a shallower student (Sanh et al. 2019,
+    "DistilBERT"), read by ``pretrain.models.distil`` and ``pretrain.criterions.distillation``;
+    used when ``task: distillation``. The defaults are the released recipe: Hugging Face's
+    ``examples/research_projects/distillation`` (README training command, ``distiller.py``,
+    ``scripts/extract_distilbert.py``).
+
+    teacher: the frozen teacher: a run directory, ``checkpoints/`` or ``checkpoints/step-*``
+        directory of this trainer, or a Hugging Face model directory (``config.json``;
+        BertForMaskedLM, BertForPreTraining, RobertaForMaskedLM). Required.
+    layer_selection: which teacher layers initialise the student's L/2 layers (§3 "we
+        initialize the student from the teacher by taking one layer out of two"):
+        ``extract_distilbert`` = the released ``extract_distilbert.py`` choice, 0, 2, 4, 7, 9,
+        11 of 12, generalised as every other layer from the bottom for the first ceil(n/2)
+        and every other layer from the top for the rest (L=24: 0..10 even, 13..23 odd);
+        ``every_other`` = 0, 2, 4, ... (the paper's wording); ``list`` = ``student_layers``.
+    student_layers: teacher layer indices, in order, with ``layer_selection: list``.
+    student_init: ``teacher`` (copy embeddings, the selected layers and the MLM head) or
+        ``random`` (BERT's initialisation; Table 4 "random weights initialization").
+    temperature: T of the softened distributions in the distillation loss (§2; 2.0 in
+        ``train.py``).
+    alpha_ce: weight of ``KL(teacher_T || student_T) · T²`` (§2 L_ce; README: 5.0).
+    alpha_mlm: weight of the student's masked-LM loss (§3 L_mlm; README: 2.0).
+    alpha_cos: weight of the cosine embedding loss between the last hidden states of
+        student and teacher (§3 L_cos; README: 1.0).
+    restrict_ce_to_mask: the distillation loss over the masked positions only (``train.py
+        --restrict_ce_to_mask``); default false = over every non-padding token.
+    """
+
+    teacher: Optional[str] = None
+    layer_selection: LayerSelection = "extract_distilbert"
+    student_layers: List[int] = field(default_factory=list)
+    student_init: StudentInit = "teacher"
+    temperature: float = 2.0
+    alpha_ce: float = 5.0
+    alpha_mlm: float = 2.0
+    alpha_cos: float = 1.0
+    restrict_ce_to_mask: bool = False
+
+
 # A run name becomes a directory, a Slurm job name and a word in job scripts: keep it to
 # characters that mean nothing to a shell, sbatch or a path (``/`` nests, as in ablation/arm).
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9._/-]+")
@@ -198,14 +242,22 @@ class RunConfig:
 
     name: ``[A-Za-z0-9._/-]+``, relative (no leading ``/``, no empty, ``.`` or ``..`` part);
         an ablation names its arms ``<ablation>/<arm>``.
+    task: what the run trains (``pretrain.tasks.task_class``): ``pretraining`` (MLM +
+        NSP/SOP, ``pretrain.tasks.pretraining``) or ``distillation`` (a student distilled
+        from ``distillation.teacher``, ``pretrain.tasks.distillation``; its ``model``
+        section is the student's, written from the teacher when the config loads).
+    distillation: the distillation section (``DistillationConfig``); only with
+        ``task: distillation``.
     """
 
     name: str = "run"
     run_dir: Optional[str] = None
+    task: TaskName = "pretraining"
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distillation: Optional[DistillationConfig] = None
 
 
 def find_configs_root(start: Optional[Path]) -> Path:
@@ -276,6 +328,10 @@ def load_run_config(
     cfg = merge_into(RunConfig, *parts, where=where)
     check_run_name(cfg.name, where)
     check_data_config(cfg.data)
+    if cfg.task == "distillation" or cfg.distillation is not None:
+        from pretrain.models.distil import resolve_distillation
+
+        resolve_distillation(cfg, where)  # the student's model section and the teacher's tokenizer
     return cfg
 
 

@@ -79,7 +79,7 @@ def test_fingerprint_ignores_output_dir_but_not_masking():
 
 # One choice key per section; each fails when the config loads, naming the valid values.
 CHOICES = [
-    ("model.family", "electra", "bert, roberta, albert"),
+    ("model.family", "xlnet", "bert, roberta, albert, distilbert"),
     ("model.sharing", "alll", "none, all, attention, ffn"),
     ("objective.sentence", "mlm", "none, nsp, sop"),
     ("data.format", "packed", "segment_pair, sentence_pair, full_sentences, doc_sentences"),

@@ -160,3 +160,16 @@ def test_corrupt_record_is_a_user_error(tmp_path: Path):
     (abl / rundir.ABLATION).write_text("ablation: {name: bad}\npreset: smoke\nsource: x.yaml\nbogus: 1\n")
     with pytest.raises(UserError, match="unknown key 'bogus'"):
         rebuild_tables(tmp_path / "runs", tmp_path / "results")
+
+
+def test_note_says_whether_arms_share_validation_data():
+    """Arms that set data.format or data.sentence_objective (ALBERT's NSP vs SOP) have
+    validation splits of their own; the table's note must not claim one shared split."""
+    from types import SimpleNamespace
+
+    from pretrain.ablations.tables import _shares_validation
+
+    masking = SimpleNamespace(arms={"static": {"data": {"masking": {"mode": "static"}}}, "dynamic": {"data": {"masking": {"mode": "dynamic"}}}})
+    objective = SimpleNamespace(arms={"nsp": {"data": {"sentence_objective": "nsp"}}, "sop": {"data": {"sentence_objective": "sop"}}})
+    trainonly = SimpleNamespace(arms={"a": {"train": {"seed": 1}}, "b": None})
+    assert _shares_validation(masking) and _shares_validation(trainonly) and not _shares_validation(objective)

@@ -124,7 +124,11 @@ def render_markdown(rec: AblationRecord, results: List[ArmResult], runs_root: st
     lines += [
         "",
         "Ours: held-out masked-LM loss (nats per masked token), perplexity and masked-token accuracy on "
-        "the validation split, masked once with a fixed seed and shared by every arm, after the last "
+        + ("the validation split, masked once with a fixed seed and shared by every arm"
+           if _shares_validation(abl) else
+           "each arm's validation split (the arms differ in input format or sentence objective, so their "
+           "pairs differ; the documents, tokenizer and mask seed are shared)")
+        + ", after the last "
         "training step (for an unfinished arm: its latest evaluation); tokens seen, epochs over the training data and training wall time from the run logs.",
         "",
         f"Paper numbers: {abl.paper.source}.",
@@ -196,6 +200,16 @@ def rebuild_tables(runs_root: str | Path, results_dir: str | Path) -> List[Path]
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _shares_validation(abl: Any) -> bool:
+    """False if some arm sets ``data.format`` or ``data.sentence_objective``: such arms
+    build different pairs, so ``pretrain ablate`` lets their validation splits differ."""
+    for over in OmegaConf.to_container(OmegaConf.create(dict(abl.arms)), resolve=True).values():
+        data = (over or {}).get("data") or {}
+        if "format" in data or "sentence_objective" in data:
+            return False
+    return True
 
 
 def _headers(rec: AblationRecord) -> List[str]:

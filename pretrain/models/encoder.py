@@ -58,8 +58,8 @@ def check_model_config(cfg) -> None:
     if e > cfg.hidden_size:
         # ALBERT's factorization exists to make E ≪ H (§3.1); E > H only adds parameters.
         raise UserError(f"model.embedding_size={e} is larger than model.hidden_size={cfg.hidden_size}; use E <= H")
-    if cfg.type_vocab_size < 1:
-        raise UserError(f"model.type_vocab_size={cfg.type_vocab_size} must be >= 1")
+    if cfg.type_vocab_size < 0:
+        raise UserError(f"model.type_vocab_size={cfg.type_vocab_size} must be >= 0 (0 = no token-type embedding, as DistilBERT)")
     if not 0 <= cfg.position_offset < cfg.max_position_embeddings:
         raise UserError(
             f"model.position_offset={cfg.position_offset} must be in [0, max_position_embeddings={cfg.max_position_embeddings})"
@@ -96,7 +96,9 @@ def _act(name: str):
 
 class Embeddings(nn.Module):
     """Word + position + token-type embeddings of size E, LayerNorm, dropout, then the
-    E→H ``projection`` when E ≠ H (ALBERT §3.1).
+    E→H ``projection`` when E ≠ H (ALBERT §3.1). With ``type_vocab_size`` 0 there is no
+    token-type embedding and ``token_type_ids`` are ignored (DistilBERT, Sanh et al. 2019 §3:
+    "the token-type embeddings and the pooler are removed").
 
     forward(input_ids int64 ``[batch, seq]``, token_type_ids int64 ``[batch, seq]``,
     attention_mask ``[batch, seq]`` (1 = token)) → float ``[batch, seq, H]``.
@@ -114,7 +116,7 @@ class Embeddings(nn.Module):
         self.position_offset = cfg.position_offset
         self.word_embeddings = nn.Embedding(cfg.vocab_size, e)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, e)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, e)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, e) if cfg.type_vocab_size > 0 else None
         self.LayerNorm = nn.LayerNorm(e, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.projection = nn.Linear(e, cfg.hidden_size) if e != cfg.hidden_size else None
@@ -128,7 +130,9 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         pos = self.position_ids(input_ids, attention_mask)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(token_type_ids)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(pos)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids)
         x = self.dropout(self.LayerNorm(x))
         return self.projection(x) if self.projection is not None else x
 
