@@ -23,7 +23,7 @@ from typing import List
 
 from omegaconf import OmegaConf
 
-from common.errors import run_cli
+from common.errors import UserError, run_cli
 from pretrain.ablations.runner import compose_arms
 from pretrain.models.describe import meta_model
 from pretrain.models.encoder import flops_per_token
@@ -63,7 +63,11 @@ def main() -> None:
     print("|---|---|---|---|---|")
     total = 0.0
     for path in sorted(Path("configs/ablation").glob("*.yaml")):
-        runs, tokens, flops = table_cost(path, args.preset, list(args.overrides))
+        try:
+            runs, tokens, flops = table_cost(path, args.preset, list(args.overrides))
+        except UserError as e:  # e.g. a distillation ablation whose teacher run does not exist yet
+            print(f"| {path.stem} | not composed: {e} | | | |")
+            continue
         hours = (tokens / args.tokens_per_s if args.tokens_per_s else flops / (args.peak * args.mfu)) / 3600
         total += hours
         print(f"| {path.stem} | {runs} | {tokens / 1e6:,.0f}M | {flops / 1e15:,.1f} | {hours:.1f} |")

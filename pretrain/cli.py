@@ -7,6 +7,9 @@ checkpoints, and run the same as Slurm jobs.
     pretrain describe MODEL [key=value ...] [--sentence none|nsp|sop] [--markdown]
     pretrain describe --all [--markdown]
     pretrain export CKPT OUT --format hf [--tokenizer PATH] [--drop-sentence-head]
+    pretrain finetune CKPT|HF_DIR --task NAME [--seeds N] [--preset smoke|small] [--random-init] [key=value ...]
+    pretrain probe blimp CKPT|HF_DIR [--limit N] [--random-init]
+    pretrain probe sentence CKPT|HF_DIR [...] [--corpus SPEC --validation-fraction F]
     pretrain submit CONFIG|ABLATION [--preset NAME] [--nodes N] [--gpus-per-node G] ... [--dry-run] [key=value ...]
     pretrain status TARGET [--runs DIR]
 
@@ -21,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from common.errors import launcher_rank, run_cli
+from common.errors import UserError, launcher_rank, run_cli
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -74,6 +77,25 @@ def _export(args: argparse.Namespace) -> None:
     from pretrain.models.hf import export_checkpoint
 
     print(export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.drop_sentence_head))
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from pretrain.downstream.runner import finetune
+
+    finetune(args.pretrained, args.task, args.seeds, args.preset, args.recipe, args.overrides, args.runs,
+             args.random_init, args.tokenizer, args.out)
+
+
+def _probe(args: argparse.Namespace) -> None:
+    from pretrain.downstream.probe import run_blimp, run_sentence
+
+    if args.probe == "blimp":
+        if len(args.models) != 1:
+            raise UserError("probe blimp takes one model")
+        run_blimp(args.models[0], args.limit, args.phenomena, args.blimp, args.out, args.runs, args.random_init,
+                  args.tokenizer)
+    else:
+        run_sentence(args.models, args.corpus, args.validation_fraction, args.pairs, args.max_length, args.runs)
 
 
 def _submit(args: argparse.Namespace) -> None:
@@ -151,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = command("export", "write a checkpoint as a Hugging Face model directory",
                 "Convert a checkpoint to a transformers model directory (config.json, weights,\n"
-                "tokenizer files) that AutoModelForMaskedLM loads; prints the directory.")
+                "tokenizer files) that AutoModelForMaskedLM loads; prints the directory. An ELECTRA run\n"
+                "(task=electra) gives OUT/discriminator (ElectraForPreTraining) and\n"
+                "OUT/generator (ElectraForMaskedLM).")
     x.add_argument("checkpoint", help="run directory, its checkpoints/ or one checkpoints/step-* directory")
     x.add_argument("out", help="output directory (created)")
     x.add_argument("--format", choices=["hf"], required=True, help="hf: a Hugging Face transformers model directory")
@@ -159,6 +183,45 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--drop-sentence-head", action="store_true",
                    help="leave out the NSP/SOP head (RoBERTa's class has none)")
     x.set_defaults(fn=_export)
+
+    f = command("finetune", "fine-tune a checkpoint or Hugging Face model on a GLUE task or CoNLL-2003, over seeds",
+                "Fine-tune every learning rate x seed of the recipe (configs/finetune/<family>.yaml, or --recipe)\n"
+                "as runs of the training loop; report the median over seeds at the lr with the best median,\n"
+                "from each run's last step (no early stopping). Writes <run>/finetune/<task>/ (or --out):\n"
+                "finetune.yaml, lr-*/seed-*/ runs, scores.json, scores.md; the last line is the score.\n"
+                "See docs/evaluation.md.")
+    f.add_argument("pretrained", help="run directory, checkpoints/ or step-* directory, or a Hugging Face model directory")
+    f.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of the fine-tuning config, e.g. lrs=[1e-4] data.max_train_rows=1000")
+    f.add_argument("--task", required=True, help="sst2 cola mrpc qqp stsb qnli rte mnli conll2003")
+    f.add_argument("--seeds", type=int, help="seeds 1..N per learning rate (default: the recipe's)")
+    f.add_argument("--preset", help="configs/finetune/preset/NAME.yaml: smoke, small (or a YAML path)")
+    f.add_argument("--recipe", help="configs/finetune/NAME.yaml: bert, roberta, albert (default: the model's family)")
+    f.add_argument("--random-init", action="store_true", help="control: same shape and tokenizer, random weights")
+    f.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json to use instead of the model's")
+    f.add_argument("--runs", default="runs", help="root for jobs of Hugging Face models (default runs)")
+    f.add_argument("--out", help="job directory (default: <run>/finetune/<task> or RUNS/finetune/<name>/<task>)")
+    f.set_defaults(fn=_finetune)
+
+    pr = command("probe", "zero-shot probes: BLiMP by pseudo-log-likelihood, held-out NSP/SOP/MLM accuracy",
+                 "blimp: score one model on BLiMP's minimal pairs by pseudo-log-likelihood; writes blimp.json\n"
+                 "(<run>/eval/ or RUNS/probe/<name>/). sentence: score models on one shared held-out NSP set\n"
+                 "and SOP set (and masked tokens) from the pretraining corpus's validation documents; prints\n"
+                 "the cross table, writes sentence.json per model. See docs/evaluation.md.")
+    pr.add_argument("probe", choices=["blimp", "sentence"], help="blimp (minimal pairs) or sentence (NSP/SOP/MLM)")
+    pr.add_argument("models", nargs="+", help="run/checkpoint directories or Hugging Face model directories")
+    pr.add_argument("--limit", type=int, help="blimp: first N pairs of each phenomenon")
+    pr.add_argument("--phenomena", nargs="+", help="blimp: only these phenomena (file names without .jsonl)")
+    pr.add_argument("--blimp", help="blimp: data directory (default $BERT_RECIPES_DATA/blimp)")
+    pr.add_argument("--random-init", action="store_true", help="blimp: control with random weights")
+    pr.add_argument("--tokenizer", metavar="PATH", help="blimp: tokenizer.json to use instead of the model's")
+    pr.add_argument("--corpus", help="sentence: corpus spec of the held-out documents (default: the checkpoint's)")
+    pr.add_argument("--validation-fraction", type=float, help="sentence: the pretraining data's validation_fraction")
+    pr.add_argument("--pairs", type=int, default=2000, help="sentence: pairs per task (default 2000)")
+    pr.add_argument("--max-length", type=int, default=128, help="sentence: tokens per pair (default 128)")
+    pr.add_argument("--runs", default="runs", help="root of probe outputs for Hugging Face models (default runs)")
+    pr.add_argument("--out", help="blimp: output directory")
+    pr.set_defaults(fn=_probe)
 
     s = command("submit", "run a run config or an ablation as Slurm jobs (see slurm/README.md)",
                 "Check everything first, then write and submit up to three Slurm jobs: data (data-prep\n"

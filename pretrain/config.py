@@ -30,7 +30,7 @@ from data_prep.config import DataConfig, check_data_config
 
 # Typed choices (OmegaConf checks Literal fields): a value outside them fails when the
 # config loads — YAML file, preset, ablation arm or key=value — naming the valid values.
-Family = Literal["bert", "roberta", "albert"]
+Family = Literal["bert", "roberta", "albert", "distilbert"]
 Sharing = Literal["none", "all", "attention", "ffn"]
 Activation = Literal["gelu", "gelu_new", "relu"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -38,6 +38,15 @@ OptimizerName = Literal["adamw", "lamb"]
 LambImpl = Literal["auto", "fused", "torch"]
 ScheduleName = Literal["linear", "polynomial", "wsd"]
 ZeroStage = Literal[0, 1, 2, 3]
+# What a run trains (``pretrain.tasks.task_class``): masked LM (+ NSP/SOP) pretraining,
+# DistilBERT's distillation (Sanh et al. 2019) or ELECTRA's replaced-token detection
+# (Clark et al. 2020).
+TaskName = Literal["pretraining", "distillation", "electra"]
+LayerSelection = Literal["extract_distilbert", "every_other", "list"]
+StudentInit = Literal["teacher", "random"]
+# Where ELECTRA's discriminator loss is taken: every non-padding token (the paper), or only
+# the masked ~15% ("ELECTRA 15%", Clark et al. 2020 §3.5, Table 5).
+DiscPositions = Literal["all", "masked"]
 FAMILIES = get_args(Family)
 SHARING = get_args(Sharing)
 ACTIVATIONS = get_args(Activation)
@@ -55,10 +64,10 @@ class ModelConfig:
         (feed-forward width, 4H in BERT): Devlin et al. 2019 §3, Table in §3 ("BERT-base:
         L=12, H=768, A=12").
     max_position_embeddings: learned absolute positions (BERT: 512).
-    type_vocab_size: segment embeddings (2 for A/B segments).
+    type_vocab_size: segment embeddings (2 for A/B segments; 0 = none, DistilBERT).
     hidden_dropout_prob / attention_probs_dropout_prob: 0.1 in BERT and RoBERTa.
     initializer_range: std of the truncated-normal init (0.02).
-    family: ``bert`` | ``roberta`` | ``albert``: which Hugging Face class a checkpoint is
+    family: ``bert`` | ``roberta`` | ``albert`` | ``distilbert``: which Hugging Face class a checkpoint is
         exported to / imported from (``pretrain.models.hf``); the architecture itself is set by the
         keys below, and ``pretrain export`` refuses a family its keys do not fit.
     embedding_size (E): None = H; E < H factorizes the embedding with an E→H projection
@@ -92,11 +101,41 @@ class ModelConfig:
 
 
 @dataclass
+class ElectraConfig:
+    """ELECTRA's replaced-token detection (Clark et al. 2020), read by
+    ``pretrain.models.electra`` (shapes), ``pretrain.criterions.electra`` (losses) and
+    ``pretrain.tasks.electra``; used when ``task: electra``. Every value is checked
+    when the run is checked (``pretrain.tasks.electra.check_electra_config``).
+
+    generator_size: the generator's hidden size as a fraction of the discriminator's
+        (``model.hidden_size``), in (0, 1]; its feed-forward width is 4x and its heads
+        hidden/64 (at least 1), as ``get_generator_config`` in google-research/electra's
+        run_pretraining.py does; Table 6: ELECTRA-Small 1/4, Base 1/3, Large 1/4; §3.2 and
+        Figure 3: 1/4-1/2 of the discriminator work best.
+    generator_layers: the generator's depth as a fraction of ``model.num_hidden_layers``
+        (reference ``generator_layers``, 1.0: the same depth).
+    disc_weight: λ, the weight of the discriminator loss (§2, Eq. 1; Table 6: 50).
+    gen_weight: the weight of the generator's MLM loss (reference ``gen_weight``, 1.0).
+    temperature: the generator's logits are divided by it before sampling (reference
+        ``temperature``, 1.0).
+    disc_positions: ``all`` (the paper: every non-padding token) or ``masked`` (Table 5's
+        "ELECTRA 15%": the discriminator loss only over the masked positions).
+    """
+
+    generator_size: float = 0.25
+    generator_layers: float = 1.0
+    disc_weight: float = 50.0
+    gen_weight: float = 1.0
+    temperature: float = 1.0
+    disc_positions: DiscPositions = "all"
+
+
+@dataclass
 class ObjectiveConfig:
     """Training objective (read by ``pretrain.criterions.pretraining``).
 
     sentence: the sentence-level loss added to MLM; defaults to the data's
-        ``sentence_objective`` so the two agree unless set on purpose.
+        ``sentence_objective`` so the two agree unless set on purpose (ELECTRA: none).
     """
 
     sentence: SentenceObjective = "${data.sentence_objective}"
@@ -187,6 +226,47 @@ class TrainConfig:
     peak_flops: Optional[float] = None
 
 
+@dataclass
+class DistillationConfig:
+    """Knowledge distillation of a frozen teacher into a shallower student (Sanh et al. 2019,
+    "DistilBERT"), read by ``pretrain.models.distil`` and ``pretrain.criterions.distillation``;
+    used when ``task: distillation``. The defaults are the released recipe: Hugging Face's
+    ``examples/research_projects/distillation`` (README training command, ``distiller.py``,
+    ``scripts/extract_distilbert.py``).
+
+    teacher: the frozen teacher: a run directory, ``checkpoints/`` or ``checkpoints/step-*``
+        directory of this trainer, or a Hugging Face model directory (``config.json``;
+        BertForMaskedLM, BertForPreTraining, RobertaForMaskedLM). Required.
+    layer_selection: which teacher layers initialise the student's L/2 layers (§3 "we
+        initialize the student from the teacher by taking one layer out of two"):
+        ``extract_distilbert`` = the released ``extract_distilbert.py`` choice, 0, 2, 4, 7, 9,
+        11 of 12, generalised as every other layer from the bottom for the first ceil(n/2)
+        and every other layer from the top for the rest (L=24: 0..10 even, 13..23 odd);
+        ``every_other`` = 0, 2, 4, ... (the paper's wording); ``list`` = ``student_layers``.
+    student_layers: teacher layer indices, in order, with ``layer_selection: list``.
+    student_init: ``teacher`` (copy embeddings, the selected layers and the MLM head) or
+        ``random`` (BERT's initialisation; Table 4 "random weights initialization").
+    temperature: T of the softened distributions in the distillation loss (§2; 2.0 in
+        ``train.py``).
+    alpha_ce: weight of ``KL(teacher_T || student_T) · T²`` (§2 L_ce; README: 5.0).
+    alpha_mlm: weight of the student's masked-LM loss (§3 L_mlm; README: 2.0).
+    alpha_cos: weight of the cosine embedding loss between the last hidden states of
+        student and teacher (§3 L_cos; README: 1.0).
+    restrict_ce_to_mask: the distillation loss over the masked positions only (``train.py
+        --restrict_ce_to_mask``); default false = over every non-padding token.
+    """
+
+    teacher: Optional[str] = None
+    layer_selection: LayerSelection = "extract_distilbert"
+    student_layers: List[int] = field(default_factory=list)
+    student_init: StudentInit = "teacher"
+    temperature: float = 2.0
+    alpha_ce: float = 5.0
+    alpha_mlm: float = 2.0
+    alpha_cos: float = 1.0
+    restrict_ce_to_mask: bool = False
+
+
 # A run name becomes a directory, a Slurm job name and a word in job scripts: keep it to
 # characters that mean nothing to a shell, sbatch or a path (``/`` nests, as in ablation/arm).
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9._/-]+")
@@ -198,14 +278,26 @@ class RunConfig:
 
     name: ``[A-Za-z0-9._/-]+``, relative (no leading ``/``, no empty, ``.`` or ``..`` part);
         an ablation names its arms ``<ablation>/<arm>``.
+    task: what the run trains (``pretrain.tasks.task_class``): ``pretraining`` (MLM +
+        NSP/SOP, ``pretrain.tasks.pretraining``), ``distillation`` (a student distilled
+        from ``distillation.teacher``, ``pretrain.tasks.distillation``; its ``model``
+        section is the student's, written from the teacher when the config loads) or
+        ``electra`` (a generator MLM and a replaced-token discriminator,
+        ``pretrain.tasks.electra``; ``model`` is the discriminator's shape).
+    distillation: the distillation section (``DistillationConfig``); only with
+        ``task: distillation``.
+    electra: ELECTRA's keys (``ElectraConfig``), read only with ``task: electra``.
     """
 
     name: str = "run"
     run_dir: Optional[str] = None
+    task: TaskName = "pretraining"
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distillation: Optional[DistillationConfig] = None
+    electra: ElectraConfig = field(default_factory=ElectraConfig)
 
 
 def find_configs_root(start: Optional[Path]) -> Path:
@@ -276,6 +368,10 @@ def load_run_config(
     cfg = merge_into(RunConfig, *parts, where=where)
     check_run_name(cfg.name, where)
     check_data_config(cfg.data)
+    if cfg.task == "distillation" or cfg.distillation is not None:
+        from pretrain.models.distil import resolve_distillation
+
+        resolve_distillation(cfg, where)  # the student's model section and the teacher's tokenizer
     return cfg
 
 

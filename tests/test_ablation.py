@@ -85,10 +85,12 @@ def test_every_repo_ablation_composes_at_every_preset(tmp_path: Path):
     """Each configs/ablation/*.yaml composes and is fair at smoke, small and medium (what
     `pretrain ablate` and `pretrain submit` check before anything runs)."""
     for path in sorted((REPO / "configs" / "ablation").glob("*.yaml")):
+        if path.stem in ("distilbert_losses",):  # needs a trained teacher run to compose
+            continue
         for preset in ("smoke", "small", "medium"):
             steps = {"smoke": ["train.max_steps=192"], "small": ["train.max_steps=992"], "medium": []}[preset]
-            _abl, cfgs = compose_arms(path, preset, steps if "batch_size" in path.name else [], tmp_path / "runs")
-            check_fair(cfgs)
+            abl, cfgs = compose_arms(path, preset, steps if "batch_size" in path.name else [], tmp_path / "runs")
+            check_fair(cfgs, abl.budget)
 
 
 def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
@@ -120,7 +122,7 @@ def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
 
 
 def test_unknown_key_fails_at_load(tmp_path: Path):
-    with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, claims, name, paper, scale, seeds, title"):
+    with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, budget, claims, name, paper, scale, seeds, title"):
         load_ablation(_ablation(tmp_path, extra="bogus: 1\n"))
     p = _ablation(tmp_path, paper={"source": "x", "colums": ["F1"], "rows": {}})
     with pytest.raises(UserError, match=r"unknown key 'paper.colums'"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from common.errors import UserError
 from data_prep.config import data_fingerprint, load_data_config
@@ -74,3 +75,37 @@ def test_fingerprint_ignores_output_dir_but_not_masking():
     b = load_data_config(None, ["output_dir=/y"])
     c = load_data_config(None, ["masking.mode=static"])
     assert data_fingerprint(a) == data_fingerprint(b) != data_fingerprint(c)
+
+
+# One choice key per section; each fails when the config loads, naming the valid values.
+CHOICES = [
+    ("model.family", "xlnet", "bert, roberta, albert, distilbert"),
+    ("model.sharing", "alll", "none, all, attention, ffn"),
+    ("objective.sentence", "mlm", "none, nsp, sop"),
+    ("data.format", "packed", "segment_pair, sentence_pair, full_sentences, doc_sentences"),
+    ("data.tokenizer.kind", "bytes", "bpe, wordpiece, unigram"),
+    ("data.masking.mode", "sometimes", "static, dynamic"),
+    ("train.precision", "fp8", "fp32, bf16, fp16"),
+    ("train.optimizer.name", "sgd", "adamw, lamb"),
+    ("train.schedule.name", "cosine", "linear, polynomial, wsd"),
+    ("train.zero_stage", "4", "0, 1, 2, 3"),
+]
+
+
+@pytest.mark.parametrize("key, bad, valid", CHOICES, ids=[c[0] for c in CHOICES])
+def test_choice_keys_are_typed_in_every_section(tmp_path: Path, key: str, bad: str, valid: str):
+    msg = rf"{key}='{bad}' is not one of: {valid}$"
+    with pytest.raises(UserError, match=rf"^{RECIPE}: " + msg):  # on the command line
+        load_run_config(RECIPE, "smoke", [f"{key}={bad}"])
+    section, _, rest = key.partition(".")
+    nested: dict = {}
+    node = nested
+    for part in rest.split(".")[:-1]:
+        node = node.setdefault(part, {})
+    node[rest.split(".")[-1]] = bad
+    yaml_file = tmp_path / "bad.yaml"  # in a YAML file the recipe includes
+    yaml_file.write_text(yaml.safe_dump({"include": [str(RECIPE)], section: nested}))
+    with pytest.raises(UserError, match=rf"^{yaml_file}: " + msg):
+        load_run_config(yaml_file)
+    with pytest.raises(UserError, match=msg):  # in an ablation arm's layer
+        load_run_config(RECIPE, "smoke", layers=[{section: nested}])

@@ -279,7 +279,10 @@ def test_readme_quick_start_leaves_the_committed_results_alone(tmp_path):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "fresh clone"]):
         subprocess.run(git + cmd, cwd=clone, check=True, capture_output=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("BERT_RECIPES_SLURM", "PYTEST_ADDOPTS")}
+    # Not the launcher variables an earlier in-process run of this test process set for its
+    # world of one (still listening on that port): the quick start makes its own world.
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in {"BERT_RECIPES_SLURM", "PYTEST_ADDOPTS", *launcher}}
     env.update(PYTHONPATH=str(clone), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
 
     argv = _readme_quick_start()

@@ -241,7 +241,7 @@ def test_bad_model_configs_are_one_line_user_errors(kw, msg):
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(sharing="layers"), "model: sharing='layers' is not one of: none, all, attention, ffn"),
-    (dict(family="gpt"), "model: family='gpt' is not one of: bert, roberta, albert"),
+    (dict(family="gpt"), "model: family='gpt' is not one of: bert, roberta, albert, distilbert"),
     (dict(hidden_act="swish"), "model: hidden_act='swish' is not one of: gelu, gelu_new, relu"),
 ])
 def test_model_choices_are_typed_and_fail_at_load(kw, msg):

@@ -273,3 +273,16 @@ def test_unequal_real_tokens_are_named_without_withholding_the_verdict():
     short = [ArmResult("a", "done", tokens_seen=1000), ArmResult("b", "done", tokens_seen=620), ArmResult("c", "not run")]
     (w,) = token_warnings(short)
     assert "(`a` 1,000, `b` 620)" in w and "sequence slots" in w
+
+
+def test_note_says_whether_arms_share_validation_data():
+    """Arms that set data.format or data.sentence_objective (ALBERT's NSP vs SOP) have
+    validation splits of their own; the table's note must not claim one shared split."""
+    from types import SimpleNamespace
+
+    from pretrain.ablations.tables import _shares_validation
+
+    masking = SimpleNamespace(arms={"static": {"data": {"masking": {"mode": "static"}}}, "dynamic": {"data": {"masking": {"mode": "dynamic"}}}})
+    objective = SimpleNamespace(arms={"nsp": {"data": {"sentence_objective": "nsp"}}, "sop": {"data": {"sentence_objective": "sop"}}})
+    trainonly = SimpleNamespace(arms={"a": {"train": {"seed": 1}}, "b": None})
+    assert _shares_validation(masking) and _shares_validation(trainonly) and not _shares_validation(objective)

@@ -34,15 +34,19 @@ def last_per_step(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def loss_series(run: Path) -> Tuple[List[Tuple[int, float]], List[Tuple[int, float]]]:
     """(train, eval) lists of (tokens_seen, MLM loss) of one run directory.
 
-    Train uses ``mlm_loss`` (falling back to ``loss``) so arms with and without a
-    sentence-level objective are on the same scale. Empty lists if nothing was logged.
+    Train uses ``mlm_loss`` (falling back to ``loss`` for a record with no per-term
+    losses) so arms with and without a sentence-level objective are on the same scale. A
+    run whose model has no MLM loss (ELECTRA logs ``gen_mlm_loss`` of its generator and
+    ``disc_loss``) has no series. Empty lists if nothing was logged.
     """
-    train = [
-        (int(r["tokens_seen"]), float(r.get("mlm_loss", r.get("loss"))))
-        for r in last_per_step(rundir.read_metrics(run, "train"))
-        if r.get("mlm_loss", r.get("loss")) is not None
-    ]
-    evals = [(int(r["tokens_seen"]), float(r["mlm_loss"])) for r in last_per_step(rundir.read_metrics(run, "eval"))]
+    def mlm(r: Dict[str, Any]) -> Any:
+        terms = [k for k in r if k.endswith("_loss") and k != "loss"]
+        return r.get("mlm_loss", None if terms else r.get("loss"))
+
+    train = [(int(r["tokens_seen"]), float(mlm(r))) for r in last_per_step(rundir.read_metrics(run, "train"))
+             if mlm(r) is not None]
+    evals = [(int(r["tokens_seen"]), float(r["mlm_loss"])) for r in last_per_step(rundir.read_metrics(run, "eval"))
+             if r.get("mlm_loss") is not None]
     return train, evals
 
 
@@ -60,7 +64,8 @@ def plot_loss_curves(runs: Dict[str, Path], out: Path, title: str) -> Path:
     for i, (arm, run) in enumerate(runs.items()):
         train, evals = loss_series(run)
         c = colours(i % 10)
-        label = arm if (train or evals) else f"{arm} (no metrics yet)"
+        logged = bool(rundir.read_metrics(run, "train"))
+        label = arm if (train or evals) else f"{arm} (no MLM loss)" if logged else f"{arm} (no metrics yet)"
         if train:
             ax_t.plot(*zip(*train), color=c, lw=1.2, label=label)
         else:

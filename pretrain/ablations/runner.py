@@ -79,6 +79,8 @@ def compose_arms(
         except UserError as e:
             raise UserError(f"ablation {abl.name}, arm {arm!r}: {e}") from None
         cfgs[key] = cfg
+    if abl.budget == "train_flops":
+        equalize_train_flops(cfgs)
     return abl, cfgs
 
 
@@ -107,19 +109,49 @@ def scale_overrides(cfg: RunConfig, scale: Any) -> List[str]:
     return out
 
 
-def check_fair(cfgs: Dict[str, RunConfig]) -> None:
+def train_flops(cfg: RunConfig) -> float:
+    """Training FLOPs of a run: ``train.max_steps × train.global_batch_size ×`` the FLOPs
+    of one full-length sequence (``pretrain.tasks.train_flops_per_sequence``)."""
+    from pretrain.tasks import train_flops_per_sequence
+
+    return cfg.train.max_steps * cfg.train.global_batch_size * train_flops_per_sequence(cfg)
+
+
+def equalize_train_flops(cfgs: Dict[str, RunConfig]) -> None:
+    """Set ``train.max_steps`` of every arm after the first so that its training FLOPs
+    (``train_flops``) are the first arm's, rounded to the nearest step (at least 1): the
+    ``train_flops`` budget of an ablation (ELECTRA's generator costs compute; an MLM arm
+    at equal compute trains longer, Clark et al. 2020 Table 1). Modifies ``cfgs``."""
+    from pretrain.tasks import train_flops_per_sequence
+
+    arms = list(cfgs)
+    target = train_flops(cfgs[arms[0]])
+    for arm in arms[1:]:
+        c = cfgs[arm]
+        c.train.max_steps = max(1, round(target / (c.train.global_batch_size * train_flops_per_sequence(c))))
+
+
+def check_fair(cfgs: Dict[str, RunConfig], budget: str = "tokens") -> None:
     """The arms of an ablation must differ only in the recipe choice under study.
 
-    Checks the token budget, train.max_steps × train.global_batch_size × data.max_seq_length
-    (RoBERTa §4.3, Table 3 compares batch sizes at equal steps × batch: 256×1M, 2K×125K,
-    8K×31K), and the seeds: ``data.seed`` equal for all runs, ``train.seed`` equal across
-    arms for each pretraining seed (runs ``<arm>/seed-S``). Raises UserError listing every
-    run's value when they differ.
+    Checks the budget — ``tokens``: train.max_steps × train.global_batch_size ×
+    data.max_seq_length (RoBERTa §4.3, Table 3 compares batch sizes at equal steps × batch:
+    256×1M, 2K×125K, 8K×31K); ``train_flops``: training FLOPs (``train_flops``) equal to the
+    first arm's within half of one of the arm's steps — and the seeds: ``data.seed`` equal for
+    all runs, ``train.seed`` equal across arms for each pretraining seed (runs
+    ``<arm>/seed-S``). Raises UserError listing every run's value when they differ.
     """
+    if budget == "train_flops":
+        flops = {a: train_flops(c) for a, c in cfgs.items()}
+        target = next(iter(flops.values()))
+        for a, c in cfgs.items():
+            if abs(flops[a] - target) > 0.5 * flops[a] / c.train.max_steps:
+                detail = ", ".join(f"{x}={f:.4g} ({cfgs[x].train.max_steps} steps)" for x, f in flops.items())
+                raise UserError(f"arms see different training FLOPs: {detail}; make them equal")
     budgets = {
         a: (c.train.max_steps, c.train.global_batch_size, c.data.max_seq_length) for a, c in cfgs.items()
     }
-    if len({s * b * n for s, b, n in budgets.values()}) > 1:
+    if budget == "tokens" and len({s * b * n for s, b, n in budgets.values()}) > 1:
         detail = ", ".join(f"{a}={s}×{b}×{n}={s * b * n:,}" for a, (s, b, n) in budgets.items())
         raise UserError(
             "arms see different token budgets (train.max_steps × train.global_batch_size × "
@@ -226,10 +258,12 @@ def plan_arms(
     skipped on a rerun, so a rerun must be the same experiment).
     """
     abl, cfgs = compose_arms(path, preset, overrides, runs_root)
-    check_fair(cfgs)
+    check_fair(cfgs, abl.budget)
     rec = OmegaConf.structured(AblationRecord)
     rec.ablation = abl
     rec.source, rec.preset, rec.overrides = str(path), preset, list(overrides)
+    if abl.budget == "train_flops":
+        rec.arm_steps = {arm: int(c.train.max_steps) for arm, c in list(cfgs.items())[1:]}
     rec.runs_root, rec.results_dir = str(runs_root), str(results_dir)
     abl_dir = Path(runs_root) / abl.name
     _check_same_record(abl_dir, rec)

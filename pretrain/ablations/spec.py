@@ -24,6 +24,8 @@ from pretrain.training import rundir
 
 # Arm and ablation names become directory names; keep them portable.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# What the arms of an ablation hold equal (AblationConfig.budget).
+Budget = Literal["tokens", "train_flops"]
 # Keys the runner sets itself (where each arm's run directory is).
 _RESERVED = ("name", "run_dir")
 
@@ -95,6 +97,11 @@ class AblationConfig:
     scale: arm → ArmScale (batch-size ablations); arms not named train as composed.
     claims: the paper's claims this ablation tests (see ClaimConfig); the table gives a
         verdict for each.
+    budget: what the arms hold equal: ``tokens`` (steps × batch × sequence length, the
+        default) or ``train_flops``: the runner sets every arm's ``train.max_steps`` so its
+        training FLOPs equal the FIRST arm's (``pretrain.ablations.runner.equalize_train_flops``)
+        — ELECTRA vs MLM at equal compute (Clark et al. 2020, Table 1: BERT-Small trains
+        1.5M steps to ELECTRA-Small's 1M for the same FLOPs).
     """
 
     name: str = MISSING
@@ -105,6 +112,7 @@ class AblationConfig:
     seeds: List[int] = field(default_factory=list)
     scale: Dict[str, ArmScale] = field(default_factory=dict)
     claims: List[ClaimConfig] = field(default_factory=list)
+    budget: Budget = "tokens"
 
 
 @dataclass
@@ -119,6 +127,8 @@ class AblationRecord:
     overrides: List[str] = field(default_factory=list)
     runs_root: str = "runs"
     results_dir: str = "results"
+    # arm → train.max_steps the runner derived (budget train_flops), for the arm commands
+    arm_steps: Dict[str, int] = field(default_factory=dict)
 
 
 def load_ablation(path: str | Path) -> AblationConfig:
@@ -224,6 +234,8 @@ def arm_command(rec: AblationRecord, arm: str, seed: Optional[int] = None, rel: 
         parts.append(f"train.seed={seed}")
     if arm in rec.ablation.scale:
         parts += _scaled_keys(run)
+    if rel in rec.arm_steps:
+        parts.append(f"train.max_steps={rec.arm_steps[rel]}")
     parts += [f"name={rec.ablation.name}/{rel}", f"run_dir={run}"]
     return shlex.join(parts)
 

@@ -195,7 +195,11 @@ def render_markdown(
     lines += [
         "",
         "Ours: held-out masked-LM loss (nats per masked token), perplexity and masked-token accuracy on "
-        "the validation split, masked once with a fixed seed and shared by every arm, after the last "
+        + ("the validation split, masked once with a fixed seed and shared by every arm"
+           if _shares_validation(abl) else
+           "each arm's validation split (the arms differ in input format or sentence objective, so their "
+           "pairs differ; the documents, tokenizer and mask seed are shared)")
+        + ", after the last "
         "training step (for an unfinished arm: its latest evaluation); tokens seen, epochs over the training data and training wall time from the run logs.",
         "",
         f"Paper numbers: {abl.paper.source}.",
@@ -230,7 +234,7 @@ def render_verdicts(verdicts: Sequence[Verdict]) -> List[str]:
     lines = [
         "Verdicts (difference = first arm − second arm; ours on the metric named, median over seeds, "
         "spread = the larger max − min over seeds of the two arms; \"inconclusive\" when our difference "
-        "is within the spread, when an arm has fewer than two finished seeds, or when a warning above applies):",
+        "is within the spread, when an arm has fewer than two finished seeds, or when a warning above says the runs cannot show the effect):",
         "",
         "| claim | arms | paper difference | ours | spread | verdict |",
         "|---|---|---|---|---|---|",
@@ -353,7 +357,7 @@ def render_summary(runs_root: str | Path, ablations_dir: str | Path) -> str:
             where, claims = f"`{name}`", abl.claims
             verdicts = compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, {}, False)
         if not claims:
-            lines.append(f"| {where} | no claim of a paper: measured only | — | — | " + ("see the table" if name in recorded else "not run yet") + " |")
+            lines.append(f"| {where} | no claim listed (its file has no `claims:`) | — | — | " + ("see the table" if name in recorded else "not run yet") + " |")
         for v in verdicts:
             verdict = "not run yet" if v.reason == "not run yet" else f"**{v.verdict}**" + (f" ({v.reason})" if v.reason else "")
             lines.append(f"| {where} | {_md_escape(v.claim.text)} | `{v.claim.a}` − `{v.claim.b}` | {v.paper_text()} | {verdict} |")
@@ -382,6 +386,16 @@ def write_summary(runs_root: str | Path, results_dir: str | Path, ablations_dir:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _shares_validation(abl: Any) -> bool:
+    """False if some arm sets ``data.format`` or ``data.sentence_objective``: such arms
+    build different pairs, so ``pretrain ablate`` lets their validation splits differ."""
+    for over in OmegaConf.to_container(OmegaConf.create(dict(abl.arms)), resolve=True).values():
+        data = (over or {}).get("data") or {}
+        if "format" in data or "sentence_objective" in data:
+            return False
+    return True
 
 
 def _headers(rec: AblationRecord, cols: Sequence[tuple]) -> List[str]:

@@ -26,7 +26,7 @@ from pretrain.models.encoder import (
 
 # The sentence objective each family's paper trains with: BERT §3.1 (NSP), RoBERTa §4.2
 # (none), ALBERT §3.1 (SOP). Used only to pick which head describe and the tables count.
-PAPER_OBJECTIVE = {"bert": "nsp", "roberta": "none", "albert": "sop"}
+PAPER_OBJECTIVE = {"bert": "nsp", "roberta": "none", "albert": "sop", "distilbert": "none"}  # DistilBERT: no NSP (Sanh et al. §3)
 
 # Published sizes, printed next to ours (the papers round).
 PAPER_PARAMETERS: Dict[str, Tuple[str, str]] = {

@@ -58,8 +58,8 @@ def check_model_config(cfg) -> None:
     if e > cfg.hidden_size:
         # ALBERT's factorization exists to make E ≪ H (§3.1); E > H only adds parameters.
         raise UserError(f"model.embedding_size={e} is larger than model.hidden_size={cfg.hidden_size}; use E <= H")
-    if cfg.type_vocab_size < 1:
-        raise UserError(f"model.type_vocab_size={cfg.type_vocab_size} must be >= 1")
+    if cfg.type_vocab_size < 0:
+        raise UserError(f"model.type_vocab_size={cfg.type_vocab_size} must be >= 0 (0 = no token-type embedding, as DistilBERT)")
     if not 0 <= cfg.position_offset < cfg.max_position_embeddings:
         raise UserError(
             f"model.position_offset={cfg.position_offset} must be in [0, max_position_embeddings={cfg.max_position_embeddings})"
@@ -96,7 +96,9 @@ def _act(name: str):
 
 class Embeddings(nn.Module):
     """Word + position + token-type embeddings of size E, LayerNorm, dropout, then the
-    E→H ``projection`` when E ≠ H (ALBERT §3.1).
+    E→H ``projection`` when E ≠ H (ALBERT §3.1). With ``type_vocab_size`` 0 there is no
+    token-type embedding and ``token_type_ids`` are ignored (DistilBERT, Sanh et al. 2019 §3:
+    "the token-type embeddings and the pooler are removed").
 
     forward(input_ids int64 ``[batch, seq]``, token_type_ids int64 ``[batch, seq]``,
     attention_mask ``[batch, seq]`` (1 = token)) → float ``[batch, seq, H]``.
@@ -114,7 +116,7 @@ class Embeddings(nn.Module):
         self.position_offset = cfg.position_offset
         self.word_embeddings = nn.Embedding(cfg.vocab_size, e)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, e)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, e)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, e) if cfg.type_vocab_size > 0 else None
         self.LayerNorm = nn.LayerNorm(e, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.projection = nn.Linear(e, cfg.hidden_size) if e != cfg.hidden_size else None
@@ -126,10 +128,17 @@ class Embeddings(nn.Module):
         mask = attention_mask.long()
         return torch.cumsum(mask, dim=1) * mask + (self.position_offset - 1)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The size-E embedding before the projection: float ``[batch, seq, E]`` (what
+        ELECTRA's generator shares with its discriminator, ``pretrain.models.electra``)."""
         pos = self.position_ids(input_ids, attention_mask)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(token_type_ids)
-        x = self.dropout(self.LayerNorm(x))
+        x = self.word_embeddings(input_ids) + self.position_embeddings(pos)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.embed(input_ids, token_type_ids, attention_mask)
         return self.projection(x) if self.projection is not None else x
 
 
@@ -200,14 +209,18 @@ class Encoder(nn.Module):
     forward(input_ids int64 ``[batch, seq]``, attention_mask ``[batch, seq]`` (1 = token,
     0 = padding; None = all tokens), token_type_ids int64 ``[batch, seq]`` or None) →
     float ``[batch, seq, H]``.
+
+    ``with_embeddings=False`` builds the blocks alone (``embeddings`` is None, ``forward``
+    unusable): ELECTRA's generator reads the discriminator's embeddings and runs
+    ``layers`` on them (``pretrain.models.electra``).
     """
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, with_embeddings: bool = True) -> None:
         super().__init__()
         self.num_layers = cfg.num_hidden_layers
         n_attn = 1 if cfg.sharing in ("all", "attention") else cfg.num_hidden_layers
         n_ffn = 1 if cfg.sharing in ("all", "ffn") else cfg.num_hidden_layers
-        self.embeddings = Embeddings(cfg)
+        self.embeddings = Embeddings(cfg) if with_embeddings else None
         self.attention = nn.ModuleList(SelfAttention(cfg) for _ in range(n_attn))
         self.ffn = nn.ModuleList(FeedForward(cfg) for _ in range(n_ffn))
         # Pre-LN leaves the residual stream unnormalised; the heads expect normalised input.
@@ -223,7 +236,12 @@ class Encoder(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids, attention_mask)
+        return self.layers(self.embeddings(input_ids, token_type_ids, attention_mask), attention_mask)
+
+    def layers(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The blocks (and pre-LN's final LayerNorm) on embedded input ``x`` float
+        ``[batch, seq, H]`` with ``attention_mask`` ``[batch, seq]`` (1 = token) →
+        float ``[batch, seq, H]``."""
         attn_mask = attention_mask.bool()[:, None, None, :]
         n_attn, n_ffn = len(self.attention), len(self.ffn)
         for i in range(self.num_layers):

@@ -41,6 +41,7 @@ EXPORT_CLASSES: Dict[Tuple[str, bool], str] = {
     ("roberta", False): "RobertaForMaskedLM",
     ("albert", True): "AlbertForPreTraining",
     ("albert", False): "AlbertForMaskedLM",
+    ("distilbert", False): "DistilBertForMaskedLM",
 }
 # transformers class name → (family, objective its sentence head was trained for).
 IMPORT_CLASSES: Dict[str, Tuple[str, str]] = {
@@ -82,6 +83,23 @@ _RULES: Dict[str, List[Tuple[str, str]]] = {
         (r"sentence_head\.classifier\.(\w+)", "sop_classifier.classifier.{0}"),
     ],
 }
+# DistilBERT (transformers' modeling_distilbert): q/k/v/out_lin, sa_layer_norm after
+# attention, ffn.lin1/lin2 and output_layer_norm after the feed-forward block; the MLM head
+# is vocab_transform, vocab_layer_norm and vocab_projector (tied to the word embeddings).
+_RULES["distilbert"] = [
+    (r"encoder\.embeddings\.(word_embeddings|position_embeddings|LayerNorm)\.(\w+)", "{b}.embeddings.{0}.{1}"),
+    (r"encoder\.attention\.(\d+)\.query\.(\w+)", "{b}.transformer.layer.{0}.attention.q_lin.{1}"),
+    (r"encoder\.attention\.(\d+)\.key\.(\w+)", "{b}.transformer.layer.{0}.attention.k_lin.{1}"),
+    (r"encoder\.attention\.(\d+)\.value\.(\w+)", "{b}.transformer.layer.{0}.attention.v_lin.{1}"),
+    (r"encoder\.attention\.(\d+)\.dense\.(\w+)", "{b}.transformer.layer.{0}.attention.out_lin.{1}"),
+    (r"encoder\.attention\.(\d+)\.LayerNorm\.(\w+)", "{b}.transformer.layer.{0}.sa_layer_norm.{1}"),
+    (r"encoder\.ffn\.(\d+)\.intermediate\.(\w+)", "{b}.transformer.layer.{0}.ffn.lin1.{1}"),
+    (r"encoder\.ffn\.(\d+)\.output\.(\w+)", "{b}.transformer.layer.{0}.ffn.lin2.{1}"),
+    (r"encoder\.ffn\.(\d+)\.LayerNorm\.(\w+)", "{b}.transformer.layer.{0}.output_layer_norm.{1}"),
+    (r"mlm\.dense\.(\w+)", "vocab_transform.{0}"),
+    (r"mlm\.LayerNorm\.(\w+)", "vocab_layer_norm.{0}"),
+    (r"mlm\.bias", "vocab_projector.bias"),
+]
 _RULES["roberta"] = [r for r in _RULES["bert"] if not r[0].startswith(("mlm", "sentence_head"))] + [
     (r"mlm\.dense\.(\w+)", "lm_head.dense.{0}"),
     (r"mlm\.LayerNorm\.(\w+)", "lm_head.layer_norm.{0}"),
@@ -120,9 +138,16 @@ def check_exportable(cfg, sentence: str, drop_sentence_head: bool = False) -> st
             raise UserError(f"RobertaForMaskedLM's LM head always applies erf GELU; model.hidden_act={cfg.hidden_act} cannot be exported as RoBERTa")
     elif cfg.position_offset != 0:
         raise UserError(f"model.family={fam} has no position offset; model.position_offset={cfg.position_offset} needs family roberta")
+    if fam == "distilbert":
+        if cfg.type_vocab_size != 0:
+            raise UserError(f"DistilBertForMaskedLM has no token-type embedding; model.type_vocab_size={cfg.type_vocab_size} needs 0")
+        if cfg.layer_norm_eps != 1e-12:
+            raise UserError(f"DistilBERT's LayerNorms use eps 1e-12; model.layer_norm_eps={cfg.layer_norm_eps} cannot be exported as DistilBERT")
+    elif cfg.type_vocab_size < 1:
+        raise UserError(f"model.family={fam} needs a token-type embedding (model.type_vocab_size >= 1); without one, use family distilbert")
     head = sentence != "none" and not drop_sentence_head
     if (fam, head) not in EXPORT_CLASSES:
-        raise UserError(f"RobertaForMaskedLM has no sentence head for objective {sentence}; export with --drop-sentence-head")
+        raise UserError(f"{EXPORT_CLASSES[(fam, False)]} has no sentence head for objective {sentence}; export with --drop-sentence-head")
     return EXPORT_CLASSES[(fam, head)]
 
 
@@ -146,6 +171,15 @@ def hf_config(cfg, sentence: str, pad_token_id: Optional[int] = None, bos_token_
     """A transformers config for ModelConfig ``cfg`` (family's config class), with
     ``architectures`` and our ``sentence_objective`` recorded."""
     tf = _transformers()
+    if cfg.family == "distilbert":
+        config = tf.DistilBertConfig(
+            vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_position_embeddings, sinusoidal_pos_embds=False,
+            n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads, dim=cfg.hidden_size,
+            hidden_dim=cfg.intermediate_size, dropout=cfg.hidden_dropout_prob,
+            attention_dropout=cfg.attention_probs_dropout_prob, activation=cfg.hidden_act,
+            initializer_range=cfg.initializer_range, **({"pad_token_id": pad_token_id} if pad_token_id is not None else {}))
+        setattr(config, SENTENCE_KEY, sentence)
+        return config
     common = dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -235,7 +269,7 @@ def export_hf(
         hf_sd[proj + ".weight"] = torch.eye(cfg.hidden_size)
         hf_sd[proj + ".bias"] = torch.zeros(cfg.hidden_size)
     missing, unexpected = model.load_state_dict(hf_sd, strict=False)
-    untied = [k for k in missing if not k.endswith(("decoder.weight", "decoder.bias"))]
+    untied = [k for k in missing if not k.endswith(("decoder.weight", "decoder.bias", "vocab_projector.weight"))]
     if untied or unexpected:
         raise UserError(f"{class_name} does not take these weights (missing {untied[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
@@ -248,8 +282,14 @@ def export_hf(
 
 
 def export_run(cfg, state_dict: Dict[str, torch.Tensor], out: str | Path, tokenizer_path: Optional[str | Path], drop_sentence_head: bool = False) -> Path:
-    """``export_hf`` for a RunConfig ``cfg`` (its model, objective and tokenizer kind)."""
+    """``export_hf`` for a RunConfig ``cfg`` (its model, objective and tokenizer kind); an
+    ELECTRA run (``task=electra``) is written as ``out/discriminator`` and
+    ``out/generator`` (``pretrain.models.hf_electra.export_electra``)."""
     tok = (tokenizer_path, cfg.data.tokenizer.kind) if tokenizer_path is not None else None
+    if cfg.task == "electra":
+        from pretrain.models.hf_electra import export_electra
+
+        return export_electra(cfg.model, cfg.electra, state_dict, out, tok)
     return export_hf(cfg.model, cfg.objective.sentence, state_dict, out, tok, drop_sentence_head)
 
 

@@ -437,6 +437,17 @@ def _resolve_checkpoint(path: Path) -> Path:
     return ckpt
 
 
+def read_run_config(ckpt_or_run_dir: str | Path) -> Tuple[Any, Path]:
+    """``(RunConfig, checkpoint directory)`` of a run directory, its ``checkpoints/`` or one
+    ``checkpoints/step-*`` directory, from the verified checkpoint's trainer state alone (no
+    tensor is read; e.g. a distillation teacher's shape and tokenizer at config load).
+    Raises UserError as ``load_model_state``."""
+    from pretrain.config import RunConfig
+
+    ckpt = _resolve_checkpoint(Path(ckpt_or_run_dir))
+    return merge_into(RunConfig, read_client_state(ckpt)["config"], where=f"{ckpt / STATE}"), ckpt
+
+
 def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.Tensor]]:
     """The run config and float32 model weights of a checkpoint, for export tools.
 
@@ -445,7 +456,7 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
             directory, or one ``checkpoints/step-*`` directory.
     Returns:
         ``(RunConfig, state_dict)``: the config the checkpoint was trained with
-        (vocab_size filled in) and ``build_model(cfg.model, cfg.objective.sentence)``'s
+        (vocab_size filled in) and the trained module's (``pretrain.tasks.build_trainable``)
         ``state_dict()`` keys mapped to float32 CPU tensors. With bf16/fp16 training these
         are the optimizer's fp32 master weights, not the rounded module weights.
     Raises:
@@ -454,14 +465,11 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
             or one holding code (``safeload.UnsafeCheckpoint``); checked before any tensor
             is read, and every ``.pt`` file is read weights-only.
     """
-    from pretrain.config import RunConfig
-    from pretrain.models.encoder import build_model
+    from pretrain.tasks import build_trainable
     from pretrain.training.optim import param_groups
 
-    ckpt = _resolve_checkpoint(Path(ckpt_or_run_dir))
-    state = read_client_state(ckpt)
-    cfg = merge_into(RunConfig, state["config"], where=f"{ckpt / STATE}")
-    model = build_model(cfg.model, cfg.objective.sentence).float()
+    cfg, ckpt = read_run_config(ckpt_or_run_dir)
+    model = build_trainable(cfg).float()  # BertForPretraining (MLM, distilled student) or ELECTRA's pair
     if any(ckpt.glob("*zero_pp_rank_*optim_states.pt")):
         # ZeRO partitions (and flattens) the fp32 master weights; DeepSpeed's own tool
         # gathers them back by parameter name.

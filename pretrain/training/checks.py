@@ -46,15 +46,16 @@ def check_run(cfg: Any, world_size: int, task: Optional[Type[Task]] = None) -> D
     """Check run config ``cfg`` for ``world_size`` data-parallel ranks without touching
     data: the training cadences, the optimizer, the lr schedule against ``max_steps``, the
     global batch against the ranks, and the task's own config checks
-    (``Task.check_config``; default task ``pretrain.tasks.pretraining.PretrainingTask``).
+    (``Task.check_config``; default: the class of the config's ``task`` key,
+    ``pretrain.tasks.task_class``).
 
     Returns the DeepSpeed config dict (``pretrain.training.engine.deepspeed_config``).
     Raises UserError (one line, naming the key) for the first problem found.
     """
     if task is None:
-        from pretrain.tasks.pretraining import PretrainingTask
+        from pretrain.tasks import task_class
 
-        task = PretrainingTask
+        task = task_class(cfg)
     t = cfg.train
     check_train_config(t)
     ds_config = deepspeed_config(t, world_size)

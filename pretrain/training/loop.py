@@ -77,7 +77,8 @@ def train(cfg, resume: bool = False, task: Optional[Type[Task]] = None) -> Dict[
         resume: continue from ``<run_dir>/checkpoints/latest`` (or start fresh, saying so,
             if there is none); the result — losses, eval metrics, weights — is bit-identical
             to an uninterrupted run in fp32 on CPU.
-        task: the Task class (default ``pretrain.tasks.pretraining.PretrainingTask``).
+        task: the Task class (default: the class of the config's ``task`` key,
+            ``pretrain.tasks.task_class``: pretraining, distillation or electra).
 
     Callable repeatedly in one process (the ablation runner trains arm after arm). SIGUSR1
     or SIGTERM at any time makes the run save a checkpoint after the step in progress and
@@ -92,9 +93,9 @@ def train(cfg, resume: bool = False, task: Optional[Type[Task]] = None) -> Dict[
         Preempted: stopped by a signal (a checkpoint of the last finished step exists).
     """
     if task is None:
-        from pretrain.tasks.pretraining import PretrainingTask
+        from pretrain.tasks import task_class
 
-        task = PretrainingTask
+        task = task_class(cfg)  # task: pretraining → PretrainingTask, electra → ElectraTask
     # The run directory is locked for the whole run (a second process stops with one line).
     with stop_on_signals() as signals_received, locked(run_dir(cfg)):
         return _train(cfg, resume, task, signals_received)

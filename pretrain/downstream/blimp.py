@@ -1,0 +1,171 @@
+"""BLiMP (Warstadt et al. 2020): zero-shot grammatical acceptability of a masked LM, scored by
+pseudo-log-likelihood (Salazar et al. 2020, "Masked Language Model Scoring", §2).
+
+A sentence's PLL is the sum over its tokens of ``log P(w_t | W without w_t)``: the sentence is
+copied once per token with that token replaced by the mask token, and each copy's MLM head
+scores the true token at the masked position. ``[CLS]``/``[SEP]`` (``<s>``/``</s>``) are
+added and never masked, as in Salazar et al.'s ``mlm-scoring``. A minimal pair counts as
+correct when ``PLL(sentence_good) > PLL(sentence_bad)`` strictly (a tie is wrong; chance
+is 50%). Accuracy is reported per phenomenon (the file, ``UID``), per ``field`` (morphology,
+syntax, semantics, syntax_semantics) and overall over all scored pairs (the mean of the
+phenomena when every phenomenon is scored on the same number of pairs, as ``limit`` does).
+
+Data: ``<root>/data/*.jsonl`` (or ``root`` holding the jsonl files), one JSON object per line
+with ``sentence_good``, ``sentence_bad``, ``field``, ``UID``. The released files spell the
+fourth field both ``syntax_semantics`` and ``syntax/semantics``; both count as
+``syntax_semantics`` (the paper's "syntax-semantics").
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from common.errors import UserError
+from data_prep.tokenizer import TokenizerInfo
+from pretrain.models.encoder import BertForPretraining
+
+SENTENCES_PER_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class MinimalPair:
+    """One BLiMP pair: ``good`` is the acceptable sentence."""
+
+    phenomenon: str
+    field: str
+    good: str
+    bad: str
+
+
+def phenomenon_files(root: str | Path) -> List[Path]:
+    """The 67 jsonl files (sorted) under ``root/data`` or ``root``; UserError if none."""
+    root = Path(root)
+    d = root / "data" if (root / "data").is_dir() else root
+    files = sorted(d.glob("*.jsonl"))
+    if not files:
+        raise UserError(f"no BLiMP *.jsonl files in {d}; point --blimp at the blimp directory")
+    return files
+
+
+def load_pairs(root: str | Path, limit: Optional[int] = None, phenomena: Optional[Sequence[str]] = None) -> List[MinimalPair]:
+    """Minimal pairs of every phenomenon (or only ``phenomena``, by file stem), the first
+    ``limit`` of each (file order = pairID order). UserError for a line that is not a BLiMP
+    record or an unknown phenomenon name."""
+    files = phenomenon_files(root)
+    if phenomena:
+        known = {f.stem: f for f in files}
+        unknown = sorted(set(phenomena) - set(known))
+        if unknown:
+            raise UserError(f"unknown BLiMP phenomena {', '.join(unknown)}; e.g. {', '.join(list(known)[:3])}")
+        files = [known[p] for p in phenomena]
+    out: List[MinimalPair] = []
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if limit is not None and n > limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                    field = r["field"].replace("/", "_").replace("-", "_")
+                    out.append(MinimalPair(f.stem, field, r["sentence_good"], r["sentence_bad"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise UserError(f"{f}:{n}: not a BLiMP record (sentence_good, sentence_bad, field)") from None
+    return out
+
+
+@torch.no_grad()
+def pseudo_log_likelihoods(
+    model: BertForPretraining,
+    info: TokenizerInfo,
+    sentences: Sequence[str],
+    max_length: int,
+    batch_rows: int = 128,
+    progress: bool = False,
+) -> np.ndarray:
+    """PLL (natural log) of each sentence under ``model``'s MLM head.
+
+    Args:
+        model: encoder + MLM head (``BertForPretraining``), any objective; eval mode is set.
+        info: its tokenizer.
+        sentences: str items.
+        max_length: the model's positions; longer sentences keep their first tokens.
+        batch_rows: masked copies per forward pass.
+    Returns:
+        float64 ``[len(sentences)]``; 0.0 for a sentence with no token.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = info.encode_batch(list(sentences))
+    total = np.zeros(len(encoded), dtype=np.float64)
+    emb = model.encoder.embeddings.word_embeddings.weight
+    # Sentences in chunks (bounded memory), each chunk's masked copies sorted by length so
+    # padding stays low.
+    chunks = range(0, len(encoded), SENTENCES_PER_CHUNK)
+    for first in tqdm(chunks, desc="pll", unit="chunk", disable=not progress):
+        rows = []
+        for s in range(first, min(first + SENTENCES_PER_CHUNK, len(encoded))):
+            ids = [info.cls_id, *encoded[s][: max_length - 2], info.sep_id]
+            rows.extend((len(ids), s, pos, ids) for pos in range(1, len(ids) - 1))
+        rows.sort(key=lambda r: r[0])
+        for start in range(0, len(rows), batch_rows):
+            chunk = rows[start : start + batch_rows]
+            width = chunk[-1][0]
+            ids = torch.full((len(chunk), width), info.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, (n, _, _, toks) in enumerate(chunk):
+                ids[i, :n] = torch.tensor(toks)
+                mask[i, :n] = 1
+            at = torch.arange(len(chunk))
+            positions = torch.tensor([r[2] for r in chunk])
+            target = ids[at, positions].clone()
+            ids[at, positions] = info.mask_id
+            h = model.encoder(ids.to(device), mask.to(device), torch.zeros_like(ids).to(device))
+            logits = model.mlm(h[at.to(device), positions.to(device)], emb)
+            logp = F.log_softmax(logits.float(), dim=-1).gather(1, target.to(device)[:, None])[:, 0]
+            np.add.at(total, np.asarray([r[1] for r in chunk]), logp.double().cpu().numpy())
+    return total
+
+
+def accuracy_table(pairs: Sequence[MinimalPair], correct: Iterable[bool]) -> Dict[str, object]:
+    """``{"overall": acc, "pairs": n, "fields": {field: acc}, "phenomena": {uid: acc}}`` with
+    accuracies as fractions."""
+    by_ph: Dict[str, List[bool]] = defaultdict(list)
+    by_field: Dict[str, List[bool]] = defaultdict(list)
+    flags = list(correct)
+    for p, ok in zip(pairs, flags):
+        by_ph[p.phenomenon].append(ok)
+        by_field[p.field].append(ok)
+    return {
+        "overall": float(np.mean(flags)) if flags else float("nan"),
+        "pairs": len(flags),
+        "fields": {k: float(np.mean(v)) for k, v in sorted(by_field.items())},
+        "phenomena": {k: float(np.mean(v)) for k, v in sorted(by_ph.items())},
+    }
+
+
+def score_blimp(
+    model: BertForPretraining,
+    info: TokenizerInfo,
+    pairs: Sequence[MinimalPair],
+    max_length: int,
+    batch_rows: int = 128,
+    progress: bool = False,
+) -> Dict[str, object]:
+    """Score every pair by PLL and tabulate accuracy (``accuracy_table``)."""
+    if not pairs:
+        raise UserError("no BLiMP pairs to score")
+    sentences = [p.good for p in pairs] + [p.bad for p in pairs]
+    pll = pseudo_log_likelihoods(model, info, sentences, max_length, batch_rows, progress)
+    good, bad = pll[: len(pairs)], pll[len(pairs):]
+    return accuracy_table(pairs, (good > bad).tolist())

@@ -1,0 +1,158 @@
+"""Export an ELECTRA run (``pretrain.models.electra.ElectraForPretraining``) as two Hugging
+Face model directories: ``OUT/discriminator`` (``ElectraForPreTraining``: the model to
+fine-tune, Clark et al. 2020 §2 "we throw out the generator and fine-tune the
+discriminator") and ``OUT/generator`` (``ElectraForMaskedLM``), as google/electra-*-
+discriminator and -generator are published. Both hold the shared embedding tables.
+
+Weights map one to one (``electra_hf_names``); our blocks follow BERT's layout, which is
+Hugging Face's ``ElectraLayer``. Refused before anything is written (one-line UserError):
+pre-LN or shared layers (no ELECTRA class has them), a position offset, and an activation
+other than erf GELU (``ElectraGeneratorPredictions`` always applies ``gelu``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from common.errors import UserError
+from pretrain.models.electra import ElectraForPretraining
+from pretrain.models.encoder import embedding_size
+
+PARTS = ("discriminator", "generator")
+CLASSES = {"discriminator": "ElectraForPreTraining", "generator": "ElectraForMaskedLM"}
+
+_BLOCKS = [
+    (r"attention\.(\d+)\.(query|key|value)\.(\w+)", "electra.encoder.layer.{0}.attention.self.{1}.{2}"),
+    (r"attention\.(\d+)\.(dense|LayerNorm)\.(\w+)", "electra.encoder.layer.{0}.attention.output.{1}.{2}"),
+    (r"ffn\.(\d+)\.intermediate\.(\w+)", "electra.encoder.layer.{0}.intermediate.dense.{1}"),
+    (r"ffn\.(\d+)\.output\.(\w+)", "electra.encoder.layer.{0}.output.dense.{1}"),
+    (r"ffn\.(\d+)\.LayerNorm\.(\w+)", "electra.encoder.layer.{0}.output.LayerNorm.{1}"),
+]
+_SHARED = (r"discriminator\.embeddings\.(word_embeddings|position_embeddings|token_type_embeddings|LayerNorm)\.(\w+)",
+           "electra.embeddings.{0}.{1}")
+# Our parameter names → Hugging Face's, per exported part; parameters of the other part are skipped.
+_RULES: Dict[str, List[Tuple[str, str]]] = {
+    "discriminator": [_SHARED, (r"discriminator\.embeddings\.projection\.(\w+)", "electra.embeddings_project.{0}")]
+    + [(r"discriminator\." + p, t) for p, t in _BLOCKS]
+    + [(r"discriminator_head\.(dense|dense_prediction)\.(\w+)", "discriminator_predictions.{0}.{1}")],
+    "generator": [_SHARED, (r"generator_projection\.(\w+)", "electra.embeddings_project.{0}")]
+    + [(r"generator\." + p, t) for p, t in _BLOCKS]
+    + [(r"generator_head\.(dense|LayerNorm)\.(\w+)", "generator_predictions.{0}.{1}"),
+       (r"generator_head\.bias", "generator_lm_head.bias")],
+}
+
+
+def check_electra_exportable(cfg) -> None:
+    """Raise UserError (one line) for a discriminator ModelConfig ``cfg`` no Hugging Face
+    ELECTRA class holds."""
+    if cfg.pre_ln:
+        raise UserError("no Hugging Face ELECTRA class holds a pre-LN encoder (model.pre_ln=true)")
+    if cfg.sharing != "none":
+        raise UserError(f"no Hugging Face ELECTRA class shares layers (model.sharing={cfg.sharing})")
+    if cfg.position_offset != 0:
+        raise UserError(f"ELECTRA has no position offset; model.position_offset={cfg.position_offset} cannot be exported")
+    if cfg.hidden_act != "gelu":
+        raise UserError(f"ElectraForMaskedLM's generator head always applies erf GELU; model.hidden_act={cfg.hidden_act} "
+                        "cannot be exported as ELECTRA")
+
+
+def electra_hf_names(part: str, keys: List[str]) -> Dict[str, str]:
+    """Our state-dict ``keys`` that belong to ``part`` (discriminator | generator) → their
+    Hugging Face names; keys of the other part are left out."""
+    out = {}
+    for k in keys:
+        for pattern, template in _RULES[part]:
+            m = re.fullmatch(pattern, k)
+            if m:
+                out[k] = template.format(*m.groups())
+                break
+    return out
+
+
+def electra_hf_config(cfg, part: str, generator_cfg=None, pad_token_id: Optional[int] = None):
+    """A ``transformers.ElectraConfig`` for the discriminator (``cfg``) or the generator
+    (``generator_cfg``, hidden sizes of its own, the discriminator's E), with
+    ``architectures`` set."""
+    from pretrain.models.hf import _transformers
+
+    tf = _transformers()
+    c = cfg if part == "discriminator" else generator_cfg
+    kw = dict(
+        vocab_size=cfg.vocab_size,
+        embedding_size=embedding_size(cfg),
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        intermediate_size=c.intermediate_size,
+        hidden_act=cfg.hidden_act,
+        hidden_dropout_prob=cfg.hidden_dropout_prob,
+        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=cfg.type_vocab_size,
+        initializer_range=cfg.initializer_range,
+        layer_norm_eps=cfg.layer_norm_eps,
+    )
+    if pad_token_id is not None:
+        kw["pad_token_id"] = pad_token_id
+    config = tf.ElectraConfig(**kw)
+    config.architectures = [CLASSES[part]]
+    return config
+
+
+def export_electra(cfg, electra_cfg, state_dict: Dict[str, torch.Tensor], out: str | Path,
+                   tokenizer: Optional[Tuple[str | Path, str]] = None) -> Path:
+    """Write ``out/discriminator`` (ElectraForPreTraining) and ``out/generator``
+    (ElectraForMaskedLM): config.json, model.safetensors and, given ``tokenizer``
+    (``(tokenizer.json, kind)``), the tokenizer files in each.
+
+    Args:
+        cfg: the discriminator's ModelConfig (vocab_size set); electra_cfg: the run's
+            ``electra``.
+        state_dict: ``ElectraForPretraining(cfg, electra_cfg).state_dict()``-shaped tensors.
+    Returns:
+        ``out`` as a Path.
+    Raises:
+        UserError: a layout no ELECTRA class holds (``check_electra_exportable``), weights
+            that do not fit the config, or a tokenizer larger than the vocabulary.
+    """
+    from pretrain.models.hf import _first_line, _transformers, _wrap_tokenizer
+
+    tf = _transformers()
+    check_electra_exportable(cfg)
+    ours = ElectraForPretraining(cfg, electra_cfg)
+    try:
+        ours.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise UserError(f"weights do not fit the ELECTRA config ({_first_line(e)}); was the checkpoint trained with "
+                        "another architecture?") from None
+    tok = _wrap_tokenizer(cfg, tokenizer) if tokenizer is not None else None
+    sd = ours.state_dict()
+    out = Path(out)
+    # Both parts are written beside OUT first, then moved in: no half-written export.
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for part in PARTS:
+        config = electra_hf_config(cfg, part, ours.generator_config, tok.pad_token_id if tok is not None else None)
+        model = getattr(tf, CLASSES[part])(config).eval()
+        names = electra_hf_names(part, list(sd))
+        missing, unexpected = model.load_state_dict({v: sd[k] for k, v in names.items()}, strict=False)
+        untied = [k for k in missing if k != "generator_lm_head.weight"]  # tied to the word embeddings
+        if untied or unexpected:
+            raise UserError(f"{CLASSES[part]} does not take these weights (missing {untied[:3]}, unexpected {unexpected[:3]})")
+        model.tie_weights()
+        d = tmp / part
+        d.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(d, safe_serialization=True)
+        if tok is not None:
+            tok.save_pretrained(d)
+    out.mkdir(parents=True, exist_ok=True)
+    for part in PARTS:
+        shutil.rmtree(out / part, ignore_errors=True)
+        (tmp / part).rename(out / part)
+    tmp.rmdir()
+    return out

@@ -1,0 +1,97 @@
+"""Zero-shot probes: BLiMP by pseudo-log-likelihood and the shared held-out NSP/SOP sets, on
+the real BLiMP files and the embedded pydoc corpus, with a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.errors import UserError
+from pretrain.downstream import blimp, sentence_probe
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, data_dir):
+    """A tiny random BERT with a wordpiece tokenizer trained on BLiMP sentences."""
+    from common.configfile import merge_into
+    from data_prep.tokenizer import load_tokenizer, train_tokenizer
+    from pretrain.config import ModelConfig
+    from pretrain.models.encoder import build_model
+
+    pairs = blimp.load_pairs(data_dir / "blimp", limit=20)
+    path = train_tokenizer("wordpiece", [p.good for p in pairs] + [p.bad for p in pairs], 800, 2,
+                           tmp_path_factory.mktemp("tok") / "tokenizer.json")
+    info = load_tokenizer(path, "wordpiece")
+    cfg = merge_into(ModelConfig, {"vocab_size": info.vocab_size, "hidden_size": 32, "num_hidden_layers": 2,
+                                   "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64})
+    torch.manual_seed(0)
+    return build_model(cfg, "nsp").eval(), info
+
+
+def test_blimp_pairs_limit_per_phenomenon(data_dir):
+    pairs = blimp.load_pairs(data_dir / "blimp", limit=3)
+    assert len(pairs) == 67 * 3 and len({p.phenomenon for p in pairs}) == 67
+    assert {p.field for p in pairs} == {"morphology", "syntax", "semantics", "syntax_semantics"}
+    one = blimp.load_pairs(data_dir / "blimp", phenomena=["anaphor_gender_agreement"])
+    assert len(one) == 1000 and one[0].good != one[0].bad
+    with pytest.raises(UserError, match="unknown BLiMP phenomena nope"):
+        blimp.load_pairs(data_dir / "blimp", phenomena=["nope"])
+
+
+def test_pll_is_the_sum_of_masked_token_log_probabilities(tiny, monkeypatch):
+    model, info = tiny
+    sentences = ["Many girls insulted themselves.", "Who should Derek hug after shocking Richard?"]
+    got = blimp.pseudo_log_likelihoods(model, info, sentences, 64, batch_rows=5)
+    monkeypatch.setattr(blimp, "SENTENCES_PER_CHUNK", 1)  # one sentence per chunk: the same sums
+    assert blimp.pseudo_log_likelihoods(model, info, sentences, 64, batch_rows=64) == pytest.approx(got, abs=1e-5)
+    for s, value in zip(sentences, got):
+        ids = [info.cls_id, *info.encode_batch([s])[0], info.sep_id]
+        want = 0.0
+        for i in range(1, len(ids) - 1):  # one forward pass per masked position, no batching or padding
+            x = torch.tensor([ids])
+            x[0, i] = info.mask_id
+            logits = model.logits(x)["mlm_logits"][0, i]
+            want += float(F.log_softmax(logits, -1)[ids[i]])
+        assert value == pytest.approx(want, abs=1e-4)
+
+
+def test_blimp_accuracy_per_phenomenon_field_and_overall(tiny, data_dir):
+    model, info = tiny
+    pairs = blimp.load_pairs(data_dir / "blimp", limit=4)
+    table = blimp.score_blimp(model, info, pairs, 64)
+    assert table["pairs"] == len(pairs) and len(table["phenomena"]) == 67
+    assert table["overall"] == pytest.approx(sum(table["phenomena"].values()) / 67)
+    assert all(0.0 <= v <= 1.0 for v in table["fields"].values())
+    t = blimp.accuracy_table(pairs[:3], [True, False, True])
+    assert t["overall"] == pytest.approx(2 / 3)
+
+
+def test_held_out_sentence_sets_come_from_validation_documents(tmp_path):
+    from data_prep.corpus import read_documents
+    from data_prep.instances import is_validation
+
+    sets = sentence_probe.load_or_build(tmp_path, "pydoc", 0.1, max_words=48, max_pairs=60)
+    held_out = " ".join(" ".join(d.text.split()) for d in read_documents("pydoc") if is_validation(d.id, 0.1))
+    for task in ("nsp", "sop"):
+        pairs = sets[task]
+        assert 0 < len(pairs) <= 60 and {p.label for p in pairs} == {0, 1}
+        for p in pairs[:20]:
+            assert p.a in held_out and p.b in held_out
+    for p in sets["sop"][:20]:  # in order: A comes before B in the document; swapped: after
+        first, second = (p.a, p.b) if p.label == 0 else (p.b, p.a)
+        # (a cut to max_words may drop words between them, so they need not touch)
+        assert 0 < held_out.index(second) - held_out.index(first) < 2000
+    again = sentence_probe.load_or_build(tmp_path, "pydoc", 0.1, max_words=48, max_pairs=60)
+    assert again == sets  # read back from the cache, identical
+
+
+def test_sentence_probe_scores_every_task_with_any_head(tiny, tmp_path):
+    model, info = tiny
+    sets = sentence_probe.load_or_build(tmp_path, "pydoc", 0.1, max_words=40, max_pairs=40)
+    out = sentence_probe.score_model(model, info, sets, 64, 2)
+    assert set(out) == {"mlm", "nsp", "sop"}
+    assert out["nsp"]["count"] == len(sets["nsp"]) and out["sop"]["count"] == len(sets["sop"])
+    assert all(0.0 <= v["accuracy"] <= 1.0 for v in out.values()) and out["mlm"]["count"] > len(sets["nsp"])
+    # deterministic: the same masks and pairs give the same numbers
+    assert sentence_probe.score_model(model, info, sets, 64, 2) == out
