@@ -286,3 +286,24 @@ def test_note_says_whether_arms_share_validation_data():
     objective = SimpleNamespace(arms={"nsp": {"data": {"sentence_objective": "nsp"}}, "sop": {"data": {"sentence_objective": "sop"}}})
     trainonly = SimpleNamespace(arms={"a": {"train": {"seed": 1}}, "b": None})
     assert _shares_validation(masking) and _shares_validation(trainonly) and not _shares_validation(objective)
+
+
+def test_an_ablation_of_your_own_needs_no_paper_section(tmp_path: Path):
+    """A user's ablation with no published numbers: ``paper`` may be left out; the table
+    then has only our columns and no paper note."""
+    from pretrain.ablations.spec import load_ablation
+
+    p = tmp_path / "mine.yaml"
+    p.write_text(OmegaConf.to_yaml(OmegaConf.create(
+        {"name": "mine", "title": "Mine", "base": "b.yaml", "arms": {"a": {}, "b": {}}})))
+    abl = load_ablation(p)
+    assert (abl.paper.source, list(abl.paper.columns), dict(abl.paper.rows)) == ("", [], {})
+
+    runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.2], "b": [6.0, 6.1]}, claims=[])
+    rec_path = runs / "seeded" / rundir.ABLATION
+    rec = OmegaConf.load(rec_path)
+    del rec.ablation["paper"]
+    rec_path.write_text(OmegaConf.to_yaml(rec))
+    rebuild_tables(runs, tmp_path / "results")
+    md = (tmp_path / "results" / "smoke" / "seeded.md").read_text()
+    assert "(paper)" not in md and "Paper numbers" not in md and "`a` | done" in md

@@ -32,16 +32,17 @@ _RESERVED = ("name", "run_dir")
 
 @dataclass
 class PaperConfig:
-    """The paper's numbers for this ablation.
+    """The paper's numbers for this ablation; optional (an ablation of your own has none:
+    leave ``paper`` out and the table has no paper columns).
 
     source: citation of the table, e.g. "Liu et al. 2019 (RoBERTa), Table 1".
     columns: the paper's column names (shown in our table with " (paper)" appended).
     rows: arm name → one number per column (null where the paper has none).
     """
 
-    source: str = MISSING
-    columns: List[str] = MISSING
-    rows: Dict[str, List[Optional[float]]] = MISSING
+    source: str = ""
+    columns: List[str] = field(default_factory=list)
+    rows: Dict[str, List[Optional[float]]] = field(default_factory=dict)
 
 
 # Our side of a claim: held-out metrics the trainer logs in summary.json's final_eval, with

@@ -202,16 +202,18 @@ def render_markdown(
         + ", after the last "
         "training step (for an unfinished arm: its latest evaluation); tokens seen, epochs over the training data and training wall time from the run logs.",
         "",
-        f"Paper numbers: {abl.paper.source}.",
-        "",
+        *([f"Paper numbers: {abl.paper.source}.", ""] if abl.paper.source else []),
     ]
     if verdicts:
         lines += render_verdicts(verdicts)
+    if abl.paper.columns:
+        lines += [
+            f"Note: the (paper) columns are the paper's numbers for its full-scale model (mostly fine-tuning scores); "
+            f"ours are held-out MLM metrics at the `{rec.preset}` preset's scale, so they are not directly comparable "
+            "(compare the ordering of the arms, not the values).",
+            "",
+        ]
     lines += [
-        f"Note: the (paper) columns are the paper's numbers for its full-scale model (mostly fine-tuning scores); ours are "
-        f"held-out MLM metrics at the `{rec.preset}` preset's scale, so they are not directly comparable "
-        "(compare the ordering of the arms, not the values).",
-        "",
         f"![train and held-out MLM loss vs. tokens seen]({abl.name}.png)",
         "",
         "Regenerate this table, its CSV and plot from the run directories (no training):",
