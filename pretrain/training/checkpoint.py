@@ -473,12 +473,10 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
     if any(ckpt.glob("*zero_pp_rank_*optim_states.pt")):
         # ZeRO partitions (and flattens) the fp32 master weights; DeepSpeed's own tool
         # gathers them back by parameter name.
-        from deepspeed.utils.zero_to_fp32 import (
-            get_fp32_state_dict_from_zero_checkpoint,
-        )
+        from deepspeed.utils import zero_to_fp32
 
-        with safeload.tensors_only():  # zero_to_fp32 calls torch.load(weights_only=False) itself
-            sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+        with safeload.module_loads_tensors_only(zero_to_fp32):
+            sd = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
         missing, unexpected = model.load_state_dict(sd, strict=False)
         # The tied MLM decoder weight is stored once, under the embedding's name.
         if unexpected or any(k not in _tied_names(model) for k in missing):

@@ -12,8 +12,9 @@ weights-only unpicklers had a code-execution bug, CVE-2025-32434).
 
 DeepSpeed 0.19's own loader (``TorchCheckpointEngine.load``, and ``zero_to_fp32``) passes
 ``weights_only=False``. ``secure_engine`` swaps the engine's checkpoint engine for
-one whose ``load`` is ``load_tensors``; ``tensors_only()`` covers third-party code that calls
-``torch.load`` itself, by setting torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` for the block.
+one whose ``load`` is ``load_tensors``; ``module_loads_tensors_only(zero_to_fp32)`` points
+that one module's ``torch.load`` at ``load_tensors``; ``tensors_only()`` covers library code
+(transformers' import) by setting torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` for the block.
 """
 
 from __future__ import annotations
@@ -78,6 +79,32 @@ def tensors_only(what: Any = "a checkpoint file") -> Iterator[None]:
                 os.environ.pop(_FORCE, None)
             else:
                 os.environ[_FORCE] = previous
+
+
+class _TorchWithSafeLoad:
+    """``torch`` as seen by one third-party module, but with ``load`` = ``load_tensors``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, map_location=None, mmap: bool = False, **_ignored: Any) -> Any:
+        # ``weights_only=False`` from the caller is among the ignored keywords: never honoured.
+        return load_tensors(f, mmap=mmap)
+
+
+@contextmanager
+def module_loads_tensors_only(module: Any) -> Iterator[None]:
+    """Within the block, ``module``'s own ``torch.load`` calls (e.g. DeepSpeed's
+    ``zero_to_fp32``, which passes ``weights_only=False``) go through ``load_tensors``; the
+    rest of the process is untouched. Raises UnsafeCheckpoint for a file holding anything
+    but tensors and DeepSpeed's plain-data classes."""
+    original = module.torch
+    module.torch = _TorchWithSafeLoad()
+    try:
+        yield
+    finally:
+        module.torch = original
 
 
 def load_tensors(path: str | Path, mmap: bool = False) -> Any:
