@@ -112,18 +112,14 @@ def _status(args: argparse.Namespace) -> None:
     print_status(args.target, args.runs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``pretrain`` argument parser: every subcommand and option with its help text."""
-    raw = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="pretrain", description=__doc__, formatter_class=raw)
-    # The `deepspeed` launcher adds --local_rank=N; the trainer reads LOCAL_RANK from the env instead.
-    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _command(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """One subcommand parser whose description keeps its line breaks."""
+    return sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=description, formatter_class=raw)
 
-    t = command("train", "pretrain one run from a run config",
+def _add_train(sub) -> None:
+    """The ``pretrain train`` subcommand and its options."""
+    t = _command(sub, "train", "pretrain one run from a run config",
                 "Pretrain one run: compose the config (defaults < CONFIG and its includes < --preset <\n"
                 "key=value), build or find the data shards, train with DeepSpeed to train.max_steps.\n"
                 "Writes runs/<name>/ (or run_dir=): config.yaml, metrics.jsonl, tb/, checkpoints/, summary.json;\n"
@@ -136,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run from its latest checkpoint (fresh start if it has none)")
     t.set_defaults(fn=_train)
 
-    a = command("ablate", "run every arm of an ablation and write its table",
+
+def _add_ablate(sub) -> None:
+    """The ``pretrain ablate`` subcommand and its options."""
+    a = _command(sub, "ablate", "run every arm of an ablation and write its table",
                 "Compose and check every arm of an ablation first (nothing runs if one fails), build each\n"
                 "distinct data config once, train the arms one after another (finished arms are skipped,\n"
                 "interrupted ones resumed) and write the table after each arm to\n"
@@ -150,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="root of the tables; each preset writes into its own DIR/<preset>/ (default: results)")
     a.set_defaults(fn=_ablate)
 
-    tb = command("tables", "rebuild every result table from run directories, without training",
+
+def _add_tables(sub) -> None:
+    """The ``pretrain tables`` subcommand and its options."""
+    tb = _command(sub, "tables", "rebuild every result table from run directories, without training",
                  "For every RUNS/*/ablation.yaml, rewrite RESULTS/<preset>/<ablation>.{md,csv,png} from the\n"
                  "run directories alone (summary.json, metrics.jsonl); unfinished arms are marked. Prints\n"
                  "the paths it wrote.")
@@ -160,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="root of the tables, one subdirectory per preset (default: results)")
     tb.set_defaults(fn=_tables)
 
-    d = command("describe", "layers, sizes and parameter counts of a model preset or YAML",
+
+def _add_describe(sub) -> None:
+    """The ``pretrain describe`` subcommand and its options."""
+    d = _command(sub, "describe", "layers, sizes and parameter counts of a model preset or YAML",
                 "Print a model's shape and a per-part parameter count (built on the meta device: no\n"
                 "memory, no download), or with --all --markdown the README's preset table.")
     d.add_argument("model", nargs="?", help="preset name (configs/model/NAME.yaml) or a model YAML path")
@@ -171,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--markdown", action="store_true", help="print a markdown table")
     d.set_defaults(fn=_describe)
 
-    x = command("export", "write a checkpoint as a Hugging Face model directory",
+
+def _add_export(sub) -> None:
+    """The ``pretrain export`` subcommand and its options."""
+    x = _command(sub, "export", "write a checkpoint as a Hugging Face model directory",
                 "Convert a checkpoint to a transformers model directory (config.json, weights,\n"
                 "tokenizer files) that AutoModelForMaskedLM loads; prints the directory. An ELECTRA run\n"
                 "(task=electra) gives OUT/discriminator (ElectraForPreTraining) and\n"
@@ -184,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the NSP/SOP head (RoBERTa's class has none)")
     x.set_defaults(fn=_export)
 
-    f = command("finetune", "fine-tune a checkpoint or Hugging Face model on a GLUE task or CoNLL-2003, over seeds",
+
+def _add_finetune(sub) -> None:
+    """The ``pretrain finetune`` subcommand and its options."""
+    f = _command(sub, "finetune", "fine-tune a checkpoint or Hugging Face model on a GLUE task or CoNLL-2003, over seeds",
                 "Fine-tune every learning rate x seed of the recipe (configs/finetune/<family>.yaml, or --recipe)\n"
                 "as runs of the training loop; report the median over seeds at the lr with the best median,\n"
                 "from each run's last step (no early stopping). Writes <run>/finetune/<task>/ (or --out):\n"
@@ -203,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", help="job directory (default: <run>/finetune/<task> or RUNS/finetune/<name>/<task>)")
     f.set_defaults(fn=_finetune)
 
-    pr = command("probe", "zero-shot probes: BLiMP by pseudo-log-likelihood, held-out NSP/SOP/MLM accuracy",
+
+def _add_probe(sub) -> None:
+    """The ``pretrain probe`` subcommand and its options."""
+    pr = _command(sub, "probe", "zero-shot probes: BLiMP by pseudo-log-likelihood, held-out NSP/SOP/MLM accuracy",
                  "blimp: score one model on BLiMP's minimal pairs by pseudo-log-likelihood; writes blimp.json\n"
                  "(<run>/eval/ or RUNS/probe/<name>/). sentence: score models on one shared held-out NSP set\n"
                  "and SOP set (and masked tokens) from the pretraining corpus's validation documents; prints\n"
@@ -223,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", help="blimp: output directory")
     pr.set_defaults(fn=_probe)
 
-    s = command("submit", "run a run config or an ablation as Slurm jobs (see slurm/README.md)",
+
+def _add_submit(sub) -> None:
+    """The ``pretrain submit`` subcommand and its options."""
+    s = _command(sub, "submit", "run a run config or an ablation as Slurm jobs (see slurm/README.md)",
                 "Check everything first, then write and submit up to three Slurm jobs: data (data-prep\n"
                 "build), training (a job array for an ablation; requeued on preemption) and, for an\n"
                 "ablation, tables. Scripts and logs go to <run_dir>/slurm/ or RUNS/<ablation>/slurm/.\n"
@@ -248,12 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print the job scripts and sbatch commands; write and submit nothing")
     s.set_defaults(fn=_submit)
 
-    st = command("status", "pending/running/requeued/done/failed per run of a submission",
+
+def _add_status(sub) -> None:
+    """The ``pretrain status`` subcommand and its options."""
+    st = _command(sub, "status", "pending/running/requeued/done/failed per run of a submission",
                  "One line per run of a `pretrain submit`: its state (from squeue/scontrol, then Slurm's\n"
                  "accounting, then the run directory), job id and detail.")
     st.add_argument("target", help="ablation directory (runs/NAME), run directory or ablation YAML")
     st.add_argument("--runs", default="runs", metavar="DIR", help="root of the run directories, for an ablation YAML (default: runs)")
     st.set_defaults(fn=_status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pretrain`` argument parser: every subcommand and option with its help text."""
+    p = argparse.ArgumentParser(prog="pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The `deepspeed` launcher adds --local_rank=N; the trainer reads LOCAL_RANK from the env instead.
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_ablate, _add_tables, _add_describe, _add_export, _add_finetune, _add_probe, _add_submit, _add_status):
+        add(sub)
     return p
 
 
