@@ -42,7 +42,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -121,31 +121,13 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
     criterion = task.criterion
     cfg_dict = to_dict(cfg)
     if ckpt is not None:
-        saved = checkpoint.read_client_state(ckpt)
-        diff = checkpoint.config_differences(saved["config"], cfg_dict)
-        if diff:
-            raise UserError(f"cannot resume {run}: the config differs from its checkpoint in {'; '.join(diff)}")
-        if saved["step"] > t.max_steps:
-            raise UserError(f"{ckpt.name} is past train.max_steps={t.max_steps}; raise max_steps or use another run_dir")
-
+        _check_resumable(run, ckpt, cfg_dict, t.max_steps)
     if world.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run / CONFIG, to_yaml(cfg))
-        (run / SUMMARY).unlink(missing_ok=True)
-        if ckpt is None:
-            shutil.rmtree(run / TENSORBOARD, ignore_errors=True)
+        _start_run_dir(run, cfg, fresh=ckpt is None)
 
     # ---- modules and engine
-    _seed_all(t.seed)
-    module = task.build_model()
-    num_parameters = sum(p.numel() for p in module.parameters())
+    engine, num_parameters = _build_engine(task, t, ds_config, world.rank)
     peak = peak_flops(t)
-    engine = build_engine(module, t, ds_config)
-    device = engine.device
-    for frozen in task.frozen_modules().values():
-        frozen.to(device).eval().requires_grad_(False)
-    # Dropout differs between ranks; init (above) and data order do not.
-    torch.manual_seed(int(np.random.SeedSequence([t.seed, world.rank]).generate_state(1)[0]))
     # DeepSpeed reports the gradient norm from its own optimizer wrappers (bf16/fp16/ZeRO);
     # for plain fp32 without ZeRO the grads sit in .grad at the boundary and we measure them.
     own_grad_norm = t.precision == "fp32" and t.zero_stage == 0
@@ -153,34 +135,18 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
     log = bar = None
     try:
         # ---- resume
-        step, tokens_seen, wall_prior, skipped_steps = 0, 0, 0.0, 0
-        window = {"steps": 0, "tokens": 0, "flops": 0.0, "losses": {}, "start_time_s": 0.0}
-        last_eval: Optional[Dict[str, Any]] = None
-        if ckpt is not None:
-            state = checkpoint.load(engine, ckpt, world)
-            step, tokens_seen, wall_prior = state["step"], state["tokens_seen"], state["wall_time_s"]
-            window, last_eval = state["window"], state.get("last_eval")
-            window.setdefault("flops", 0.0)  # checkpoints written before MFU logging
-            skipped_steps = state.get("skipped_steps", 0)
-            if world.is_main:
-                print(f"resumed {run} from {ckpt.name} (step {step})")
+        state = _restore(engine, ckpt, world, run)
+        step, tokens_seen, wall_prior = state["step"], state["tokens_seen"], state["wall_time_s"]
+        window, last_eval, skipped_steps = state["window"], state.get("last_eval"), state.get("skipped_steps", 0)
         log = MetricsLog(run, world.is_main, resume_step=step if ckpt is not None else None)
 
         def wall() -> float:
             return wall_prior + (time.time() - segment_start)
 
         def client_state() -> Dict[str, Any]:
-            return {
-                "step": step,
-                "tokens_seen": tokens_seen,
-                "wall_time_s": wall(),
-                "window": window,
-                "last_eval": last_eval,
-                "skipped_steps": skipped_steps,
-                "config": cfg_dict,
-                "fingerprint": checkpoint.config_fingerprint(cfg_dict),
-                "world_size": world.size,
-            }
+            return {"step": step, "tokens_seen": tokens_seen, "wall_time_s": wall(), "window": window,
+                    "last_eval": last_eval, "skipped_steps": skipped_steps, "config": cfg_dict,
+                    "fingerprint": checkpoint.config_fingerprint(cfg_dict), "world_size": world.size}
 
         def run_eval() -> Dict[str, Any]:
             m = task.evaluate(engine, world)
@@ -199,25 +165,7 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
             epoch, rows = sampler.global_batch(step)
             lr = engine.get_lr()[0]
             batches = [task.collate(mb, epoch) for mb in rank_micro_batches(rows, world.rank, world.size, accumulation)]
-            # The step's global sample size per term, from the labels alone, before any backward.
-            local = [sum(float(criterion.sample_size(b)[k]) for b in batches) for k in terms]
-            global_size = dict(zip(terms, distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()))
-            sums = torch.zeros(len(terms), dtype=torch.float64, device=device)
-            grad_norm = None
-            for i, batch in enumerate(batches):
-                loss_sum, _, _ = criterion(engine, to_device(batch, device))
-                # × world size: DeepSpeed averages gradients over the data-parallel ranks.
-                loss = normalized_loss(loss_sum, global_size, criterion.weights) * world.size
-                engine.backward(loss, scale_wrt_gas=False)
-                if own_grad_norm and i == len(batches) - 1:
-                    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-                    grad_norm = float(torch.nn.utils.get_total_norm(grads))
-                engine.step()  # DeepSpeed updates the weights after the last micro batch only
-                # summed on the device in float64: one host sync per step, not per micro batch
-                sums += torch.stack([loss_sum[k].detach().double() for k in terms])
-            if grad_norm is None:
-                gn = engine.get_global_grad_norm()
-                grad_norm = None if gn is None else float(gn)
+            sums, global_size, grad_norm = _forward_backward(engine, criterion, batches, terms, world.size, own_grad_norm)
             step += 1
             batch_tokens = task.tokens(rows)
             tokens_seen += batch_tokens
@@ -226,38 +174,25 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
             reduced = distributed.all_reduce_sum(torch.cat([
                 sums.cpu(), torch.tensor([float(bool(signals_received))], dtype=torch.float64)])).tolist()
             stop = reduced[-1] > 0
-            per_term = {k: s / global_size[k] if global_size[k] > 0 else 0.0 for k, s in zip(terms, reduced)}
-            losses = {"loss": sum(criterion.weights[k] * v for k, v in per_term.items()),
-                      **{f"{k}_loss": v for k, v in per_term.items()}}
+            losses = _step_losses(reduced[:-1], terms, global_size, criterion.weights)
             finite = all(math.isfinite(v) for v in losses.values())
             if not finite and t.precision != "fp16":
                 raise _non_finite(run, step, losses)
             if t.precision == "fp16" and (not finite or not engine.was_step_applied()):
                 skipped_steps += 1  # the loss scaler found inf/NaN gradients and skipped the update
-            if finite:
-                for k, v in losses.items():
-                    window["losses"][k] = window["losses"].get(k, 0.0) + v
-                window["steps"] += 1
-            window["tokens"] += batch_tokens
-            window["flops"] += task.flops(rows)
+            _add_to_window(window, losses if finite else None, batch_tokens, task.flops(rows))
             bar.update(1)
 
             if step % t.log_every == 0 or step == t.max_steps:
                 now = wall()
-                seconds = max(now - window["start_time_s"], 1e-9)
-                rec = {"kind": "train", "step": step, "epoch": sampler.epochs(step), "tokens_seen": tokens_seen}
-                rec.update({k: v / max(1, window["steps"]) for k, v in sorted(window["losses"].items())})
-                # Model FLOP/s per device (pretrain.training.mfu): the window's FLOPs over all ranks / ranks.
-                device_flops = window["flops"] / seconds / world.size
-                rec.update(lr=lr, grad_norm=grad_norm, tokens_per_s=window["tokens"] / seconds,
-                           model_tflops=device_flops / 1e12, time_s=now)
-                if peak is not None:
-                    rec["mfu"] = device_flops / peak
+                mean_losses, rates = _window_means(window, now, world.size, peak)
+                rec = {"kind": "train", "step": step, "epoch": sampler.epochs(step), "tokens_seen": tokens_seen,
+                       **mean_losses, "lr": lr, "grad_norm": grad_norm, **rates}
                 if t.precision == "fp16":
                     rec["skipped_steps"] = skipped_steps
                 log.write(rec)
                 bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-                window = {"steps": 0, "tokens": 0, "flops": 0.0, "losses": {}, "start_time_s": now}
+                window = _empty_window(now)
             if step % t.eval_every == 0 or step == t.max_steps:
                 last_eval = run_eval()
             if stop or step % t.checkpoint_every == 0 or step == t.max_steps:
@@ -265,26 +200,15 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
                 checkpoint.save(engine, run, step, client_state(), t.keep_checkpoints, world)
             if stop and step < t.max_steps:
                 bar.close()
-                name = signals_received[0] if signals_received else "a signal on another rank"
-                if world.is_main:
-                    print(f"{name}: checkpoint {checkpoint.tag(step)} saved; resume with --resume")
-                raise Preempted(run, step, name)
+                raise _preempted(run, step, signals_received, world.is_main)
         bar.close()
 
         if last_eval is None or last_eval["step"] != step:
             last_eval = run_eval()  # a resumed, already finished run with no eval recorded
-        summary = {
-            "status": "done",
-            "steps": step,
-            "tokens_seen": tokens_seen,
-            "epochs": sampler.epochs(step),
-            "wall_time_s": wall(),
-            "final_eval": {k: last_eval[k] for k in task.summary_keys if k in last_eval},
-            **task.summary_fields(),
-            "num_parameters": num_parameters,
-        }
-        if t.precision == "fp16":
-            summary["skipped_steps"] = skipped_steps
+        summary = {"status": "done", "steps": step, "tokens_seen": tokens_seen, "epochs": sampler.epochs(step),
+                   "wall_time_s": wall(), "final_eval": {k: last_eval[k] for k in task.summary_keys if k in last_eval},
+                   **task.summary_fields(), "num_parameters": num_parameters,
+                   **({"skipped_steps": skipped_steps} if t.precision == "fp16" else {})}
         if world.is_main:
             write_json_atomic(run / SUMMARY, summary)
         distributed.barrier()
@@ -297,6 +221,134 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
         engine.destroy()
         engine = None  # the last reference: an ablation's next arm must not hold this one's memory
         gc.collect()
+
+
+def _build_engine(task: Task, t, ds_config: Dict[str, Any], rank: int):
+    """The task's trainable module (seeded with ``train.seed``, identical on every rank) in a
+    DeepSpeed engine, its frozen modules on the engine's device in eval mode without gradients,
+    then the per-rank seed (dropout differs between ranks; init and data order do not).
+    Returns (engine, number of trainable-module parameters)."""
+    _seed_all(t.seed)
+    module = task.build_model()
+    num_parameters = sum(p.numel() for p in module.parameters())
+    engine = build_engine(module, t, ds_config)
+    for frozen in task.frozen_modules().values():
+        frozen.to(engine.device).eval().requires_grad_(False)
+    torch.manual_seed(int(np.random.SeedSequence([t.seed, rank]).generate_state(1)[0]))
+    return engine, num_parameters
+
+
+def _restore(engine, ckpt: Optional[Path], world, run: Path) -> Dict[str, Any]:
+    """The loop's counters at the start: from ``ckpt`` (engine state loaded into ``engine``)
+    or those of a fresh run (step 0, an empty logging window)."""
+    if ckpt is None:
+        return {"step": 0, "tokens_seen": 0, "wall_time_s": 0.0, "skipped_steps": 0, "last_eval": None,
+                "window": _empty_window(0.0)}
+    state = checkpoint.load(engine, ckpt, world)
+    state["window"].setdefault("flops", 0.0)  # checkpoints written before MFU logging
+    if world.is_main:
+        print(f"resumed {run} from {ckpt.name} (step {state['step']})")
+    return state
+
+
+def _empty_window(start_time_s: float) -> Dict[str, Any]:
+    """A logging window opened at ``start_time_s`` (training seconds): sums of steps with
+    finite losses, tokens, model FLOPs and per-key losses, averaged when the window is logged."""
+    return {"steps": 0, "tokens": 0, "flops": 0.0, "losses": {}, "start_time_s": start_time_s}
+
+
+def _add_to_window(window: Dict[str, Any], losses: Optional[Dict[str, float]], tokens: int, flops: float) -> None:
+    """Count one step into the logging window; ``losses`` None for a step the fp16 loss
+    scaler skipped (its losses are not finite and stay out of the means)."""
+    if losses is not None:
+        for k, v in losses.items():
+            window["losses"][k] = window["losses"].get(k, 0.0) + v
+        window["steps"] += 1
+    window["tokens"] += tokens
+    window["flops"] += flops
+
+
+def _preempted(run: Path, step: int, signals_received: List[str], is_main: bool) -> Preempted:
+    """The exception a signalled run stops with, after its checkpoint of ``step`` (rank 0 says so)."""
+    name = signals_received[0] if signals_received else "a signal on another rank"
+    if is_main:
+        print(f"{name}: checkpoint {checkpoint.tag(step)} saved; resume with --resume")
+    return Preempted(run, step, name)
+
+
+def _check_resumable(run: Path, ckpt: Path, cfg_dict: Dict[str, Any], max_steps: int) -> None:
+    """Raise UserError if ``ckpt`` was written under another config (naming the differing
+    keys) or is past ``max_steps``."""
+    saved = checkpoint.read_client_state(ckpt)
+    diff = checkpoint.config_differences(saved["config"], cfg_dict)
+    if diff:
+        raise UserError(f"cannot resume {run}: the config differs from its checkpoint in {'; '.join(diff)}")
+    if saved["step"] > max_steps:
+        raise UserError(f"{ckpt.name} is past train.max_steps={max_steps}; raise max_steps or use another run_dir")
+
+
+def _start_run_dir(run: Path, cfg, fresh: bool) -> None:
+    """Rank 0: write config.yaml, drop a stale summary and, on a fresh start, old TensorBoard events."""
+    run.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run / CONFIG, to_yaml(cfg))
+    (run / SUMMARY).unlink(missing_ok=True)
+    if fresh:
+        shutil.rmtree(run / TENSORBOARD, ignore_errors=True)
+
+
+def _forward_backward(engine, criterion, batches: List[Dict[str, torch.Tensor]], terms: List[str], world_size: int,
+                      own_grad_norm: bool) -> Tuple[torch.Tensor, Dict[str, float], Optional[float]]:
+    """One optimizer step over this rank's micro batches (torchtitan's ``forward_backward_step``).
+
+    The step's global sample size per term is summed over every micro batch and rank from the
+    batches alone, before any backward; each micro batch then back-propagates its loss sums
+    over those global counts (``normalized_loss``) × world size (DeepSpeed averages gradients
+    over the data-parallel ranks), without DeepSpeed's 1/accumulation scaling.
+
+    Returns: float64 loss sums per term ``[len(terms)]`` of this rank (on the device), the
+    global sample size per term, and the gradient norm before clipping (None if unknown).
+    """
+    device = engine.device
+    local = [sum(float(criterion.sample_size(b)[k]) for b in batches) for k in terms]
+    global_size = dict(zip(terms, distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()))
+    sums = torch.zeros(len(terms), dtype=torch.float64, device=device)
+    grad_norm = None
+    for i, batch in enumerate(batches):
+        loss_sum, _, _ = criterion(engine, to_device(batch, device))
+        loss = normalized_loss(loss_sum, global_size, criterion.weights) * world_size
+        engine.backward(loss, scale_wrt_gas=False)
+        if own_grad_norm and i == len(batches) - 1:
+            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+            grad_norm = float(torch.nn.utils.get_total_norm(grads))
+        engine.step()  # DeepSpeed updates the weights after the last micro batch only
+        # summed on the device in float64: one host sync per step, not per micro batch
+        sums += torch.stack([loss_sum[k].detach().double() for k in terms])
+    if grad_norm is None:
+        gn = engine.get_global_grad_norm()
+        grad_norm = None if gn is None else float(gn)
+    return sums, global_size, grad_norm
+
+
+def _step_losses(reduced: List[float], terms: List[str], global_size: Dict[str, float],
+                 weights: Dict[str, float]) -> Dict[str, float]:
+    """``loss`` (the weighted total) and ``<term>_loss`` per term, in nats per sample: the
+    loss sums over every micro batch and rank divided by the global sample size."""
+    per_term = {k: s / global_size[k] if global_size[k] > 0 else 0.0 for k, s in zip(terms, reduced)}
+    return {"loss": sum(weights[k] * v for k, v in per_term.items()), **{f"{k}_loss": v for k, v in per_term.items()}}
+
+
+def _window_means(window: Dict[str, Any], now: float, world_size: int,
+                  peak: Optional[float]) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """A logging window's mean losses (nats) and its rates: tokens/s, model TFLOP/s per device
+    (``pretrain.training.mfu``: the window's FLOPs over all ranks / ranks), ``time_s`` (= ``now``,
+    training seconds) and MFU (0-1, with a known peak)."""
+    seconds = max(now - window["start_time_s"], 1e-9)
+    device_flops = window["flops"] / seconds / world_size
+    losses = {k: v / max(1, window["steps"]) for k, v in sorted(window["losses"].items())}
+    rates = {"tokens_per_s": window["tokens"] / seconds, "model_tflops": device_flops / 1e12, "time_s": now}
+    if peak is not None:
+        rates["mfu"] = device_flops / peak
+    return losses, rates
 
 
 def _seed_all(seed: int) -> None:
