@@ -345,18 +345,8 @@ def create_pairs(
             documents, max_seq_length, cls_id, sep_id, objective, rng, short_seq_prob, word_starts, stats, short_seq_rule
         )
         return
-    if objective not in LABEL_COLUMNS:
-        raise ValueError(f"objective={objective!r} is not nsp or sop")
-    if max_seq_length < 5:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for a pair")
     stats = stats if stats is not None else InstanceStats()
-    max_tokens = max_seq_length - 3
-    sizes = [[int(len(s)) for s in doc] for doc in documents]
-    # Documents with tokens, and each one's sentences that have tokens.
-    kept = [[k for k, n in enumerate(sz) if n] for sz in sizes]
-    usable = [d for d, ks in enumerate(kept) if ks]
-    if objective == "nsp" and len(usable) < 2:
-        raise ValueError(f"NSP needs at least two non-empty documents to draw NotNext from, got {len(usable)}")
+    max_tokens, sizes, kept, usable = _pair_layout(documents, objective, max_seq_length)
     position = {d: i for i, d in enumerate(usable)}
     pair = _PairMaker(documents, word_starts, max_tokens, cls_id, sep_id, rng, stats)
     for d, ks in enumerate(kept):
@@ -379,23 +369,10 @@ def create_pairs(
                 target = max_tokens
             elif not per_document:
                 target = _draw_target(rng, short_seq_prob, max_tokens, stats)
-            if sentence_pairs:
-                j = i + 2
-                if j > n:  # a lone last sentence: nothing to pair it with
-                    stats.unpaired_sentences += 1
-                    break
-            else:
-                j, length = i, 0
-                while j < n:
-                    length += sizes[d][ks[j]]
-                    j += 1
-                    if length >= target and j - i >= 2:
-                        break
-                if n - j == 1:
-                    j = n  # do not leave a single sentence behind
-                if j - i < 2:  # only after a NotNext put-back at the document's end
-                    stats.unpaired_sentences += 1
-                    break
+            j = _chunk_end(sizes[d], ks, i, target, sentence_pairs)
+            if j is None:  # a lone last sentence (or one put back after a NotNext): nothing to pair it with
+                stats.unpaired_sentences += 1
+                break
             m = j - i
             a_end = 1 if m == 2 else rng.randint(1, m - 1)
             a = (d, ks[i], ks[i + a_end - 1] + 1)
@@ -413,16 +390,7 @@ def create_pairs(
                 other = usable[k + 1] if k >= position[d] else usable[k]
                 oks = kept[other]
                 start = rng.randrange(len(oks))
-                if sentence_pairs:
-                    end = start + 1
-                else:
-                    want = target - pair.length(a)
-                    end, got = start, 0
-                    while end < len(oks):
-                        got += sizes[other][oks[end]]
-                        end += 1
-                        if got >= want:
-                            break
+                end = start + 1 if sentence_pairs else _fill_end(sizes[other], oks, start, target - pair.length(a))
                 yield pair.make(a, (other, oks[start], oks[end - 1] + 1), 1)
                 stats.not_next += 1
                 stats.random_b += 1
@@ -431,6 +399,53 @@ def create_pairs(
                 yield pair.make(a, (d, ks[i + a_end - 1] + 1, ks[j - 1] + 1), 0)
                 stats.is_next += 1
                 i = j
+
+
+def _pair_layout(documents: Sequence[Document], objective: str, max_seq_length: int):
+    """What both pair rules start from: ``max_tokens`` (the length bound less [CLS] and two
+    [SEP]), each document's sentence sizes, each document's non-empty sentence indices and
+    the indices of documents that have any. Raises ValueError as ``create_pairs``."""
+    if objective not in LABEL_COLUMNS:
+        raise ValueError(f"objective={objective!r} is not nsp or sop")
+    if max_seq_length < 5:
+        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for a pair")
+    sizes = [[int(len(s)) for s in doc] for doc in documents]
+    kept = [[k for k, n in enumerate(sz) if n] for sz in sizes]
+    usable = [d for d, ks in enumerate(kept) if ks]
+    if objective == "nsp" and len(usable) < 2:
+        raise ValueError(f"NSP needs at least two non-empty documents to draw NotNext from, got {len(usable)}")
+    return max_seq_length - 3, sizes, kept, usable
+
+
+def _fill_end(sizes: Sequence[int], ks: Sequence[int], start: int, want: int) -> int:
+    """End (exclusive, an index into ``ks``) of the sentences from ``start`` on that first
+    reach ``want`` tokens, or of the document: a random B's span (BERT's
+    ``create_instances_from_document``: "random_document" sentences until target_b_length)."""
+    end, got = start, 0
+    while end < len(ks):
+        got += sizes[ks[end]]
+        end += 1
+        if got >= want:
+            break
+    return end
+
+
+def _chunk_end(sizes: Sequence[int], ks: Sequence[int], i: int, target: int, sentence_pairs: bool) -> Optional[int]:
+    """End (exclusive) of the chunk starting at sentence ``i`` of ``ks``: two sentences for
+    SENTENCE-PAIR, else sentences until ``target`` tokens (at least two), taking a single
+    sentence left after it along. None when fewer than two sentences remain."""
+    n = len(ks)
+    if sentence_pairs:
+        return i + 2 if i + 2 <= n else None
+    j, length = i, 0
+    while j < n:
+        length += sizes[ks[j]]
+        j += 1
+        if length >= target and j - i >= 2:
+            break
+    if n - j == 1:
+        j = n  # do not leave a single sentence behind
+    return j if j - i >= 2 else None
 
 
 def reference_pairs(
@@ -473,17 +488,8 @@ def reference_pairs(
     is drawn anew for every chunk instead (the variant). Args, yields and raises as
     ``create_pairs`` (NSP needs two non-empty documents).
     """
-    if objective not in LABEL_COLUMNS:
-        raise ValueError(f"objective={objective!r} is not nsp or sop")
-    if max_seq_length < 5:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for a pair")
     stats = stats if stats is not None else InstanceStats()
-    max_tokens = max_seq_length - 3
-    sizes = [[int(len(s)) for s in doc] for doc in documents]
-    kept = [[k for k, n in enumerate(sz) if n] for sz in sizes]
-    usable = [d for d, ks in enumerate(kept) if ks]
-    if objective == "nsp" and len(usable) < 2:
-        raise ValueError(f"NSP needs at least two non-empty documents to draw NotNext from, got {len(usable)}")
+    max_tokens, sizes, kept, usable = _pair_layout(documents, objective, max_seq_length)
     pair = _PairMaker(documents, word_starts, max_tokens, cls_id, sep_id, rng, stats)
     stats.empty_documents += len(documents) - len(usable)
     for pos, d in enumerate(usable):
@@ -514,12 +520,7 @@ def reference_pairs(
                     oks = kept[usable[other]]
                     osz = sizes[usable[other]]
                     start = rng.randint(0, len(oks) - 1)
-                    want, end, got = target - pair.length(a), start, 0
-                    while end < len(oks):
-                        got += osz[oks[end]]
-                        end += 1
-                        if got >= want:
-                            break
+                    end = _fill_end(osz, oks, start, target - pair.length(a))
                     yield pair.make(a, (usable[other], oks[start], oks[end - 1] + 1), 1)
                     stats.random_b += 1
                     if objective == "nsp":
