@@ -64,7 +64,7 @@ def _batch_near(target: float, cfg: RunConfig, world_size: int) -> int:
 
     cap = int(cfg.train.micro_batch_size)
     base = max(1, round(target / world_size))
-    for offset in range(0, base + 1):
+    for offset in range(base + 1):
         for k in (base + offset, base - offset):
             if k >= 1 and split_batch(k * world_size, cap, world_size)[0] >= max(1, min(cap, k) // 2):
                 return k * world_size
