@@ -15,7 +15,9 @@ or ``data.max_seq_length`` for DOC-SENTENCES batched by tokens (``pretrain.train
 .TokenBudgetSampler`` already reads ``global_batch_size × max_seq_length`` tokens a step).
 The steps, learning rate and intervals stay as composed; the micro batch stays within
 ``train.micro_batch_size`` (the loop accumulates the rest), so memory per forward pass does
-not grow.
+not grow. The batches split over ``WORLD_SIZE`` ranks (1 when unset), the world size
+``pretrain ablate`` checks with; ``pretrain submit`` checks them against its job's ranks and
+names an arm whose batch does not split (submit with ``WORLD_SIZE=<ranks>`` set then).
 """
 
 from __future__ import annotations
