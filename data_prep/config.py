@@ -92,6 +92,15 @@ class MaskingConfig:
         ``remask`` = every copy holds the same rows, only the mask differs, and epoch
         ``e`` reads copy ``e % dupe_factor``: RoBERTa's static baseline, "each sequence is
         masked in 10 different ways over the 40 epochs" (Liu et al. 2019, §4.1).
+    smoothing: 0 = every maskable token equally likely to be chosen (BERT §3.1); s > 0 =
+        a token is chosen with probability proportional to its training-split frequency
+        to the power -s, so rare tokens are predicted more often: DistilBERT's released
+        recipe (Hugging Face ``examples/research_projects/distillation``, ``train.py``
+        ``--mlm_smoothing``, default 0.7, after XLM; ``data_prep.token_counts``). Applies
+        to the dynamically drawn training masks of ``unit: token`` only; the validation
+        mask stays uniform (every arm scored on the same positions), so the key never
+        changes the shards' bytes and is left out of the fingerprint. Read by
+        ``data_prep.token_counts.masking_weights``.
     """
 
     mode: MaskingMode = "dynamic"
@@ -104,6 +113,7 @@ class MaskingConfig:
     max_ngram: int = 3
     max_predictions_per_seq: Optional[int] = None
     copies: StaticCopies = "remask"
+    smoothing: float = 0.0
 
 
 @dataclass
@@ -219,6 +229,12 @@ def check_data_config(cfg: DataConfig) -> None:
         raise UserError("masking.mask_replace_prob + masking.random_replace_prob must be within [0, 1]")
     if m.dupe_factor < 1:
         raise UserError(f"masking.dupe_factor={m.dupe_factor} must be >= 1")
+    if m.smoothing < 0:
+        raise UserError(f"masking.smoothing={m.smoothing} must be >= 0 (0 = uniform, DistilBERT: 0.7)")
+    if m.smoothing > 0 and (m.mode != "dynamic" or m.unit != "token"):
+        raise UserError(f"masking.smoothing={m.smoothing} weights the dynamically drawn choice of single tokens; it "
+                        f"needs masking.mode=dynamic and masking.unit=token (got mode={m.mode}, unit={m.unit}), "
+                        "or set masking.smoothing=0")
     if cfg.max_seq_length < 8:
         raise UserError(f"max_seq_length={cfg.max_seq_length} is too short; use at least 8")
     if not 0.0 < cfg.validation_fraction < 1.0:
@@ -249,8 +265,8 @@ KEYS_ADDED_LATER = {"sentence_separator": "none"}
 
 
 def data_fingerprint(cfg: DataConfig) -> str:
-    """16 hex digits identifying the data a config builds (``output_dir``, ``num_workers``
-    and ``doc_sentences_batching`` excluded: they do not change the bytes; a key of
+    """16 hex digits identifying the data a config builds (``output_dir``, ``num_workers``,
+    ``doc_sentences_batching`` and ``masking.smoothing`` excluded: they do not change the bytes; a key of
     ``KEYS_ADDED_LATER`` counts only when it is not at its earlier value)."""
     d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     for key in ("output_dir", "num_workers", "doc_sentences_batching"):
@@ -258,6 +274,8 @@ def data_fingerprint(cfg: DataConfig) -> str:
     for key, earlier in KEYS_ADDED_LATER.items():
         if d.get(key) == earlier:
             d.pop(key)
+    # Dynamic training masks are drawn by the trainer and the validation mask ignores it.
+    d["masking"].pop("smoothing", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -11,7 +11,17 @@ even), as in the reference under Python 3.
 
 Which (``masking.unit``):
 
-- ``token`` (BERT §3.1): that many tokens uniformly without replacement.
+- ``token`` (BERT §3.1): that many tokens uniformly without replacement; or, given
+  ``token_weights`` (``data.masking.smoothing`` > 0, DistilBERT's recipe,
+  ``data_prep.token_counts``), without replacement with probability proportional to the
+  weight of each token's id: Hugging Face's ``examples/research_projects/distillation``
+  (``train.py`` ``main``: ``token_probs = max(counts, 1) ** -mlm_smoothing``, special
+  tokens 0; ``distiller.py`` ``Distiller.prepare_batch_mlm``: ``torch.multinomial`` without
+  replacement), after XLM. One difference: the reference draws
+  ``ceil(mlm_mask_prop × tokens of the batch)`` positions over the whole batch, so a
+  sequence of rare tokens gets more than its share of predictions; here each sequence
+  keeps its own budget and only the choice within it is weighted, so a mask still depends
+  only on (seed, epoch, row) and not on which sequences share its batch.
 - ``whole_word`` (BERT's whole-word-masking release, README of google-research/bert,
   2019-05-31): words in random order; a word is taken whole if it still fits the budget,
   skipped if it would exceed it (the reference's ``continue``), until the budget is met —
@@ -85,8 +95,12 @@ class Masker:
             replacements (CLS/SEP/PAD/MASK/UNK and the like).
         mlm_probability, mask_replace_prob, random_replace_prob, unit, max_ngram,
             max_predictions_per_seq: see ``data_prep.config.MaskingConfig``.
+        token_weights: float64 ``[vocab_size]``, >= 0, the unnormalised probability of
+            choosing a token with that id (``data_prep.token_counts.smoothed_weights``);
+            None = uniform. Unit ``token`` only.
     Raises:
-        UserError: unknown unit, ``max_ngram`` < 1 or ``max_predictions_per_seq`` < 1.
+        UserError: unknown unit, ``max_ngram`` < 1 or ``max_predictions_per_seq`` < 1,
+            ``token_weights`` with another unit, of another length or negative.
     """
 
     def __init__(
@@ -100,6 +114,7 @@ class Masker:
         unit: str = "token",
         max_ngram: int = 3,
         max_predictions_per_seq: Optional[int] = None,
+        token_weights: Optional[np.ndarray] = None,
     ) -> None:
         if unit not in UNITS:
             raise UserError(f"masking.unit={unit!r} is not one of: {', '.join(UNITS)}")
@@ -116,6 +131,15 @@ class Masker:
         self.max_ngram = int(max_ngram)
         self.max_predictions_per_seq = None if max_predictions_per_seq is None else int(max_predictions_per_seq)
         self._ngram_p = ngram_probabilities(self.max_ngram)
+        self.token_weights = None
+        if token_weights is not None:
+            w = np.asarray(token_weights, dtype=np.float64)
+            if unit != "token":
+                raise UserError(f"masking.smoothing weights the choice of single tokens; masking.unit={unit} needs "
+                                "masking.smoothing=0")
+            if w.shape != (self.vocab_size,) or not np.isfinite(w).all() or (w < 0).any():
+                raise UserError(f"token weights must be {self.vocab_size} finite values >= 0, got shape {w.shape}")
+            self.token_weights = w
         special = np.zeros(self.vocab_size, dtype=bool)
         special[np.asarray(special_ids, dtype=np.int64)] = True
         self._is_special = special
@@ -124,9 +148,12 @@ class Masker:
         self._random_pool = np.flatnonzero(~special).astype(np.int32)
 
     @classmethod
-    def from_config(cls, masking_cfg, vocab_size: int, mask_token_id: int, special_ids) -> "Masker":
+    def from_config(cls, masking_cfg, vocab_size: int, mask_token_id: int, special_ids,
+                    token_weights: Optional[np.ndarray] = None) -> "Masker":
         """Build from a ``data_prep.config.MaskingConfig`` (a config without the unit keys,
-        e.g. read from an older manifest, means token masking without a cap)."""
+        e.g. read from an older manifest, means token masking without a cap) and the
+        trainer's ``token_weights`` (``data_prep.token_counts.masking_weights``; None at
+        data-prep time, where static and validation masks stay uniform)."""
         return cls(
             vocab_size,
             mask_token_id,
@@ -137,6 +164,7 @@ class Masker:
             unit=getattr(masking_cfg, "unit", "token"),
             max_ngram=getattr(masking_cfg, "max_ngram", 3),
             max_predictions_per_seq=getattr(masking_cfg, "max_predictions_per_seq", None),
+            token_weights=token_weights,
         )
 
     @property
@@ -208,7 +236,13 @@ class Masker:
             n = self.num_predictions(candidates.size)
             if n == 0:
                 return np.zeros(0, dtype=np.int64), None
-            return rng.choice(candidates, size=n, replace=False), None
+            if self.token_weights is None:
+                return rng.choice(candidates, size=n, replace=False), None
+            p = self.token_weights[ids[candidates]]
+            positive = int(np.count_nonzero(p))
+            if positive < n:  # too few tokens with a weight: take them all (the budget is a cap)
+                return rng.permutation(candidates[p > 0]), None
+            return rng.choice(candidates, size=n, replace=False, p=p / p.sum()), None
         if word_starts is None:
             raise UserError(
                 f"masking.unit={self.unit} needs the word_starts column; rebuild the data with this data-prep "

@@ -199,6 +199,18 @@ class SplitData:
             raise KeyError(f"split {self.name!r} has no per-row column {name!r} (columns: {', '.join(self.columns)})")
         return np.concatenate([s.scalars[name] for s in self._copies[copy % len(self._copies)]])
 
+    def token_counts(self, vocab_size: int, copy: int = 0) -> np.ndarray:
+        """int64 ``[vocab_size]``: occurrences of every id in ``input_ids`` of copy ``copy``
+        (``data_prep.token_counts``). Raises UserError for an id >= ``vocab_size``."""
+        counts = np.zeros(int(vocab_size), dtype=np.int64)
+        for s in self._copies[copy % len(self._copies)]:
+            ids = s.values["input_ids"]
+            if ids.size and int(ids.max()) >= vocab_size:
+                raise UserError(f"split {self.name!r} holds token id {int(ids.max())}, outside the vocabulary of "
+                                f"{vocab_size}; rebuild the data with this tokenizer")
+            counts += np.bincount(ids, minlength=vocab_size).astype(np.int64)
+        return counts
+
     def lengths(self) -> np.ndarray:
         """int64 ``[rows]``: token count of every sequence."""
         if not self._copies[0]:

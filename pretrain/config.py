@@ -254,6 +254,13 @@ class DistillationConfig:
         student and teacher (§3 L_cos; README: 1.0).
     restrict_ce_to_mask: the distillation loss over the masked positions only (``train.py
         --restrict_ce_to_mask``); default false = over every non-padding token.
+    freeze_position_embeddings: keep the student's position embeddings at their initial
+        (teacher's) values, left out of the optimizer (``pretrain.models.distil.
+        freeze_position_embeddings``): ``train.py --freeze_pos_embs``. The README's
+        DistilBERT command passes it, but ``train.py``'s ``freeze_pos_embeddings`` only
+        freezes a ``roberta`` or ``gpt2`` student and leaves a ``distilbert`` one trainable,
+        so the released BERT → DistilBERT recipe trains them: false there; true
+        reproduces the flag for a RoBERTa teacher (DistilRoBERTa).
     """
 
     teacher: Optional[str] = None
@@ -265,6 +272,7 @@ class DistillationConfig:
     alpha_mlm: float = 2.0
     alpha_cos: float = 1.0
     restrict_ce_to_mask: bool = False
+    freeze_position_embeddings: bool = False
 
 
 # A run name becomes a directory, a Slurm job name and a word in job scripts: keep it to

@@ -215,3 +215,14 @@ def init_student(student, teacher, layers: List[int]) -> None:
         out[name] = src[key]
     with torch.no_grad():
         student.load_state_dict(out)
+
+
+def freeze_position_embeddings(student) -> None:
+    """Turn gradients off for the student's position embedding table (float ``[P, E]``,
+    ``encoder.embeddings.position_embeddings.weight``), so the optimizer groups
+    (``pretrain.training.optim.param_groups``) leave it out and it keeps the values it was
+    initialised with: ``freeze_pos_embeddings`` of Hugging Face's ``examples/
+    research_projects/distillation/train.py`` (which acts on RoBERTa and GPT-2 students;
+    ``distillation.freeze_position_embeddings``). It stays in the module's state dict, so
+    checkpoints and exports carry it."""
+    student.encoder.embeddings.position_embeddings.weight.requires_grad_(False)

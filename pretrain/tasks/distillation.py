@@ -8,7 +8,8 @@ sampler, dynamic-masking collator and validation split it reuses):
   DeepSpeed engine and its checkpoints; in bf16/fp16 runs it computes in that dtype;
 - the trainable student (``model``, written from the teacher when the config loads):
   BertForPretraining without a sentence head, initialised from the teacher's layers of
-  ``distillation.layer_selection`` (or randomly, ``student_init: random``);
+  ``distillation.layer_selection`` (or randomly, ``student_init: random``), its position
+  embeddings frozen with ``distillation.freeze_position_embeddings``;
 - the criterion: ``pretrain.criterions.distillation.DistillationCriterion``;
 - FLOPs: the student's training pass plus the teacher's forward pass (one third of its
   6N + 12·L·H·T training FLOPs per token), so MFU counts the teacher's work;
@@ -29,7 +30,8 @@ from torch import nn
 
 from common.errors import UserError
 from pretrain.criterions.distillation import DistillationCriterion
-from pretrain.models.distil import check_distillation_config, init_student, load_teacher, select_layers, student_model_config
+from pretrain.models.distil import (check_distillation_config, freeze_position_embeddings, init_student, load_teacher,
+                                    select_layers, student_model_config)
 from pretrain.models.encoder import build_model
 from pretrain.tasks.base import Criterion
 from pretrain.tasks.pretraining import PretrainingTask
@@ -74,6 +76,8 @@ class DistillationTask(PretrainingTask):
         student = build_model(self.cfg.model, "none")
         if self.cfg.distillation.student_init == "teacher":
             init_student(student, self.teacher, self.layers)
+        if self.cfg.distillation.freeze_position_embeddings:
+            freeze_position_embeddings(student)
         self.model_flops = ModelFlops(student)  # before ZeRO-3 partitions the weights away
         return student
 

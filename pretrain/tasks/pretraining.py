@@ -71,8 +71,11 @@ class PretrainingTask(Task):
         if len(self.val_split) == 0:
             raise UserError(f"{self.data_dir} has an empty validation split; raise data.validation_fraction")
         from data_prep.masking import Masker
+        from data_prep.token_counts import masking_weights
 
-        masker = Masker.from_config(cfg.data.masking, tok.vocab_size, tok.mask_id, tok.special_ids)
+        # DistilBERT's frequency-smoothed choice of masked tokens (data.masking.smoothing).
+        weights = masking_weights(cfg.data.masking, shards, tok.vocab_size, tok.special_ids, world.is_main)
+        masker = Masker.from_config(cfg.data.masking, tok.vocab_size, tok.mask_id, tok.special_ids, token_weights=weights)
         self.collate_train = Collator(self.train_split, tok.pad_id, masker, seed=cfg.train.seed)
         self.collate_val = Collator(self.val_split, tok.pad_id)
         self._criterion = PretrainingCriterion(cfg.objective.sentence)
