@@ -236,7 +236,7 @@ class DistillationConfig:
 
     teacher: the frozen teacher: a run directory, ``checkpoints/`` or ``checkpoints/step-*``
         directory of this trainer, or a Hugging Face model directory (``config.json``;
-        BertForMaskedLM, BertForPreTraining, RobertaForMaskedLM). Required.
+        BertForMaskedLM, BertForPreTraining, RobertaForMaskedLM, DistilBertForMaskedLM). Required.
     layer_selection: which teacher layers initialise the student's L/2 layers (§3 "we
         initialize the student from the teacher by taking one layer out of two"):
         ``extract_distilbert`` = the released ``extract_distilbert.py`` choice, 0, 2, 4, 7, 9,

@@ -222,3 +222,56 @@ def _same_data(cfg, smoothing: float):
     return [("data.corpus", "pydoc"), ("data.max_documents", 12), ("data.tokenizer.vocab_size", 400),
             ("data.max_seq_length", 64), ("data.validation_fraction", 0.2), ("data.masking.smoothing", smoothing),
             ("data.output_dir", cfg.data.output_dir), ("run_dir", cfg.run_dir)]
+
+
+@pytest.fixture(scope="module")
+def hf_distilbert_teacher(tmp_path_factory) -> Path:
+    """A tiny randomly initialised transformers DistilBertForMaskedLM saved as a model
+    directory (no hub access)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.DistilBertConfig(vocab_size=60, dim=16, n_layers=4, n_heads=2, hidden_dim=32,
+                                           max_position_embeddings=32, dropout=0.0, attention_dropout=0.0)
+    config.architectures = ["DistilBertForMaskedLM"]
+    model = transformers.DistilBertForMaskedLM(config).eval()
+    with torch.no_grad():  # non-zero biases and LayerNorms, so a wrong mapping shows in the logits
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("hf") / "distilbert"
+    model.save_pretrained(out)
+    return out
+
+
+def test_a_hf_distilbert_teacher_loads_with_its_logits(hf_distilbert_teacher: Path):
+    import transformers
+
+    from pretrain.models.distil import init_student, load_teacher, select_layers, student_model_config
+
+    cfg, ours = load_teacher(str(hf_distilbert_teacher))
+    assert cfg.family == "distilbert" and cfg.type_vocab_size == 0 and cfg.num_hidden_layers == 4
+    theirs = transformers.DistilBertForMaskedLM.from_pretrained(hf_distilbert_teacher).eval()
+    ids = torch.randint(0, 60, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        expected = theirs(input_ids=ids, attention_mask=mask).logits
+    got = ours.logits(ids, mask)["mlm_logits"]
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], expected[keep], atol=1e-4, rtol=1e-4)
+    # a student of half its layers starts from it
+    layers = select_layers(cfg.num_hidden_layers, "extract_distilbert", [])
+    student = build_model(student_model_config(cfg, layers))
+    init_student(student, ours, layers)
+    assert torch.equal(student.encoder.embeddings.word_embeddings.weight, ours.encoder.embeddings.word_embeddings.weight)
+
+
+def test_distilbert_recipe_takes_a_hf_distilbert_teacher(hf_distilbert_teacher: Path, tiny_shards: ShardSet):
+    from pretrain.models.distil import resolve_distillation
+
+    cfg = load_run_config(REPO / "configs" / "recipe" / "distilbert.yaml", preset="smoke", overrides=[
+        f"distillation.teacher={hf_distilbert_teacher}", f"data.tokenizer.path={tiny_shards.tokenizer_path}"])
+    assert cfg.model.family == "distilbert" and cfg.model.num_hidden_layers == 2 and cfg.model.hidden_size == 16
+    # without a tokenizer.json in the directory and none given: one line naming the fix
+    cfg.data.tokenizer.path = None
+    with pytest.raises(UserError, match="has no tokenizer.json to build the data with; set data.tokenizer.path"):
+        resolve_distillation(cfg, "test")

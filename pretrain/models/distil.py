@@ -33,7 +33,7 @@ from common.errors import UserError
 
 # A Hugging Face teacher's tokenizer kind, by model family (the special tokens
 # ``data_prep.tokenizer`` expects of each kind).
-_HF_TOKENIZER_KIND = {"bert": "wordpiece", "roberta": "bpe"}
+_HF_TOKENIZER_KIND = {"bert": "wordpiece", "distilbert": "wordpiece", "roberta": "bpe"}
 
 
 def select_layers(num_layers: int, rule: str, explicit: List[int]) -> List[int]:

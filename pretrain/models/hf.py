@@ -50,6 +50,7 @@ IMPORT_CLASSES: Dict[str, Tuple[str, str]] = {
     "RobertaForMaskedLM": ("roberta", "none"),
     "AlbertForPreTraining": ("albert", "sop"),
     "AlbertForMaskedLM": ("albert", "none"),
+    "DistilBertForMaskedLM": ("distilbert", "none"),
 }
 SENTENCE_KEY = "sentence_objective"  # extra config.json field written by export_hf
 _ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "relu": "relu"}
@@ -367,6 +368,8 @@ def model_config_from_hf(config) -> Tuple[Any, str]:
         raise UserError(f"position_embedding_type={config.position_embedding_type} is not supported; only absolute positions")
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
         raise UserError("decoder / cross-attention configurations are not BERT-family encoders")
+    if family == "distilbert":
+        return _distilbert_config(config), "none"
     act = _ACT_FROM_HF.get(config.hidden_act)
     if act is None:
         raise UserError(f"hidden_act={config.hidden_act!r} is not one of: {', '.join(_ACT_FROM_HF)}")
@@ -403,6 +406,28 @@ def model_config_from_hf(config) -> Tuple[Any, str]:
     return cfg, sentence
 
 
+def _distilbert_config(config):
+    """ModelConfig of a transformers ``DistilBertConfig`` (its own key names: ``dim``,
+    ``n_layers``, ``n_heads``, ``hidden_dim``, ``activation``, ``dropout``; LayerNorm eps
+    fixed at 1e-12 in ``modeling_distilbert``; no token types). Raises UserError for
+    sinusoidal position embeddings, which this encoder does not have."""
+    from pretrain.config import ModelConfig
+
+    if getattr(config, "sinusoidal_pos_embds", False):
+        raise UserError("DistilBERT with sinusoidal_pos_embds=true is not supported; only learned absolute positions")
+    act = _ACT_FROM_HF.get(config.activation)
+    if act is None:
+        raise UserError(f"activation={config.activation!r} is not one of: {', '.join(_ACT_FROM_HF)}")
+    d = dict(family="distilbert", vocab_size=config.vocab_size, hidden_size=config.dim, num_hidden_layers=config.n_layers,
+             num_attention_heads=config.n_heads, intermediate_size=config.hidden_dim,
+             max_position_embeddings=config.max_position_embeddings, type_vocab_size=0, hidden_act=act,
+             hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.attention_dropout,
+             layer_norm_eps=1e-12, initializer_range=config.initializer_range)
+    cfg = merge_into(ModelConfig, d, where="Hugging Face config")
+    check_model_config(cfg)
+    return cfg
+
+
 def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
     """Our model initialised from a Hugging Face checkpoint directory (e.g. a distillation
     teacher), in eval mode.
@@ -410,7 +435,8 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
     Returns:
         ``(ModelConfig, model)``; ``model.sentence`` is nsp for BertForPreTraining, sop for
         AlbertForPreTraining (or what ``sentence_objective`` in config.json says), none for
-        the MaskedLM classes.
+        the MaskedLM classes (DistilBertForMaskedLM included: ``model.family`` distilbert,
+        no token-type embedding).
     Raises:
         UserError: not a model directory, weights that are not only tensors (a pickled
             ``.bin`` naming code: ``safeload.UnsafeCheckpoint``, nothing of it run), another
@@ -433,7 +459,8 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
     # Weights-only: a pytorch_model.bin is a pickle and may hold code (safetensors cannot).
     with tensors_only(what=d):
         hf_model, info = getattr(tf, arch).from_pretrained(d, output_loading_info=True, weights_only=True)
-    absent = [k for k in info.get("missing_keys", ()) if not k.endswith(("decoder.weight", "decoder.bias"))]
+    # The decoder is tied to the word embeddings (DistilBERT's ``vocab_projector``).
+    absent = [k for k in info.get("missing_keys", ()) if not k.endswith(("decoder.weight", "decoder.bias", "vocab_projector.weight"))]
     if absent:
         raise UserError(f"{d} lacks weights its {arch} needs, e.g. {sorted(absent)[:3]}")
     hf_sd = hf_model.state_dict()
