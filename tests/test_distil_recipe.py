@@ -275,3 +275,47 @@ def test_distilbert_recipe_takes_a_hf_distilbert_teacher(hf_distilbert_teacher: 
     cfg.data.tokenizer.path = None
     with pytest.raises(UserError, match="has no tokenizer.json to build the data with; set data.tokenizer.path"):
         resolve_distillation(cfg, "test")
+
+
+def _save_hf_distilbert(out: Path, vocab_size: int, max_positions: int) -> Path:
+    import transformers
+
+    torch.manual_seed(1)
+    config = transformers.DistilBertConfig(vocab_size=vocab_size, dim=16, n_layers=2, n_heads=2, hidden_dim=32,
+                                           max_position_embeddings=max_positions, dropout=0.0, attention_dropout=0.0)
+    config.architectures = ["DistilBertForMaskedLM"]
+    transformers.DistilBertForMaskedLM(config).save_pretrained(out)
+    return out
+
+
+def test_frozen_positions_and_smoothed_masks_through_the_trainer(tmp_path: Path):
+    """Two bf16 steps of the DistilBERT recipe (a tiny Hugging Face DistilBERT teacher,
+    ``freeze_position_embeddings=true``, ``masking.smoothing`` 0.7): the checkpoint's
+    position embeddings are the teacher's, its word embeddings moved, and the token counts
+    were cached beside the shards."""
+    pytest.importorskip("transformers")
+    from data_prep.tokenizer import load_tokenizer
+    from pretrain.models.distil import load_teacher
+    from pretrain.training import checkpoint
+    from pretrain.training.loop import train
+
+    tok_dir = build(DataConfig(corpus="pydoc", max_documents=12, tokenizer=TokenizerConfig(kind="wordpiece", vocab_size=300),
+                               max_seq_length=32, validation_fraction=0.2, output_dir=str(tmp_path / "tok")))
+    tok_path = Path(tok_dir) / "tokenizer.json"
+    teacher = _save_hf_distilbert(tmp_path / "teacher", load_tokenizer(tok_path, "wordpiece").vocab_size, 34)
+    run, data = tmp_path / "run", tmp_path / "data"
+    cfg = load_run_config(REPO / "configs" / "recipe" / "distilbert.yaml", preset="smoke", overrides=[
+        f"distillation.teacher={teacher}", f"data.tokenizer.path={tok_path}", "distillation.freeze_position_embeddings=true",
+        "data.corpus=pydoc", "data.max_documents=12", "data.max_seq_length=32", "data.validation_fraction=0.2",
+        "train.max_steps=2", "train.global_batch_size=4", "train.micro_batch_size=4", "train.eval_every=2",
+        "train.checkpoint_every=2", "train.schedule.warmup_steps=1", "train.eval_max_batches=1", "train.precision=bf16",
+        f"run_dir={run}", f"data.output_dir={data}"])
+    assert cfg.data.masking.smoothing == 0.7
+    train(cfg)
+    _, state = checkpoint.load_model_state(run)
+    _, t = load_teacher(str(teacher))
+    t_pos, t_words = t.encoder.embeddings.position_embeddings.weight, t.encoder.embeddings.word_embeddings.weight
+    pos, words = state["encoder.embeddings.position_embeddings.weight"], state["encoder.embeddings.word_embeddings.weight"]
+    assert torch.equal(pos, t_pos.bfloat16().float())  # the teacher's, rounded to the run's bf16 and never updated
+    assert not torch.equal(words, t_words.bfloat16().float())
+    assert cache_path(data, "train").is_file()

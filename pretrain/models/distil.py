@@ -217,6 +217,15 @@ def init_student(student, teacher, layers: List[int]) -> None:
         student.load_state_dict(out)
 
 
+def apply_freezing(student, distillation_cfg) -> None:
+    """Freeze what ``distillation_cfg`` (a DistillationConfig) asks to keep fixed, the one
+    reader of ``distillation.freeze_position_embeddings``: called where the task builds the
+    student and where a checkpoint reader rebuilds it (``pretrain.tasks.build_trainable``),
+    so both see the same optimizer groups."""
+    if distillation_cfg is not None and distillation_cfg.freeze_position_embeddings:
+        freeze_position_embeddings(student)
+
+
 def freeze_position_embeddings(student) -> None:
     """Turn gradients off for the student's position embedding table (float ``[P, E]``,
     ``encoder.embeddings.position_embeddings.weight``), so the optimizer groups

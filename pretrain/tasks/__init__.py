@@ -42,7 +42,12 @@ def build_trainable(cfg: Any):
         return ElectraForPretraining(cfg.model, cfg.electra)
     from pretrain.models.encoder import build_model
 
-    return build_model(cfg.model, cfg.objective.sentence)
+    model = build_model(cfg.model, cfg.objective.sentence)
+    if getattr(cfg, "task", "pretraining") == "distillation":
+        from pretrain.models.distil import apply_freezing
+
+        apply_freezing(model, cfg.distillation)  # frozen weights are outside the optimizer groups
+    return model
 
 
 def train_flops_per_sequence(cfg: Any) -> float:

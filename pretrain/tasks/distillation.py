@@ -30,8 +30,8 @@ from torch import nn
 
 from common.errors import UserError
 from pretrain.criterions.distillation import DistillationCriterion
-from pretrain.models.distil import (check_distillation_config, freeze_position_embeddings, init_student, load_teacher,
-                                    select_layers, student_model_config)
+from pretrain.models.distil import (apply_freezing, check_distillation_config, init_student, load_teacher, select_layers,
+                                    student_model_config)
 from pretrain.models.encoder import build_model
 from pretrain.tasks.base import Criterion
 from pretrain.tasks.pretraining import PretrainingTask
@@ -76,8 +76,7 @@ class DistillationTask(PretrainingTask):
         student = build_model(self.cfg.model, "none")
         if self.cfg.distillation.student_init == "teacher":
             init_student(student, self.teacher, self.layers)
-        if self.cfg.distillation.freeze_position_embeddings:
-            freeze_position_embeddings(student)
+        apply_freezing(student, self.cfg.distillation)
         self.model_flops = ModelFlops(student)  # before ZeRO-3 partitions the weights away
         return student
 

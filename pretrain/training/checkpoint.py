@@ -488,6 +488,9 @@ def load_model_state(ckpt_or_run_dir: str | Path) -> Tuple[Any, Dict[str, torch.
             # bf16/fp16 without ZeRO: master weights are kept per param group, in the order
             # pretrain.training.optim.param_groups lists them.
             groups = param_groups(model, 0.0)
+            # Frozen weights (distillation.freeze_position_embeddings) have no master copy:
+            # they come from the module state, the trained ones from their masters.
+            model.load_state_dict({k: v.float() for k, v in sd["module"].items()})
             with torch.no_grad():
                 for g, masters in zip(groups, opt["fp32_groups"]):
                     if len(g["params"]) != len(masters):
