@@ -101,8 +101,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     (``torch.ao.quantization.quantize_dynamic``); ``model`` is left as it is."""
     with warnings.catch_warnings():
         # torch 2.13 announces the deprecation of quantized tensor creation on every call;
-        # quantize_dynamic is still the API the comparison measures.
+        # quantize_dynamic is still the API the comparison measures (issue 16) ...
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
+        # ... and of torch.ao.quantization itself (torchao's quantize_ is the successor).
+        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 

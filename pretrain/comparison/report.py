@@ -350,10 +350,12 @@ def csv_text(rows: Sequence[Row], ctx: Context) -> str:
 
 def write(rows: Sequence[Row], ctx: Context, out: Path) -> List[Path]:
     """Write ``out.md`` and ``out.csv`` (``out`` without suffix), each through a temporary
-    file and a rename; returns both paths."""
+    file and a rename, after both are rendered (a failure leaves the old pair as it was);
+    returns both paths."""
     out = Path(out)
+    md, cs = out.with_name(out.name + ".md"), out.with_name(out.name + ".csv")
+    texts = {cs: csv_text(rows, ctx), md: markdown(rows, ctx)}  # both rendered before either is replaced
     out.parent.mkdir(parents=True, exist_ok=True)
-    md, cs = out.with_suffix(".md"), out.with_suffix(".csv")
-    write_text_atomic(cs, csv_text(rows, ctx))
-    write_text_atomic(md, markdown(rows, ctx))
+    for path, text in texts.items():
+        write_text_atomic(path, text)
     return [md, cs]

@@ -69,20 +69,26 @@ def recipes_dir(configs_root: Optional[Path] = None) -> Path:
     return Path(configs_root) / "recipe"
 
 
+def resolved_model(run: Any, where: Path):
+    """``run.model`` as a ModelConfig of plain values, resolved inside its run config: read
+    alone, a preset's ``${oc.select:data.tokenizer.vocab_size,N}`` would fall back to the
+    published N (a trained run's saved config is resolved already)."""
+    from omegaconf import OmegaConf
+
+    from common.configfile import merge_into
+    from pretrain.config import ModelConfig
+
+    return merge_into(ModelConfig, OmegaConf.to_container(run.model, resolve=True), where=str(where))
+
+
 def _distilbert_config(path: Path, teacher_path: Path, preset: Optional[str]):
     """(student ModelConfig, run name): the student ``resolve_distillation`` writes from a
     teacher of ``teacher_path``'s shape at ``preset`` (module docstring)."""
     from common.configfile import merge_into
-    from omegaconf import OmegaConf
-
-    from pretrain.config import ModelConfig, RunConfig, load_run_config, read_composed, resolve_preset
+    from pretrain.config import RunConfig, load_run_config, read_composed, resolve_preset
     from pretrain.models.distil import check_distillation_config, select_layers, student_model_config
 
-    teacher = load_run_config(teacher_path, preset)
-    # Resolved inside its run config: read alone, the preset's ${oc.select:data.tokenizer...}
-    # vocabulary would fall back to the published one (a trained teacher's saved config is
-    # resolved already).
-    teacher_model = merge_into(ModelConfig, OmegaConf.to_container(teacher.model, resolve=True), where=str(teacher_path))
+    teacher_model = resolved_model(load_run_config(teacher_path, preset), teacher_path)
     parts = [read_composed(path)] + ([read_composed(resolve_preset(preset, path))] if preset else [])
     raw = merge_into(RunConfig, *parts, where=str(path))
     d = raw.distillation
@@ -113,12 +119,13 @@ def compose(model: str, group: str, configs_root: Optional[Path] = None) -> Shap
         cfg, name = _distilbert_config(path, rdir / RECIPE[TEACHER], preset)
         return Shape(model, group, LABELS[model], cfg, name, path, command)
     run = load_run_config(path, preset)
+    cfg = resolved_model(run, path)
     if model == "electra":
         from pretrain.models.electra import generator_config
 
-        return Shape(model, group, LABELS[model], run.model, run.name, path, command,
-                     generator=generator_config(run.model, run.electra), electra=run.electra)
-    return Shape(model, group, LABELS[model], run.model, run.name, path, command)
+        return Shape(model, group, LABELS[model], cfg, run.name, path, command,
+                     generator=generator_config(cfg, run.electra), electra=run.electra)
+    return Shape(model, group, LABELS[model], cfg, run.name, path, command)
 
 
 def compose_all(models: Sequence[str], groups: Sequence[str], configs_root: Optional[Path] = None) -> List[Shape]:
