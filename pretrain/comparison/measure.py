@@ -36,7 +36,7 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-MIN_RUN_S = 0.2
+MIN_RUN_S = 1.0
 NUM_LABELS = 2
 
 

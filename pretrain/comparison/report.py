@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -66,7 +67,8 @@ class Context:
     """How the rows were measured: ``command`` (regenerates the files), ``hardware``,
     ``threads`` (``torch.get_num_threads``), ``torch`` version, ``gpu`` (device name or
     None), ``load_before``/``load_after`` (1/5/15-minute load averages), ``repeats``,
-    ``warmup``, ``seq`` (tokens per sequence), ``generators`` (ELECTRA generator rows),
+    ``warmup``, ``seq`` (tokens per sequence), ``min_run_s`` (shortest batch-1 run,
+    ``measure.MIN_RUN_S``), ``generators`` (ELECTRA generator rows),
     ``round_loads`` (group → the 1-minute load average at the start of each timed round),
     ``wall_s`` (seconds the measurement took)."""
 
@@ -80,6 +82,7 @@ class Context:
     repeats: int
     warmup: int
     seq: int
+    min_run_s: float = 0.0
     generators: List[Dict[str, Any]] = field(default_factory=list)
     round_loads: Dict[str, List[float]] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -119,6 +122,12 @@ def _x(v: Optional[float]) -> str:
     return "—" if v is None else f"{v:.2f}x"
 
 
+def _spread(runs: Sequence[float]) -> str:
+    """The range of the timed runs relative to their median, e.g. ``range 7%``."""
+    med = statistics.median(runs)
+    return f"range {100 * (max(runs) - min(runs)) / med:.0f}%"
+
+
 def groups_of(rows: Sequence[Row]) -> List[str]:
     """Shape groups in first-seen order."""
     out: List[str] = []
@@ -156,7 +165,8 @@ def _speed_table(rows: Sequence[Row], group: str, ctx: Context) -> List[str]:
             continue
         sp = speedups(rows, r)
         out.append(f"| {r.name} | {_m(r.params)} | {_m(r.non_embedding)} | {_mb(r.disk_bytes)} | {r.disk_format} | "
-                   f"{r.cpu_b1_ms:.2f} | {r.cpu_b32:.2f} | {_x(sp[0] if sp else None)} | {_x(sp[1] if sp else None)} |")
+                   f"{r.cpu_b1_ms:.2f} ({_spread(r.cpu_b1_runs)}) | {r.cpu_b32:.2f} ({_spread(r.cpu_b32_runs)}) | "
+                   f"{_x(sp[0] if sp else None)} | {_x(sp[1] if sp else None)} |")
     loads = ctx.round_loads.get(group)
     if loads:
         out += ["", f"1-minute load average at the start of each timed round: {', '.join(f'{x:.2f}' for x in loads)}."]
@@ -290,7 +300,7 @@ def markdown(rows: Sequence[Row], ctx: Context) -> str:
         f"{' / '.join(map(str, ctx.load_after))}. {load_note}",
         f"- Timing: sequence length {ctx.seq}, float32 (int8 rows: dynamic int8 on every `nn.Linear`), "
         f"`torch.inference_mode`, {ctx.warmup} warm-up call(s), median of {ctx.repeats} timed runs "
-        "(a batch-1 run repeats the call for at least 0.2 s and divides). Measurement took "
+        f"(a batch-1 run repeats the call for at least {ctx.min_run_s:g} s and divides). Measurement took "
         f"{ctx.wall_s / 60:.1f} min.",
         "- Measured model: the encoder with a two-class sequence-classification head "
         "(`pretrain.models.heads.FineTuneModel`, what `pretrain finetune` trains; for ELECTRA the discriminator), "
@@ -301,7 +311,9 @@ def markdown(rows: Sequence[Row], ctx: Context) -> str:
         *_shapes_table(rows), "",
         "## Size and CPU speed", "",
         "Speedup: BERT's batch-1 latency over the model's, and the model's batch-32 throughput over BERT's, "
-        "against BERT of the same shape group and hidden size (> 1 = faster).", "",
+        "against BERT of the same shape group and hidden size (> 1 = faster). In brackets: the spread of the "
+        "timed runs, (slowest − fastest) / median; models of identical compute (BERT, RoBERTa and ELECTRA's "
+        "discriminator at one hidden size) differing by about that much are within the noise.", "",
     ]
     for g in groups_of(rows):
         lines += [*_speed_table(rows, g, ctx), ""]

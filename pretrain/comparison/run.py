@@ -178,7 +178,8 @@ def compare(models: Sequence[str] = shapes.MODELS, groups: Sequence[str] = ("sma
     out = Path(out)
     cmd = command_line(models, groups, repeats, warmup, threads, runs_root, run_flags, out)
     ctx = report.Context(cmd, hardware(), torch.get_num_threads(), torch.__version__,
-                         torch.cuda.get_device_name(0) if gpu else None, measure.load_average(), [], repeats, warmup, SEQ)
+                         torch.cuda.get_device_name(0) if gpu else None, measure.load_average(), [], repeats, warmup, SEQ,
+                         measure.MIN_RUN_S)
     rows: List[report.Row] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
