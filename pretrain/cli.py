@@ -197,7 +197,7 @@ def _add_compare(sub) -> None:
                 "CPU inference at sequence length 128 (ms per sequence at batch 1, sequences/s at batch 32; GPU\n"
                 "too when available), plus dynamic int8 rows for BERT and DistilBERT. Scores come from finished\n"
                 "`pretrain finetune` jobs of the runs under --runs (or --run MODEL=DIR); none given: 'not run'.\n"
-                "Writes OUT.md and OUT.csv (default results/model_comparison) and prints their paths.")
+                "Writes PATH.md and PATH.csv (--out; default results/model_comparison) and prints their paths.")
     c.add_argument("--presets", nargs="+", default=["small", BASE], metavar="NAME",
                    help=f"shape groups: preset names (configs/preset) and/or '{BASE}' (default: small base)")
     c.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL",

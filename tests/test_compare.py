@@ -212,3 +212,15 @@ def test_int8_rescore_evaluates_the_kept_weights_on_the_jobs_split(tiny_job):
 
     shutil.rmtree(job.job / "lr-0.003" / "seed-1" / "checkpoints")
     assert scores.int8_rescore(job).startswith("not run: ") and "keep_weights=true" in scores.int8_rescore(job)
+
+
+def test_the_regenerate_command_parses_back_to_the_same_options():
+    import shlex
+
+    from pretrain.cli import build_parser
+    from pretrain.comparison.run import command_line
+
+    cmd = command_line(["bert", "albert"], ["small", "base"], 4, 0, 1, "my runs", ["bert=runs/x y"], Path("out/t"), False)
+    a = build_parser().parse_args(shlex.split(cmd)[1:])
+    assert (a.command, a.models, a.presets, a.repeats, a.warmup, a.threads, a.runs, a.run, a.out, a.no_int8) == \
+        ("compare", ["bert", "albert"], ["small", "base"], 4, 0, 1, "my runs", ["bert=runs/x y"], "out/t", True)

@@ -46,7 +46,7 @@ def hardware() -> str:
 
 
 def command_line(models: Sequence[str], groups: Sequence[str], repeats: int, warmup: int, threads: Optional[int],
-                 runs_root: Optional[str], run_flags: Sequence[str], out: Path) -> str:
+                 runs_root: Optional[str], run_flags: Sequence[str], out: Path, int8: bool = True) -> str:
     """The ``pretrain compare`` command that regenerates the files, shell-quoted."""
     argv = ["pretrain", "compare", "--presets", *groups, "--models", *models, "--repeats", str(repeats),
             "--warmup", str(warmup)]
@@ -56,7 +56,7 @@ def command_line(models: Sequence[str], groups: Sequence[str], repeats: int, war
         argv += ["--runs", str(runs_root)]
     for r in run_flags:
         argv += ["--run", r]
-    argv += ["--out", str(out)]
+    argv += ["--out", str(out)] + ([] if int8 else ["--no-int8"])
     return shlex.join(argv)
 
 
@@ -176,7 +176,7 @@ def compare(models: Sequence[str] = shapes.MODELS, groups: Sequence[str] = ("sma
         torch.set_num_threads(threads)
     gpu = torch.cuda.is_available()
     out = Path(out)
-    cmd = command_line(models, groups, repeats, warmup, threads, runs_root, run_flags, out)
+    cmd = command_line(models, groups, repeats, warmup, threads, runs_root, run_flags, out, int8)
     ctx = report.Context(cmd, hardware(), torch.get_num_threads(), torch.__version__,
                          torch.cuda.get_device_name(0) if gpu else None, measure.load_average(), [], repeats, warmup, SEQ,
                          measure.MIN_RUN_S)
