@@ -3,7 +3,7 @@ checkpoints, and run the same as Slurm jobs.
 
     pretrain train CONFIG [--preset NAME] [--resume] [key=value ...]
     pretrain ablate ABLATION --preset NAME [--runs DIR] [--results DIR] [key=value ...]
-    pretrain tables [--runs DIR] [--results DIR]
+    pretrain tables [--runs DIR] [--results DIR] [--collect SRC]
     pretrain describe MODEL [key=value ...] [--sentence none|nsp|sop] [--markdown]
     pretrain describe --all [--markdown]
     pretrain export CKPT OUT --format hf [--tokenizer PATH] [--drop-sentence-head]
@@ -63,6 +63,11 @@ def _ablate(args: argparse.Namespace) -> None:
 def _tables(args: argparse.Namespace) -> None:
     from pretrain.ablations.tables import rebuild_tables
 
+    if args.collect:
+        from pretrain.ablations.collect import collect_logs
+
+        copied = collect_logs(args.collect, args.runs)
+        print(f"collected {len(copied)} log files from {args.collect} into {args.runs}")
     for path in rebuild_tables(args.runs, args.results):
         print(path)
 
@@ -154,12 +159,16 @@ def _add_tables(sub) -> None:
     """The ``pretrain tables`` subcommand and its options."""
     tb = _command(sub, "tables", "rebuild every result table from run directories, without training",
                  "For every RUNS/*/ablation.yaml, rewrite RESULTS/<preset>/<ablation>.{md,csv,png} from the\n"
-                 "run directories alone (summary.json, metrics.jsonl); unfinished arms are marked. Prints\n"
-                 "the paths it wrote.")
+                 "run directories alone (summary.json, metrics.jsonl, each fine-tuning job's scores.json);\n"
+                 "unfinished arms are marked. Prints the paths it wrote.")
     tb.add_argument("--runs", default="runs", metavar="DIR",
                     help="root holding <ablation>/ablation.yaml and the arms' run directories (default: runs)")
     tb.add_argument("--results", default="results", metavar="DIR",
                     help="root of the tables, one subdirectory per preset (default: results)")
+    tb.add_argument("--collect", metavar="SRC",
+                    help="first copy each SRC/<ablation>'s log subset (ablation.yaml; per run config.yaml, metrics.jsonl, "
+                         "summary.json; per fine-tuning job finetune.yaml, scores.json, scores.md) into --runs, "
+                         "replacing --runs/<ablation>; e.g. --collect runs --runs results/runs")
     tb.set_defaults(fn=_tables)
 
 

@@ -1,0 +1,188 @@
+"""The downstream side of an ablation's table: which columns the evaluated tasks give, named
+as the papers print them, and their values read back from the fine-tuning jobs' ``scores.json``
+(``pretrain.downstream.runner``), pooled over pretraining and fine-tuning seeds.
+
+Pooling: each job (one pretraining run × one task) picks its learning rate by its own dev
+median, as the papers do (``runner.summarize``); the arm's cell is the median of every
+per-seed score at each job's chosen lr, over all pretraining seeds × fine-tuning seeds, and
+its spread is the min–max of the same scores. The control row reads the random-init jobs
+(``<first run>/finetune/<task>-random-init``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from common.errors import UserError
+
+CONTROL_ROW = "random init (control)"
+
+# task → (column as the papers print it, scores.json metric), the task's main metric
+# (``task_data.main_metric``: the one BERT Table 1 reports) first. MRPC and QQP: BERT Table 1
+# prints F1, BERT Table 5 accuracy; STS-B: Spearman; CoLA: Matthews corr.; CoNLL-2003: test F1
+# (BERT Table 3 prints dev and test).
+TASK_COLUMNS: Dict[str, List[tuple]] = {
+    "sst2": [("SST-2 acc", "dev_accuracy")],
+    "cola": [("CoLA mcc", "dev_matthews")],
+    "mrpc": [("MRPC F1", "dev_f1"), ("MRPC acc", "dev_accuracy")],
+    "qqp": [("QQP F1", "dev_f1"), ("QQP acc", "dev_accuracy")],
+    "stsb": [("STS-B Spearman", "dev_spearman"), ("STS-B Pearson", "dev_pearson")],
+    "qnli": [("QNLI acc", "dev_accuracy")],
+    "rte": [("RTE acc", "dev_accuracy")],
+    "mnli": [("MNLI-m acc", "dev_accuracy"), ("MNLI-mm acc", "dev_mismatched_accuracy")],
+    "conll2003": [("CoNLL-2003 test F1", "test_entity_f1"), ("CoNLL-2003 dev F1", "dev_entity_f1")],
+}
+# Paper columns of tasks we do not fine-tune here, by their first word: why they stay paper-only.
+UNAVAILABLE = {
+    "SQuAD": "SQuAD (span extraction) is not a task of `pretrain finetune`",
+    "RACE": "RACE (multiple choice) is not a task of `pretrain finetune`",
+    "MNLI-m": "MNLI's training set is not in ../shared/data (add `mnli` to evaluate.tasks with data.source=GLUE's download)",
+    "QNLI": "QNLI's training set is not in ../shared/data (only its dev set; add `qnli` with data.source=GLUE's download)",
+    "QQP": "QQP is not in ../shared/data (add `qqp` with data.source=GLUE's download)",
+    "Avg": "the paper's average includes SQuAD, MNLI and RACE, which we do not fine-tune here",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One downstream column of ours: ``name`` (e.g. "SST-2 acc"), the task, and the metric
+    key of its scores.json (values there are fractions; the table shows percent)."""
+
+    name: str
+    task: str
+    metric: str
+
+
+@dataclass
+class Cell:
+    """An arm's (or the control's) value in one column: median, min and max in percent over
+    ``n`` pooled scores; None everywhere when no job of the arm has finished."""
+
+    median: Optional[float] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    n: int = 0
+    values: Optional[List[float]] = None
+
+
+def columns(tasks: Sequence[str], paper_columns: Sequence[str]) -> List[Column]:
+    """Our columns for the evaluated ``tasks``: per task, the candidates of TASK_COLUMNS whose
+    name is a paper column (so ours sits beside the paper's), or the task's main one when the
+    paper has none of them."""
+    out: List[Column] = []
+    for t in tasks:
+        cands = TASK_COLUMNS[t]
+        named = [c for c in cands if c[0] in paper_columns] or cands[:1]
+        out += [Column(name, t, metric) for name, metric in named]
+    return out
+
+
+def job_scores(job: Path, metric: str) -> List[float]:
+    """Every per-seed score (percent) of ``metric`` at the job's chosen lr; [] while the job
+    has no scores.json. UserError for a scores.json that does not parse."""
+    from pretrain.downstream.runner import SCORES_JSON, lr_tag
+
+    f = job / SCORES_JSON
+    if not f.is_file():
+        return []
+    try:
+        s = json.loads(f.read_text())
+        per_seed = s["per_lr"][lr_tag(float(s["chosen_lr"]))]["scores"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{f}: not a scores.json of `pretrain finetune` ({type(e).__name__}: {e}); rerun the job") from None
+    return [100.0 * float(v[metric]) for _seed, v in sorted(per_seed.items()) if v.get(metric) is not None]
+
+
+def cell(runs: Sequence[Path], col: Column, random_init: bool = False) -> Cell:
+    """The pooled cell of ``col`` over the jobs of ``runs`` (pretraining run directories)."""
+    from pretrain.downstream.runner import job_directory
+
+    vals: List[float] = []
+    for run in runs:
+        vals += job_scores(job_directory({"run_dir": run}, col.task, random_init, "runs"), col.metric)
+    if not vals:
+        return Cell()
+    return Cell(statistics.median(vals), min(vals), max(vals), len(vals), vals)
+
+
+def paper_only_note(paper_columns: Sequence[str], ours: Sequence[Column]) -> List[str]:
+    """Why each paper column that names a downstream task has no column of ours."""
+    have = {c.name for c in ours}
+    notes = []
+    for col in paper_columns:
+        key = col.split()[0] if col.split() else col
+        if col not in have and key in UNAVAILABLE and UNAVAILABLE[key] not in notes:
+            notes.append(UNAVAILABLE[key])
+    return notes
+
+
+@dataclass
+class ControlCheck:
+    """Whether an arm's pretraining beat the random-init control on one column: ``diff`` =
+    arm median − control median (points), ``spread`` = the larger min–max of the two."""
+
+    column: str
+    arm: str
+    diff: float
+    spread: float
+
+    @property
+    def beats(self) -> bool:
+        return self.diff > self.spread
+
+
+def control_checks(cols: Sequence[Column], arms: Dict[str, Dict[str, Cell]], control: Dict[str, Cell]) -> List[ControlCheck]:
+    """One ControlCheck per column × arm where both the arm and the control have scores."""
+    out = []
+    for col in cols:
+        c = control.get(col.name)
+        if c is None or c.median is None:
+            continue
+        for arm, cells in arms.items():
+            a = cells.get(col.name)
+            if a is None or a.median is None:
+                continue
+            spread = max(a.high - a.low, c.high - c.low)
+            out.append(ControlCheck(col.name, arm, a.median - c.median, spread))
+    return out
+
+
+def render_notes(rec, results, cols: Sequence[Column]) -> List[str]:
+    """The table page's paragraphs on the fine-tuning columns: how they were made and pooled,
+    paper columns we cannot run, the control row, and per column and arm whether pretraining
+    beat the control by more than the spread (issue 14's check), from the cells shown."""
+    from pretrain.ablations.spec import seed_runs
+    from pretrain.ablations.stages import finetune_preset
+
+    ev = rec.ablation.evaluate
+    preset = rec.finetune_preset or finetune_preset(ev.preset, rec.preset)
+    over = " ".join(f"`{o}`" for o in ev.overrides) or "none"
+    lines = [
+        f"Ours, fine-tuned (`pretrain finetune`, preset `{preset}`, overrides {over}, on each run's final "
+        "checkpoint): per column the median, in percent, of every per-seed score at the learning rate each job "
+        "chose by its own dev median, pooled over all pretraining seeds × fine-tuning seeds; beside it the "
+        "min–max of the same scores and their number (n). GLUE columns are dev-set scores; CoNLL-2003 test F1 is "
+        "eng.testb, entity-level micro F1.",
+        "",
+    ]
+    for note in paper_only_note(rec.ablation.paper.columns, cols):
+        lines += [f"Paper only: {note}.", ""]
+    if not ev.control:
+        return lines
+    first = seed_runs(rec.ablation)[0][2]
+    lines += [f"`{CONTROL_ROW}`: the shape and tokenizer of run `{first}` from random weights, through the same "
+              "fine-tuning (no pretraining, so no MLM numbers): what pretraining bought at this scale.", ""]
+    control = next((r.downstream for r in results if r.arm == CONTROL_ROW), {})
+    arms = {r.arm: r.downstream for r in results if r.arm != CONTROL_ROW}
+    checks = control_checks(cols, arms, control)
+    if not checks:
+        return lines
+    lines += ["Pretraining vs. the control (difference of medians in points; spread = the larger min–max of "
+              "the two rows; \"yes\" when the difference is larger than the spread):", "",
+              "| column | arm | arm − control | spread | beats the control |", "|---|---|---|---|---|"]
+    lines += [f"| {c.column} | `{c.arm}` | {c.diff:+.2f} | {c.spread:.2f} | {'yes' if c.beats else 'no'} |" for c in checks]
+    return lines + [""]
