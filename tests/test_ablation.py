@@ -339,3 +339,124 @@ def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
     # rerunning the ablation trains nothing
     r = pretrain("ablate", str(NSP), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0 and r.stdout.count("done, skipping") == 2, r.stdout + r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ evaluation stages
+
+EVALUATE = '''evaluate:
+  tasks: [sst2, stsb]
+  overrides: ["lrs=[3e-4]", "seeds=[1,2]"]
+  control: true
+'''
+
+
+class _FakeFinetune:
+    """Double of ``pretrain.downstream.runner.finetune`` writing what the real one does to the
+    default job directory: finetune.yaml (the composed config), scores.json and scores.md."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, pretrained, task, seeds=None, preset=None, recipe=None, overrides=(), runs_root="runs",
+                 random_init=False, tokenizer=None, out=None):
+        from pretrain.downstream.config import load_finetune_config
+        from pretrain.downstream.runner import job_directory, markdown, summarize
+
+        self.calls.append((Path(pretrained).name, task, random_init))
+        cfg = load_finetune_config("roberta", preset, overrides, {"pretrained": pretrained, "task": task, "random_init": random_init})
+        job = job_directory({"run_dir": Path(pretrained)}, task, random_init, runs_root)
+        job.mkdir(parents=True, exist_ok=True)
+        (job / "finetune.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        metric = "dev_accuracy" if task == "sst2" else "dev_spearman"
+        base = 0.5 if random_init else (0.8 if "dynamic" in str(pretrained) else 0.7)
+        s = summarize(task, {3e-4: {1: {metric: base}, 2: {metric: base + 0.01}}})
+        write_json_atomic(job / "scores.json", s)
+        (job / "scores.md").write_text(markdown(task, pretrained, s))
+        return s
+
+
+@pytest.fixture()
+def fake_finetune(monkeypatch, data_dir) -> _FakeFinetune:
+    import pretrain.downstream.runner
+
+    fake = _FakeFinetune()
+    monkeypatch.setattr(pretrain.downstream.runner, "finetune", fake)
+    return fake
+
+
+def test_every_run_is_fine_tuned_after_pretraining_then_skipped_when_done(tmp_path: Path, recorder: _Recorder,
+                                                                         fake_finetune: _FakeFinetune, capsys):
+    p = _ablation(tmp_path, paper={"source": "P", "columns": ["SST-2 acc"], "rows": {"static": [92.5], "dynamic": [92.9]}},
+                  extra=EVALUATE)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    over = ["train.max_steps=20", "train.schedule.warmup_steps=2"]
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert recorder.trains == [("toy/static", True), ("toy/dynamic", True)]
+    # each run's tasks after its pretraining; the one control (on the first run) after the first run's tasks
+    assert fake_finetune.calls == [("static", "sst2", False), ("static", "stsb", False), ("static", "sst2", True),
+                                   ("static", "stsb", True), ("dynamic", "sst2", False), ("dynamic", "stsb", False)]
+    out = capsys.readouterr().out
+    assert "evaluation: 6 fine-tuning jobs (sst2, stsb per run, plus the random-init control), fine-tuning preset smoke" in out
+    assert f"=== [4/8] toy / static / finetune sst2 (random-init control): fine-tuning → {runs}/toy/static/finetune/sst2-random-init" in out
+    assert "=== [6/8] toy / dynamic: training" in out
+    assert OmegaConf.load(runs / "toy" / rundir.ABLATION).finetune_preset == "smoke"
+    md = (results / "smoke" / "toy.md").read_text()
+    assert "| SST-2 acc | SST-2 acc min–max (n) | SST-2 acc (paper) | STS-B Spearman |" in md
+    assert "| `dynamic` | done | 4.5000 |" in md and "| 80.50 | 80.00–81.00 (2) | 92.9 |" in md
+    assert "| random init (control) | done |" in md and "| SST-2 acc | `dynamic` | +30.00 | 1.00 | yes |" in md
+
+    # a rerun finds every stage done: nothing trained or fine-tuned
+    recorder.trains.clear()
+    fake_finetune.calls.clear()
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert recorder.trains == [] and fake_finetune.calls == []
+    assert "toy / dynamic / finetune stsb: done, skipping" in capsys.readouterr().out
+    # an interrupted job (finetune.yaml, no scores.json) is resumed; only it runs
+    (runs / "toy" / "dynamic" / "finetune" / "stsb" / "scores.json").unlink()
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert fake_finetune.calls == [("dynamic", "stsb", False)] and "finetune stsb: resuming" in capsys.readouterr().out
+
+
+def test_a_job_made_another_way_is_refused_before_anything_runs(tmp_path: Path, recorder: _Recorder,
+                                                                fake_finetune: _FakeFinetune):
+    p = _ablation(tmp_path, extra=EVALUATE)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    over = ["train.max_steps=20", "train.schedule.warmup_steps=2"]
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    f = runs / "toy" / "dynamic" / "finetune" / "sst2" / "finetune.yaml"
+    f.write_text(f.read_text().replace("0.0003", "0.0001"))
+    (runs / "toy" / "static" / "summary.json").unlink()  # would be trained again, if anything ran
+    recorder.trains.clear()
+    fake_finetune.calls.clear()
+    with pytest.raises(UserError, match=rf"^{f}: fine-tuning job made with another "
+                                        r"config than this ablation's evaluate stage \(lrs: \[0.0001\] there, \[0.0003\] here\)"):
+        run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert recorder.trains == [] and fake_finetune.calls == []
+    # scores without the config they were made with: refused too
+    f.unlink()
+    with pytest.raises(UserError, match=r"scores.json has no finetune.yaml beside it"):
+        run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert recorder.trains == []
+
+
+@pytest.mark.parametrize("evaluate, message", [
+    ("evaluate:\n  tasks: [sst2, squad]\n", r"evaluate.tasks has 'squad', not a fine-tuning task; valid: sst2, cola"),
+    ("evaluate:\n  taks: [sst2]\n", r"unknown key 'evaluate.taks'; valid keys under evaluate: control, overrides, preset, tasks"),
+    ("evaluate:\n  tasks: [sst2]\n  overrides: [lrz=1]\n", r"evaluate sst2 of static: .*unknown key 'lrz'"),
+    ("evaluate:\n  tasks: [sst2]\n  preset: tiny\n", r"unknown fine-tuning preset 'tiny'.*available: small, smoke"),
+    ("evaluate:\n  tasks: [qnli]\n", r"evaluate qnli of static: .*qnli train split not found"),
+])
+def test_bad_evaluate_section_fails_before_any_training(tmp_path: Path, recorder: _Recorder, fake_finetune, evaluate, message):
+    p = _ablation(tmp_path, extra=evaluate)
+    with pytest.raises(UserError, match=message):
+        run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=tmp_path / "runs",
+                     results_dir=tmp_path / "results")
+    assert recorder.builds == [] and recorder.trains == [] and fake_finetune.calls == [] and not (tmp_path / "runs").exists()
+
+
+def test_finetune_preset_follows_the_ablation_preset():
+    from pretrain.ablations.stages import finetune_preset
+
+    assert finetune_preset(None, "smoke") == "smoke" and finetune_preset(None, "small") == "small"
+    assert finetune_preset(None, "medium") == "small"  # no medium fine-tuning preset
+    assert finetune_preset("smoke", "medium") == "smoke" and finetune_preset(None, "configs/preset/smoke.yaml") == "smoke"
