@@ -288,8 +288,16 @@ def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
     data build) with extra-small overrides, the real data build and trainer; the table carries
     the paper's numbers and a verdict per claim, the README summary lists every ablation of
     configs/ablation/, and `pretrain tables` rebuilds the identical table from the run
-    directories; a rerun trains nothing."""
+    directories; a rerun trains nothing. Its evaluation stages run for real, cut to one task
+    (SST-2, 32 rows, one seed) plus the random-init control."""
     runs, results = tmp_path / "runs", tmp_path / "results"
+    nsp = OmegaConf.load(NSP)
+    nsp.base = str(NSP.parent / nsp.base)
+    nsp.evaluate.tasks = ["sst2"]
+    nsp.evaluate.overrides = ["lrs=[3e-3]", "seeds=[1]", "epochs=1", "data.max_train_rows=32", "data.max_eval_rows=32",
+                              "data.max_length=32", "train.global_batch_size=8", "train.micro_batch_size=8"]
+    abl_file = tmp_path / "bert_nsp.yaml"
+    abl_file.write_text(OmegaConf.to_yaml(nsp))
     # Without the launcher variables an in-process train() of an earlier test left behind
     # (its MASTER_PORT is still listened on): the child picks its own world of one.
     launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
@@ -306,13 +314,16 @@ def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
                               if args[0] == "ablate" else [sys.executable, "-m", "pretrain.cli", *args],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
-    r = pretrain("ablate", str(NSP), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
+    r = pretrain("ablate", str(abl_file), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "=== [1/2] bert_nsp / nsp: training" in r.stdout and f"table: {results / 'smoke' / 'bert_nsp.md'}" in r.stdout
+    assert "=== [1/5] bert_nsp / nsp: training" in r.stdout and "=== [3/5] bert_nsp / nsp / finetune sst2 (random-init" in r.stdout and f"table: {results / 'smoke' / 'bert_nsp.md'}" in r.stdout
     with open(results / "smoke" / "bert_nsp.csv", newline="") as f:
         rows = {row["arm"]: row for row in csv.DictReader(f)}
-    assert list(rows) == ["nsp", "no_nsp"]
+    assert list(rows) == ["nsp", "no_nsp", "random init (control)"]
+    control = rows.pop("random init (control)")
+    assert control["status"] == "done" and control["held-out MLM loss"] == "" and 0 <= float(control["SST-2 acc"]) <= 100
     for arm, row in rows.items():
+        assert 0 <= float(row["SST-2 acc"]) <= 100 and row["SST-2 acc n"] == "1" and row["SST-2 acc (paper)"]
         assert row["status"] == "done", row
         for col in ("held-out MLM loss", "perplexity", "masked-token accuracy (%)", "epochs", "wall time (min)"):
             assert math.isfinite(float(row[col])), (arm, col, row[col])
@@ -337,8 +348,8 @@ def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
     assert "| `roberta_masking` | dynamic masking is comparable" in readme and "not run yet" in readme
 
     # rerunning the ablation trains nothing
-    r = pretrain("ablate", str(NSP), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
-    assert r.returncode == 0 and r.stdout.count("done, skipping") == 2, r.stdout + r.stderr[-2000:]
+    r = pretrain("ablate", str(abl_file), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
+    assert r.returncode == 0 and r.stdout.count("done, skipping") == 5, r.stdout + r.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ evaluation stages

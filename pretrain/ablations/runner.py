@@ -14,7 +14,9 @@ With ``seeds:`` every arm runs once per pretraining seed (``<arm>/seed-<S>``); w
 one-line UserError and nothing is trained), checks that the arms are a fair comparison
 (same token budget, same seeds, identical validation data), prepares each distinct data
 config once, trains the arms one after another (skipping finished ones, resuming
-interrupted ones) and writes the table after each arm so partial results are visible.
+interrupted ones), fine-tunes each run on the tasks of the ablation's ``evaluate`` section
+(``pretrain.ablations.stages``; plus one random-init control) and writes the table after
+each stage so partial results are visible.
 """
 
 from __future__ import annotations
