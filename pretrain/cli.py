@@ -57,7 +57,8 @@ def outputs_report(run: Path, summary: Optional[dict] = None) -> str:
 def _ablate(args: argparse.Namespace) -> None:
     from pretrain.ablations.runner import run_ablation
 
-    run_ablation(args.ablation, args.preset, args.overrides, runs_root=args.runs, results_dir=args.results)
+    run_ablation(args.ablation, args.preset, args.overrides, runs_root=args.runs, results_dir=args.results,
+                 evaluate=args.evaluate)
 
 
 def _tables(args: argparse.Namespace) -> None:
@@ -143,12 +144,15 @@ def _add_ablate(sub) -> None:
     a = _command(sub, "ablate", "run every arm of an ablation and write its table",
                 "Compose and check every arm of an ablation first (nothing runs if one fails), build each\n"
                 "distinct data config once, train the arms one after another (finished arms are skipped,\n"
-                "interrupted ones resumed) and write the table after each arm to\n"
+                "interrupted ones resumed), fine-tune each on the tasks of the ablation's evaluate: section\n"
+                "(plus one random-init control), and write the table after each stage to\n"
                 "RESULTS/<preset>/<ablation>.{md,csv,png}; runs go to RUNS/<ablation>/<arm>/.")
     a.add_argument("ablation", help="ablation YAML, e.g. configs/ablation/roberta_masking.yaml")
     a.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides of every arm's run config, e.g. data.corpus=PATH")
     a.add_argument("--preset", required=True, help="scale preset every arm runs at (smoke, small, or a YAML path)")
+    a.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                   help="pretrain only: skip the evaluate: section's fine-tuning stages (their table columns stay empty)")
     a.add_argument("--runs", default="runs", metavar="DIR", help="root of the run directories (default: runs)")
     a.add_argument("--results", default="results", metavar="DIR",
                    help="root of the tables; each preset writes into its own DIR/<preset>/ (default: results)")

@@ -279,8 +279,10 @@ def run_ablation(
     overrides: Sequence[str] = (),
     runs_root: str | Path = "runs",
     results_dir: str | Path = "results",
+    evaluate: bool = True,
 ) -> List[Path]:
     """Run every arm of the ablation at ``path`` under ``preset`` and write its table.
+    ``evaluate=False`` (``--no-evaluate``) skips the fine-tuning stages.
 
     Steps: compose and check all arms, including the trainer's config checks (UserError:
     nothing built or trained, no run directory made); refuse a runs directory recorded with
@@ -298,7 +300,7 @@ def run_ablation(
 
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     precheck_arms(cfgs)
-    evals = stages.plan_evaluation(abl, preset, cfgs)
+    evals = stages.plan_evaluation(abl, preset, cfgs) if evaluate else []
     if evals:
         rec.finetune_preset = stages.finetune_preset(abl.evaluate.preset, preset)
     if launcher_rank() == 0:

@@ -119,7 +119,7 @@ def plan_evaluation(abl: Any, preset: str, cfgs: Dict[str, Any]) -> List[Finetun
                     for r in runs:
                         check_run(r, world, FinetuningTask)
                 except UserError as e:
-                    raise UserError(f"{where}: {e}") from None
+                    raise UserError(f"{where}: {e} (`pretrain ablate --no-evaluate` pretrains without it)") from None
                 stage = FinetuneStage(key, task, random_init, Path(rc.run_dir), job, cfg,
                                       [(Path(r.run_dir), int(r.train.max_steps)) for r in runs],
                                       int(cfg.train.global_batch_size) * int(cfg.data.max_length))
