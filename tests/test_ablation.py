@@ -471,3 +471,13 @@ def test_finetune_preset_follows_the_ablation_preset():
     assert finetune_preset(None, "smoke") == "smoke" and finetune_preset(None, "small") == "small"
     assert finetune_preset(None, "medium") == "small"  # no medium fine-tuning preset
     assert finetune_preset("smoke", "medium") == "smoke" and finetune_preset(None, "configs/preset/smoke.yaml") == "smoke"
+
+
+def test_no_evaluate_pretrains_only_and_leaves_the_columns_empty(tmp_path: Path, recorder: _Recorder,
+                                                                 fake_finetune: _FakeFinetune):
+    p = _ablation(tmp_path, extra="evaluate:\n  tasks: [sst2]\n  overrides: [lrz=1]\n")  # never composed
+    run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=tmp_path / "runs",
+                 results_dir=tmp_path / "results", evaluate=False)
+    assert len(recorder.trains) == 2 and fake_finetune.calls == []
+    md = (tmp_path / "results" / "smoke" / "toy.md").read_text()
+    assert "| random init (control) | not run |" in md and "| SST-2 acc |" in md
