@@ -407,7 +407,7 @@ def test_every_run_is_fine_tuned_after_pretraining_then_skipped_when_done(tmp_pa
     assert fake_finetune.calls == [("static", "sst2", False), ("static", "stsb", False), ("static", "sst2", True),
                                    ("static", "stsb", True), ("dynamic", "sst2", False), ("dynamic", "stsb", False)]
     out = capsys.readouterr().out
-    assert "evaluation: 6 fine-tuning jobs (sst2, stsb per run, plus the random-init control), fine-tuning preset smoke" in out
+    assert "evaluation: 6 stages (sst2, stsb per run, plus the random-init control), fine-tuning preset smoke" in out
     assert f"=== [4/8] toy / static / finetune sst2 (random-init control): fine-tuning → {runs}/toy/static/finetune/sst2-random-init" in out
     assert "=== [6/8] toy / dynamic: training" in out
     assert OmegaConf.load(runs / "toy" / rundir.ABLATION).finetune_preset == "smoke"
@@ -452,7 +452,7 @@ def test_a_job_made_another_way_is_refused_before_anything_runs(tmp_path: Path, 
 
 @pytest.mark.parametrize("evaluate, message", [
     ("evaluate:\n  tasks: [sst2, squad]\n", r"evaluate.tasks has 'squad', not a fine-tuning task; valid: sst2, cola"),
-    ("evaluate:\n  taks: [sst2]\n", r"unknown key 'evaluate.taks'; valid keys under evaluate: control, overrides, preset, tasks"),
+    ("evaluate:\n  taks: [sst2]\n", r"unknown key 'evaluate.taks'; valid keys under evaluate: control, overrides, preset, probes, tasks"),
     ("evaluate:\n  tasks: [sst2]\n  overrides: [lrz=1]\n", r"evaluate sst2 of static: .*unknown key 'lrz'"),
     ("evaluate:\n  tasks: [sst2]\n  preset: tiny\n", r"unknown fine-tuning preset 'tiny'.*available: small, smoke"),
     ("evaluate:\n  tasks: [qnli]\n", r"evaluate qnli of static: .*qnli train split not found"),
@@ -481,3 +481,42 @@ def test_no_evaluate_pretrains_only_and_leaves_the_columns_empty(tmp_path: Path,
     assert len(recorder.trains) == 2 and fake_finetune.calls == []
     md = (tmp_path / "results" / "smoke" / "toy.md").read_text()
     assert "| random init (control) | not run |" in md and "| SST-2 acc |" in md
+
+
+def test_probe_stages_follow_each_run_and_blimp_of_another_limit_is_refused(tmp_path: Path, recorder: _Recorder,
+                                                                           fake_finetune: _FakeFinetune, monkeypatch, capsys):
+    import pretrain.downstream.probe as probe
+
+    probed = []
+
+    def blimp(model, limit=None, runs_root="runs", random_init=False, **kw):
+        probed.append(("blimp", Path(model).name, limit, random_init))
+        d = Path(model) / ("eval-random-init" if random_init else "eval")
+        d.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(d / "blimp.json", {"overall": 0.5 if random_init else 0.6, "limit": limit})
+
+    def sentence(models, pairs=2000, runs_root="runs", **kw):
+        probed.append(("sentence", Path(models[0]).name, pairs, str(runs_root)))
+        (Path(models[0]) / "eval").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(models[0]) / "eval" / "sentence.json", {"mlm": {"accuracy": 0.3}, "nsp": {"accuracy": 0.5},
+                                                                       "sop": {"accuracy": 0.5}})
+
+    monkeypatch.setattr(probe, "run_blimp", blimp)
+    monkeypatch.setattr(probe, "run_sentence", sentence)
+    extra = "evaluate:\n  probes: {blimp: true, blimp_limit: 5, sentence: true, sentence_pairs: 50}\n"
+    p = _ablation(tmp_path, extra=extra)
+    runs = tmp_path / "runs"
+    over = ["train.max_steps=20", "train.schedule.warmup_steps=2"]
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
+    assert fake_finetune.calls == []
+    assert probed == [("blimp", "static", 5, False), ("sentence", "static", 50, str(runs)), ("blimp", "static", 5, True),
+                      ("blimp", "dynamic", 5, False), ("sentence", "dynamic", 50, str(runs))]
+    assert "=== [4/7] toy / static / probe blimp (random-init control): probing" in capsys.readouterr().out
+    md = (tmp_path / "results" / "smoke" / "toy.md").read_text()
+    assert "| BLiMP overall | `dynamic` | +10.00 | 0.00 | yes |" in md
+    probed.clear()
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
+    assert probed == []
+    p = _ablation(tmp_path, extra=extra.replace("blimp_limit: 5", "blimp_limit: 6"))
+    with pytest.raises(UserError, match=r"static/eval/blimp.json: BLiMP scored with limit 5, .*blimp_limit is 6"):
+        run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")

@@ -153,7 +153,7 @@ def test_control_check_says_whether_pretraining_beat_random_init_by_more_than_th
     assert "| SST-2 acc | `b` | +8.00 | 7.00 | yes |" in md   # 60.0 − 52.0; spreads 7.0 and 6.0
     rows = _csv(tmp_path / "results" / "smoke" / "ds.csv")
     # the STS-B control job has not run: the control is half done and has no STS-B cells
-    assert rows["random init (control)"]["status"] == "1/2 tasks done" and rows["random init (control)"]["STS-B Spearman"] == ""
+    assert rows["random init (control)"]["status"] == "1/2 stages done" and rows["random init (control)"]["STS-B Spearman"] == ""
     assert "| STS-B Spearman | `a` |" not in md
 
 
@@ -182,3 +182,51 @@ def test_tables_regenerate_byte_for_byte_from_the_collected_log_subset(tmp_path:
         collect_logs(committed, committed)
     with pytest.raises(UserError, match="nothing to collect"):
         collect_logs(tmp_path / "sub", committed)
+
+
+def test_probe_columns_sit_beside_albert_table_5_and_judge_its_claims(tmp_path: Path):
+    """The sentence probe gives ALBERT Table 5's "MLM acc", "NSP acc", "SOP acc" beside the
+    paper's, BLiMP its own column with the control; a claim on "MLM acc" is judged on it."""
+    runs = tmp_path / "runs"
+    abl = runs / "so"
+    rec = {
+        "ablation": {
+            "name": "so", "title": "Sentence objective", "base": "../recipe/albert.yaml", "seeds": [1, 2],
+            "arms": {"none": {"objective": {"sentence": "none"}}, "sop": {"data": {"sentence_objective": "sop"}}},
+            "paper": {"source": "P", "columns": ["MLM acc", "NSP acc", "SOP acc", "Avg"],
+                      "rows": {"none": [54.9, 52.4, 53.3, 79.0], "sop": [54.0, 78.9, 86.5, 80.1]}},
+            "claims": [{"text": "a sentence loss costs MLM accuracy", "a": "none", "b": "sop", "paper_column": "MLM acc",
+                        "metric": "mlm_accuracy"}],
+            "evaluate": {"probes": {"blimp": True, "blimp_limit": 10, "sentence": True}, "control": True},
+        },
+        "source": str(tmp_path / "gone.yaml"), "preset": "smoke", "overrides": [], "runs_root": "runs",
+        "results_dir": "results", "finetune_preset": "smoke",
+    }
+    abl.mkdir(parents=True)
+    (abl / rundir.ABLATION).write_text(OmegaConf.to_yaml(OmegaConf.create(rec)))
+    mlm = {"none": [0.40, 0.41], "sop": [0.30, 0.31]}
+    for arm in ("none", "sop"):
+        for i, seed in enumerate((1, 2)):
+            run = abl / arm / f"seed-{seed}"
+            (run / "eval").mkdir(parents=True)
+            write_json_atomic(run / rundir.SUMMARY, {"status": "done", "final_eval": {"mlm_loss": 5.0, "mlm_accuracy": 0.2}})
+            write_json_atomic(run / "eval" / "blimp.json", {"overall": 0.6 + 0.01 * i, "limit": 10, "pairs": 670})
+            write_json_atomic(run / "eval" / "sentence.json", {"mlm": {"accuracy": mlm[arm][i]}, "nsp": {"accuracy": 0.5},
+                                                               "sop": {"accuracy": 0.8 if arm == "sop" else 0.5}})
+    (abl / "none" / "seed-1" / "eval-random-init").mkdir()
+    write_json_atomic(abl / "none" / "seed-1" / "eval-random-init" / "blimp.json", {"overall": 0.5, "limit": 10})
+    rebuild_tables(runs, tmp_path / "results")
+    rows = _csv(tmp_path / "results" / "smoke" / "so.csv")
+    head = list(rows["none"])
+    i = head.index("MLM acc")
+    assert head[i:i + 5] == ["MLM acc", "MLM acc min", "MLM acc max", "MLM acc n", "MLM acc (paper)"]
+    assert head[-1] == "Avg (paper)" and "BLiMP overall" in head
+    assert float(rows["sop"]["SOP acc"]) == pytest.approx(80.0) and rows["sop"]["SOP acc n"] == "2"
+    control = rows["random init (control)"]
+    assert control["status"] == "done" and float(control["BLiMP overall"]) == pytest.approx(50.0) and control["MLM acc"] == ""
+    md = (tmp_path / "results" / "smoke" / "so.md").read_text()
+    assert "| +10.00 MLM acc, zero-shot (`none` better) | 1.00 | **agrees** |" in md
+    assert "| BLiMP overall | `sop` | +10.50 | 1.00 | yes |" in md
+    assert "the first 10 pairs of each of the 67 phenomena" in md and "Paper only: the paper's average" in md
+    files = [str(p) for p in log_files(abl)]
+    assert "none/seed-1/eval/sentence.json" in files and "none/seed-1/eval-random-init/blimp.json" in files

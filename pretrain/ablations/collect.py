@@ -6,6 +6,7 @@ directory into the committed ``results/runs/`` (``pretrain tables --collect SRC 
     <ablation>/ablation.yaml                                 the record of `pretrain ablate`
     <ablation>/<run>/{config.yaml,metrics.jsonl,summary.json}     each pretraining run
     <ablation>/<run>/finetune/<job>/{finetune.yaml,scores.json,scores.md}   each fine-tuning job
+    <ablation>/<run>/eval[-random-init]/{blimp.json,sentence.json}          each probe
 
 Checkpoints, TensorBoard logs, Slurm logs and the fine-tuning jobs' ``lr-*/seed-*`` runs stay
 behind (their per-seed scores are in ``scores.json``).
@@ -24,6 +25,7 @@ from pretrain.training import rundir
 
 RUN_FILES = (rundir.CONFIG, rundir.METRICS, rundir.SUMMARY)
 JOB_FILES = ("finetune.yaml", "scores.json", "scores.md")
+PROBE_FILES = ("blimp.json", "sentence.json")
 
 
 def log_files(abl_dir: str | Path) -> List[Path]:
@@ -38,6 +40,8 @@ def log_files(abl_dir: str | Path) -> List[Path]:
         out += [Path(rel) / f for f in RUN_FILES if (run / f).is_file()]
         for job in sorted(p for p in (run / "finetune").glob("*") if p.is_dir()):
             out += [Path(rel) / "finetune" / job.name / f for f in JOB_FILES if (job / f).is_file()]
+        for d in ("eval", "eval-random-init"):
+            out += [Path(rel) / d / f for f in PROBE_FILES if (run / d / f).is_file()]
     return out
 
 

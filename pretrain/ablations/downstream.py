@@ -1,6 +1,7 @@
-"""The downstream side of an ablation's table: which columns the evaluated tasks give, named
-as the papers print them, and their values read back from the fine-tuning jobs' ``scores.json``
-(``pretrain.downstream.runner``), pooled over pretraining and fine-tuning seeds.
+"""The downstream side of an ablation's table: which columns the evaluated tasks and probes
+give, named as the papers print them, and their values read back from the fine-tuning jobs'
+``scores.json`` (``pretrain.downstream.runner``), pooled over pretraining and fine-tuning
+seeds, and from the probes' ``blimp.json`` / ``sentence.json`` (one value per pretraining run).
 
 Pooling: each job (one pretraining run × one task) picks its learning rate by its own dev
 median, as the papers do (``runner.summarize``); the arm's cell is the median of every
@@ -15,7 +16,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from common.errors import UserError
 
@@ -35,6 +36,12 @@ TASK_COLUMNS: Dict[str, List[tuple]] = {
     "rte": [("RTE acc", "dev_accuracy")],
     "mnli": [("MNLI-m acc", "dev_accuracy"), ("MNLI-mm acc", "dev_mismatched_accuracy")],
     "conll2003": [("CoNLL-2003 test F1", "test_entity_f1"), ("CoNLL-2003 dev F1", "dev_entity_f1")],
+}
+# probe → (column, key path in <run>/eval/<probe>.json). The sentence probe's columns are
+# ALBERT Table 5's intrinsic accuracies, on the sets every arm shares.
+PROBE_COLUMNS: Dict[str, List[tuple]] = {
+    "blimp": [("BLiMP overall", "overall")],
+    "sentence": [("MLM acc", "mlm.accuracy"), ("NSP acc", "nsp.accuracy"), ("SOP acc", "sop.accuracy")],
 }
 # Paper columns of tasks we do not fine-tune here, by their first word: why they stay paper-only.
 UNAVAILABLE = {
@@ -56,6 +63,11 @@ class Column:
     task: str
     metric: str
 
+    @property
+    def kind(self) -> str:
+        """How the column was measured, for the verdicts: "fine-tuned" or "zero-shot"."""
+        return "zero-shot" if self.task in PROBE_COLUMNS else "fine-tuned"
+
 
 @dataclass
 class Cell:
@@ -69,16 +81,34 @@ class Cell:
     values: Optional[List[float]] = None
 
 
-def columns(tasks: Sequence[str], paper_columns: Sequence[str]) -> List[Column]:
-    """Our columns for the evaluated ``tasks``: per task, the candidates of TASK_COLUMNS whose
+def columns(ev, paper_columns: Sequence[str]) -> List[Column]:
+    """Our columns for an ``evaluate`` section: per task, the candidates of TASK_COLUMNS whose
     name is a paper column (so ours sits beside the paper's), or the task's main one when the
-    paper has none of them."""
+    paper has none of them; then every column of each probe asked for (PROBE_COLUMNS)."""
     out: List[Column] = []
-    for t in tasks:
+    for t in ev.tasks:
         cands = TASK_COLUMNS[t]
         named = [c for c in cands if c[0] in paper_columns] or cands[:1]
         out += [Column(name, t, metric) for name, metric in named]
+    for probe, cols in PROBE_COLUMNS.items():
+        if ev.probes[probe]:
+            out += [Column(name, probe, key) for name, key in cols]
     return out
+
+
+def probe_value(run: Path, col: Column, random_init: bool = False) -> List[float]:
+    """``[value in percent]`` of a probe column from ``<run>/eval[-random-init]/<probe>.json``;
+    [] before the probe ran. UserError for a file that does not parse."""
+    f = run / ("eval-random-init" if random_init else "eval") / f"{col.task}.json"
+    if not f.is_file():
+        return []
+    try:
+        v: Any = json.loads(f.read_text())
+        for part in col.metric.split("."):
+            v = v[part]
+        return [100.0 * float(v)]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{f}: not a {col.task}.json of `pretrain probe` ({type(e).__name__}: {e}); rerun the probe") from None
 
 
 def job_scores(job: Path, metric: str) -> List[float]:
@@ -103,7 +133,10 @@ def cell(runs: Sequence[Path], col: Column, random_init: bool = False) -> Cell:
 
     vals: List[float] = []
     for run in runs:
-        vals += job_scores(job_directory({"run_dir": run}, col.task, random_init, "runs"), col.metric)
+        if col.task in PROBE_COLUMNS:
+            vals += probe_value(run, col, random_init)
+        else:
+            vals += job_scores(job_directory({"run_dir": run}, col.task, random_init, "runs"), col.metric)
     if not vals:
         return Cell()
     return Cell(statistics.median(vals), min(vals), max(vals), len(vals), vals)
@@ -168,14 +201,25 @@ def render_notes(rec, results, cols: Sequence[Column]) -> List[str]:
         "min–max of the same scores and their number (n). GLUE columns are dev-set scores; CoNLL-2003 test F1 is "
         "eng.testb, entity-level micro F1.",
         "",
-    ]
+    ] if ev.tasks else []
+    if ev.probes.blimp:
+        limit = "all 1,000" if ev.probes.blimp_limit is None else f"the first {ev.probes.blimp_limit}"
+        lines += [f"BLiMP overall: zero-shot, the share (%) of minimal pairs (Warstadt et al. 2020; {limit} pairs of each "
+                  "of the 67 phenomena) whose good sentence has the higher pseudo-log-likelihood (Salazar et al. 2020); "
+                  "one value per pretraining run (`pretrain probe blimp`).", ""]
+    if ev.probes.sentence:
+        lines += ["MLM acc, NSP acc, SOP acc: zero-shot, ALBERT Table 5's intrinsic accuracies on one held-out NSP set "
+                  f"and one SOP set ({ev.probes.sentence_pairs} pairs each at most) built from the validation documents "
+                  "and shared by every arm, masked-token accuracy on the same text; a model without a head for a task "
+                  "answers with a seeded untrained one (chance); one value per pretraining run (`pretrain probe sentence`).", ""]
     for note in paper_only_note(rec.ablation.paper.columns, cols):
         lines += [f"Paper only: {note}.", ""]
     if not ev.control:
         return lines
     first = seed_runs(rec.ablation)[0][2]
     lines += [f"`{CONTROL_ROW}`: the shape and tokenizer of run `{first}` from random weights, through the same "
-              "fine-tuning (no pretraining, so no MLM numbers): what pretraining bought at this scale.", ""]
+              "fine-tuning (and BLiMP, when probed; no pretraining, so no MLM numbers): what pretraining bought at this "
+              "scale.", ""]
     control = next((r.downstream for r in results if r.arm == CONTROL_ROW), {})
     arms = {r.arm: r.downstream for r in results if r.arm != CONTROL_ROW}
     checks = control_checks(cols, arms, control)

@@ -300,13 +300,14 @@ def run_ablation(
 
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     precheck_arms(cfgs)
-    evals = stages.plan_evaluation(abl, preset, cfgs) if evaluate else []
+    evals = stages.plan_evaluation(abl, preset, cfgs, runs_root) if evaluate else []
     if evals:
         rec.finetune_preset = stages.finetune_preset(abl.evaluate.preset, preset)
     if launcher_rank() == 0:
         print(report.header(abl.name, preset, cfgs), flush=True)
         if evals:
-            print(f"evaluation: {len(evals)} fine-tuning jobs ({', '.join(abl.evaluate.tasks)} per run"
+            each = [*abl.evaluate.tasks, *[f"probe {p}" for p in ("blimp", "sentence") if abl.evaluate.probes[p]]]
+            print(f"evaluation: {len(evals)} stages ({', '.join(each)} per run"
                   + (", plus the random-init control" if abl.evaluate.control else "")
                   + f"), fine-tuning preset {rec.finetune_preset}", flush=True)
     prepare_data(cfgs)
@@ -325,7 +326,7 @@ def run_ablation(
     done = [key for key in cfgs if arm_state(Path(cfgs[key].run_dir)) == "done"]
     done += [_key(st) for st in evals if stages.stage_state(st) == "done"]
     what = f"{len(cfgs)} " + ("runs" if any("/seed-" in k for k in cfgs) else "arms")
-    what += f" + {len(evals)} fine-tuning jobs" if evals else ""
+    what += f" + {len(evals)} evaluation stages" if evals else ""
     progress = report.AblationProgress(abl.name, parts, done, what)
     try:
         for i, item in enumerate(order, 1):
@@ -341,7 +342,8 @@ def run_ablation(
                         train(cfgs[item], resume=True)
             else:
                 state = stages.stage_state(item)
-                action = {"done": "done, skipping", "partial": "resuming", "new": "fine-tuning"}[state]
+                new = "probing" if isinstance(item, stages.ProbeStage) else "fine-tuning"
+                action = {"done": "done, skipping", "partial": "resuming", "new": new}[state]
                 progress.write(f"=== [{i}/{n}] {abl.name} / {item.key} / {item.name}: {action} → {item.job}")
                 if state != "done":
                     with progress.training(_key(item)):
@@ -356,7 +358,7 @@ def run_ablation(
 
 
 def _key(stage: Any) -> str:
-    return f"{stage.key}/finetune/{stage.job.name}"
+    return f"{stage.key}/{stage.name}"
 
 
 def _stage_order(cfgs: Dict[str, RunConfig], evals: List[Any]) -> List[Any]:

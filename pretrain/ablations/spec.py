@@ -84,6 +84,26 @@ class ArmScale:
 
 
 @dataclass
+class ProbesConfig:
+    """Zero-shot probes of every run (``pretrain probe``, ``pretrain.downstream.probe``), no
+    fine-tuning; results in ``<run>/eval/``.
+
+    blimp: score BLiMP by pseudo-log-likelihood (Salazar et al. 2020); the control (with
+        ``evaluate.control``) scores the random-init model too (``<run>/eval-random-init/``).
+    blimp_limit: the first N pairs of each of the 67 phenomena (None = all 1,000).
+    sentence: the intrinsic tasks of ALBERT Table 5 on one held-out NSP and one SOP set shared
+        by every arm (built once under ``<runs>/probe/sentence-sets/``), plus masked-token
+        accuracy on the same text: the table's "MLM acc", "NSP acc", "SOP acc" columns.
+    sentence_pairs: pairs per sentence task.
+    """
+
+    blimp: bool = False
+    blimp_limit: Optional[int] = None
+    sentence: bool = False
+    sentence_pairs: int = 2000
+
+
+@dataclass
 class EvaluateConfig:
     """The evaluation stages of every run of an ablation (issue 14): after a run's
     pretraining, one ``pretrain finetune`` job per task (``pretrain.downstream.runner.finetune``
@@ -100,12 +120,19 @@ class EvaluateConfig:
     control: also fine-tune the first arm's first run's shape and tokenizer from random
         weights (``--random-init``): the table's ``random init (control)`` row, showing what
         pretraining bought at this scale.
+    probes: zero-shot probes of every run (ProbesConfig).
     """
 
     preset: Optional[str] = None
     tasks: List[str] = field(default_factory=list)
     overrides: List[str] = field(default_factory=list)
     control: bool = True
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+
+
+def evaluating(ev: EvaluateConfig) -> bool:
+    """Whether an evaluate section asks for any stage (a task or a probe)."""
+    return bool(ev.tasks) or bool(ev.probes.blimp) or bool(ev.probes.sentence)
 
 
 @dataclass
@@ -234,6 +261,10 @@ def _check_evaluate(ev: EvaluateConfig, where: str) -> None:
         parse_overrides(list(ev.overrides))
     except UserError as e:
         raise UserError(f"{where}: evaluate.overrides: {e}") from None
+    if ev.probes.blimp_limit is not None and ev.probes.blimp_limit < 1:
+        raise UserError(f"{where}: evaluate.probes.blimp_limit={ev.probes.blimp_limit} must be >= 1 or null (all pairs)")
+    if ev.probes.sentence_pairs < 1:
+        raise UserError(f"{where}: evaluate.probes.sentence_pairs={ev.probes.sentence_pairs} must be >= 1")
 
 
 def seed_runs(abl: AblationConfig) -> List[tuple]:

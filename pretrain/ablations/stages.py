@@ -1,6 +1,7 @@
 """The evaluation stages of ``pretrain ablate`` (issue 14): after each run's pretraining, one
-``pretrain finetune`` job per task of the ablation's ``evaluate`` section, and one random-init
-control job per task for the whole ablation (on the first arm's first run).
+``pretrain finetune`` job per task of the ablation's ``evaluate`` section (then its probes:
+``pretrain probe blimp|sentence``, ``ProbeStage``), and one random-init control job per task
+(and BLiMP) for the whole ablation (on the first arm's first run).
 
 A stage is the same job as the command line's, in its default job directory:
 
@@ -66,6 +67,37 @@ class FinetuneStage:
         return f"finetune {self.task}" + (" (random-init control)" if self.random_init else "")
 
 
+@dataclass
+class ProbeStage:
+    """One zero-shot probe of a run (``evaluate.probes``): ``pretrain probe blimp|sentence``,
+    writing ``<run_dir>/eval/<probe>.json`` (``eval-random-init/`` for the BLiMP control; the
+    rule of ``pretrain.downstream.probe.eval_directory`` for our runs). No loop runs, so it
+    adds nothing to the progress bar's token count.
+
+    limit: BLiMP pairs per phenomenon (None = all); pairs: NSP/SOP pairs per task;
+    runs_root: where the shared NSP/SOP sets are cached (``<runs_root>/probe/sentence-sets``).
+    """
+
+    key: str
+    probe: str
+    random_init: bool
+    run_dir: Path
+    job: Path
+    limit: Optional[int] = None
+    pairs: int = 2000
+    runs_root: str = "runs"
+    runs: tuple = ()
+    tokens_per_step: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"probe {self.probe}" + (" (random-init control)" if self.random_init else "")
+
+    @property
+    def out(self) -> Path:
+        return self.job / f"{self.probe}.json"
+
+
 def finetune_preset(preset: Optional[str], ablation_preset: str) -> str:
     """``evaluate.preset`` if given; else the fine-tuning preset named like the ablation's
     ``--preset`` (its file stem for a YAML path) when ``configs/finetune/preset/`` has one
@@ -79,25 +111,35 @@ def finetune_preset(preset: Optional[str], ablation_preset: str) -> str:
     return name if (_finetune_root() / "preset" / f"{name}.yaml").is_file() else FALLBACK_PRESET
 
 
-def plan_evaluation(abl: Any, preset: str, cfgs: Dict[str, Any]) -> List[FinetuneStage]:
-    """Every fine-tuning stage of the ablation, in run order (each run's tasks; the control's
-    tasks after the first run's), composed and checked now: the fine-tuning recipe of the
+def plan_evaluation(abl: Any, preset: str, cfgs: Dict[str, Any], runs_root: str | Path = "runs") -> List[Any]:
+    """Every evaluation stage of the ablation, in run order (each run's tasks, then its probes;
+    the control's after the first run's): FinetuneStage and ProbeStage. Each fine-tuning
+    stage is composed and checked now: the fine-tuning recipe of the
     run's model family < the preset (``finetune_preset``) < ``evaluate.overrides``; the
     task's training rows are counted (the data must be there), every lr × seed run passes the
     loop's config checks, ``data.max_length`` fits the model's positions, and an existing job
-    directory must hold the same config (``check_job``). Returns [] without ``evaluate.tasks``.
-    Raises UserError naming the run and task."""
+    directory must hold the same config (``check_job``); for the probes, the BLiMP data must be
+    there and an existing ``blimp.json`` must have the same limit. Returns [] when the section
+    asks for nothing. Raises UserError naming the run and task."""
     from pretrain.downstream.config import resolve
     from pretrain.downstream.runner import job_directory, run_configs
     from pretrain.downstream.task_data import count_train_rows
     from pretrain.tasks.finetuning import FinetuningTask
     from pretrain.training.checks import check_run
 
+    from pretrain.ablations.spec import evaluating
+
     ev = abl.evaluate
-    if not ev.tasks:
+    if not evaluating(ev):
         return []
     fpreset = finetune_preset(ev.preset, preset)
     resolve("preset", fpreset)
+    if ev.probes.blimp:
+        from pretrain.downstream.glue import default_root
+
+        if not (default_root() / "blimp").is_dir():
+            raise UserError(f"ablation {abl.name}, evaluate.probes.blimp: no BLiMP data at {default_root() / 'blimp'} "
+                            "(set $BERT_RECIPES_DATA); `pretrain ablate --no-evaluate` pretrains without it")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rows: Dict[tuple, int] = {}
     out: List[FinetuneStage] = []
@@ -125,7 +167,38 @@ def plan_evaluation(abl: Any, preset: str, cfgs: Dict[str, Any]) -> List[Finetun
                                       int(cfg.train.global_batch_size) * int(cfg.data.max_length))
                 check_job(stage)
                 out.append(stage)
+            out += _probes(key, Path(rc.run_dir), ev.probes, random_init, str(runs_root))
     return out
+
+
+def _probes(key: str, run: Path, probes: Any, random_init: bool, runs_root: str) -> List[ProbeStage]:
+    """The probe stages of one run (the control: BLiMP only; the sentence probe has no
+    random-init mode). UserError for an existing blimp.json of another limit."""
+    out = []
+    if probes.blimp:
+        out.append(ProbeStage(key, "blimp", random_init, run, run / ("eval-random-init" if random_init else "eval"),
+                              limit=probes.blimp_limit, runs_root=runs_root))
+    if probes.sentence and not random_init:
+        out.append(ProbeStage(key, "sentence", False, run, run / "eval", pairs=int(probes.sentence_pairs), runs_root=runs_root))
+    for st in out:
+        probe_state(st)
+    return out
+
+
+def probe_state(stage: ProbeStage) -> str:
+    """``done`` when the probe's JSON is there (for BLiMP: with the same ``limit``), else
+    ``new`` (a probe is one short pass, rerun from the start). UserError naming the file when
+    its BLiMP limit differs."""
+    import json
+
+    if not stage.out.is_file():
+        return "new"
+    if stage.probe == "blimp":
+        have = json.loads(stage.out.read_text()).get("limit")
+        if have != stage.limit:
+            raise UserError(f"{stage.out}: BLiMP scored with limit {have}, this ablation's evaluate.probes.blimp_limit is "
+                            f"{stage.limit}; move the file away or make blimp_limit match it")
+    return "done"
 
 
 def compose(rc: Any, task: str, random_init: bool, preset: str, overrides: Sequence[str]) -> Any:
@@ -168,18 +241,30 @@ def check_job(stage: FinetuneStage) -> None:
                         "or make evaluate (preset, overrides) match it")
 
 
-def stage_state(stage: FinetuneStage) -> str:
-    """``done``, ``partial`` or ``new`` (module docstring). Raises UserError via ``check_job``."""
+def stage_state(stage: Any) -> str:
+    """``done``, ``partial`` or ``new`` (module docstring; ``probe_state`` for a probe).
+    Raises UserError via ``check_job``."""
     from pretrain.downstream.runner import SCORES_JSON
 
+    if isinstance(stage, ProbeStage):
+        return probe_state(stage)
     check_job(stage)
     if (stage.job / SCORES_JSON).is_file():
         return "done"
     return "partial" if (stage.job / FINETUNE_YAML).is_file() else "new"
 
 
-def run_stage(stage: FinetuneStage, preset: str, overrides: Sequence[str]) -> None:
-    """Run (or resume) the job as ``pretrain finetune`` would, into its default directory."""
+def run_stage(stage: Any, preset: str, overrides: Sequence[str]) -> None:
+    """Run (or resume) the job as ``pretrain finetune`` (or ``pretrain probe``) would, into
+    its default directory."""
+    if isinstance(stage, ProbeStage):
+        from pretrain.downstream import probe
+
+        if stage.probe == "blimp":
+            probe.run_blimp(str(stage.run_dir), limit=stage.limit, runs_root=stage.runs_root, random_init=stage.random_init)
+        else:
+            probe.run_sentence([str(stage.run_dir)], pairs=stage.pairs, runs_root=stage.runs_root)
+        return
     from pretrain.downstream.runner import finetune
 
     finetune(str(stage.run_dir), stage.task, preset=preset, overrides=list(overrides), random_init=stage.random_init)

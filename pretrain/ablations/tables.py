@@ -140,16 +140,18 @@ def collect(abl_dir: Path, rec: AblationRecord) -> List[ArmResult]:
         r.seed_values = dict(r.seed_values or {}, **{n: c.values for n, c in r.downstream.items() if c.values})
     if abl.evaluate.control:
         first = abl_dir / seed_runs(abl)[0][2]
-        cells = {c.name: downstream.cell([first], c, random_init=True) for c in cols}
-        done = sum(1 for t in abl.evaluate.tasks if any(cells[c.name].n for c in cols if c.task == t))
-        status = "done" if done == len(abl.evaluate.tasks) else ("not run" if not done else f"{done}/{len(abl.evaluate.tasks)} tasks done")
+        # the control has no sentence probe (no random-init mode): its stages are the tasks and BLiMP
+        units = [*abl.evaluate.tasks, *(["blimp"] if abl.evaluate.probes.blimp else [])]
+        cells = {c.name: downstream.cell([first], c, random_init=True) for c in cols if c.task in units}
+        done = sum(1 for t in units if any(cells[c.name].n for c in cols if c.task == t))
+        status = "done" if done == len(units) else ("not run" if not done else f"{done}/{len(units)} stages done")
         out.append(ArmResult(arm=CONTROL_ROW, status=status, downstream=cells))
     return out
 
 
 def downstream_columns(rec: AblationRecord) -> List[Column]:
     """Our fine-tuning columns of the ablation (``evaluate.tasks``), named as the paper's."""
-    return downstream.columns(rec.ablation.evaluate.tasks, rec.ablation.paper.columns)
+    return downstream.columns(rec.ablation.evaluate, rec.ablation.paper.columns)
 
 
 def _median_arm(arm: str, runs: List[ArmResult]) -> ArmResult:
@@ -340,7 +342,7 @@ def table_verdicts(rec: AblationRecord, results: List[ArmResult], warnings: Sequ
     table's warnings that its runs cannot show the effect (each verdict is then inconclusive)."""
     abl = rec.ablation
     values = {r.arm: r.seed_values or {} for r in results}
-    measured = [c.name for c in downstream_columns(rec)]
+    measured = {c.name: c.kind for c in downstream_columns(rec)}
     return compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, values, bool(warnings), measured)
 
 
@@ -360,7 +362,9 @@ def current_claims(rec: AblationRecord) -> AblationRecord:
     if now.name != rec.ablation.name or list(now.arms) != list(rec.ablation.arms):
         return rec
     rec.ablation.title, rec.ablation.paper, rec.ablation.claims = now.title, now.paper, now.claims
-    if not rec.ablation.evaluate.tasks:
+    from pretrain.ablations.spec import evaluating
+
+    if not evaluating(rec.ablation.evaluate):
         # A record made before the file had an evaluate section: its fine-tuning jobs (run by
         # hand or by a later `pretrain ablate`) are read as the file now names them.
         rec.ablation.evaluate = now.evaluate

@@ -46,13 +46,14 @@ class Verdict:
     spread: Optional[float]
     verdict: str
     reason: str = ""
-    # our fine-tuning column the verdict used, or None: the held-out ``claim.metric``
+    # our fine-tuning or probe column the verdict used, or None: the held-out ``claim.metric``
     downstream: Optional[str] = None
+    kind: str = "fine-tuned"  # of that column: "fine-tuned" or "zero-shot" (a probe)
 
     def measure(self) -> str:
         """Which of our numbers the verdict used, in words."""
         if self.downstream:
-            return f"fine-tuned {self.downstream}"
+            return f"{self.kind} {self.downstream}"
         return f"held-out {METRIC_NAMES[self.claim.metric]} (no fine-tuned {self.claim.paper_column} of ours)"
 
     def paper_text(self) -> str:
@@ -65,7 +66,7 @@ class Verdict:
             return "—"
         if self.downstream:
             better = _favours(self.ours, False, self.claim)
-            return f"{self.ours:+.2f} {self.downstream}, fine-tuned" + (f" ({better} better)" if better else "")
+            return f"{self.ours:+.2f} {self.downstream}, {self.kind}" + (f" ({better} better)" if better else "")
         better = _favours(self.ours, LOWER_IS_BETTER[self.claim.metric], self.claim)
         return f"{self.ours:+.4f} {METRIC_NAMES[self.claim.metric]}, held-out" + (f" ({better} better)" if better else "")
 
@@ -85,13 +86,14 @@ def _favours(diff: float, lower_is_better: bool, claim: ClaimConfig) -> str:
 
 def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str], paper_rows: Dict[str, Any],
                      seed_values: Dict[str, Dict[str, List[float]]], warned: bool,
-                     measured: Sequence[str] = ()) -> List[Verdict]:
+                     measured: Optional[Dict[str, str]] = None) -> List[Verdict]:
     """A Verdict per claim. ``seed_values``: arm → ArmResult field → one value per finished
     seed (``mlm_loss``, ``accuracy_pct``, ``sentence_accuracy_pct``), and our fine-tuning
     column name → every pooled score (percent, higher is better); ``warned``: the table
-    carries a warning that the runs cannot show the effect; ``measured``: our fine-tuning
-    columns (a claim whose ``paper_column`` is one of them is judged on it, even before its
-    jobs have run: then "not run yet")."""
+    carries a warning that the runs cannot show the effect; ``measured``: our fine-tuning and
+    probe columns → "fine-tuned" / "zero-shot" (a claim whose ``paper_column`` is one of them
+    is judged on it, even before its jobs have run: then "not run yet")."""
+    measured = measured or {}
     from pretrain.ablations.tables import METRIC_FIELDS
 
     out: List[Verdict] = []
@@ -104,7 +106,7 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
         va = (seed_values.get(c.a) or {}).get(field) or []
         vb = (seed_values.get(c.b) or {}).get(field) or []
         if not va or not vb:
-            out.append(Verdict(c, paper, None, None, "inconclusive", "not run yet", ds))
+            out.append(Verdict(c, paper, None, None, "inconclusive", "not run yet", ds, measured.get(ds, "fine-tuned")))
             continue
         ours = statistics.median(va) - statistics.median(vb)
         spread = max(max(va) - min(va), max(vb) - min(vb)) if min(len(va), len(vb)) >= 2 else None
@@ -120,7 +122,7 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
             verdict, reason = "inconclusive", "within the spread over seeds"
         else:
             verdict, reason = ("agrees" if paper_a == ours_a else "opposite"), ""
-        out.append(Verdict(c, paper, ours, spread, verdict, reason, ds))
+        out.append(Verdict(c, paper, ours, spread, verdict, reason, ds, measured.get(ds, "fine-tuned")))
     return out
 
 

@@ -146,7 +146,9 @@ class Plan:
     record: Any = None  # AblationRecord written as ablation.yaml
     runs_root: str = "runs"
     results_dir: str = "results"
-    # evaluation stages (ablations with ``evaluate.tasks``): what evaluate.sbatch runs per run
+    # evaluation stages (ablations with an ``evaluate`` section): what evaluate.sbatch runs per run
+    evaluating: bool = False
+    eval_probes: Dict[str, Any] = field(default_factory=dict)
     eval_tasks: List[str] = field(default_factory=list)
     finetune_preset: Optional[str] = None
     eval_overrides: List[str] = field(default_factory=list)
@@ -254,11 +256,12 @@ def plan_ablation(
     UserError naming the arm or stage that fails — before any job exists."""
     from pretrain.ablations import stages
     from pretrain.ablations.runner import arm_state, plan_arms
+    from pretrain.ablations.spec import evaluating
 
     if not preset:
         raise UserError(f"{path} is an ablation: pass --preset NAME (as for `pretrain ablate`)")
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
-    evals = [st for st in stages.plan_evaluation(abl, preset, cfgs) if stages.stage_state(st) != "done"]
+    evals = [st for st in stages.plan_evaluation(abl, preset, cfgs, runs_root) if stages.stage_state(st) != "done"]
     busy = {st.key for st in evals}
     todo = {arm: c for arm, c in cfgs.items() if arm_state(Path(c.run_dir)) != "done" or arm in busy}
     if not todo:
@@ -267,8 +270,9 @@ def plan_ablation(
         check_resumable(Path(cfg.run_dir), cfg)
     skipped = [a for a in cfgs if a not in todo]
     plan = Plan("ablation", abl.name, abl_dir / SLURM_DIR, todo, skipped, rec, str(runs_root), str(results_dir))
-    if abl.evaluate.tasks:
+    if evaluating(abl.evaluate):
         rec.finetune_preset = stages.finetune_preset(abl.evaluate.preset, preset)
+        plan.evaluating, plan.eval_probes = True, to_dict(abl.evaluate.probes)
         plan.eval_tasks, plan.finetune_preset = list(abl.evaluate.tasks), rec.finetune_preset
         plan.eval_overrides = list(abl.evaluate.overrides)
         control = [st for st in evals if st.random_init]
@@ -395,9 +399,10 @@ def render(plan: Plan, job: JobOptions, site: SiteConfig, site_source: str) -> D
             script=str(d / "train.sbatch"),
         ),
     }
-    if plan.eval_tasks:
+    if plan.evaluating:
         # Every run in the arrays has a training and an evaluation task (see the module docstring).
-        evaluate = {"preset": plan.finetune_preset, "overrides": plan.eval_overrides, "tasks": plan.eval_tasks}
+        evaluate = {"preset": plan.finetune_preset, "overrides": plan.eval_overrides, "tasks": plan.eval_tasks,
+                    "probes": plan.eval_probes, "runs_root": plan.runs_root}
         scripts[str(d / "evaluate.sbatch")] = env.get_template("evaluate.sbatch.j2").render(
             common, **evaluate, job_name=f"{plan.name}-evaluate", random_init=False,
             output=str(d / ("evaluate-%A_%a.out" if array else "evaluate-%j.out")),
