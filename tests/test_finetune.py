@@ -316,3 +316,28 @@ def test_a_job_run_by_hand_is_a_done_stage_of_an_ablation(tiny_run, tmp_path, mo
     abl.evaluate.overrides = [*over, "train.precision=bf16"]
     with pytest.raises(UserError, match=r"rte/finetune.yaml: fine-tuning job made with another config .*train.precision: 'fp32' there, 'bf16' here"):
         stages.plan_evaluation(abl, "smoke", {"a": rc})
+
+
+def test_blimp_probe_stage_runs_for_real_and_is_then_done(tiny_run):
+    from omegaconf import OmegaConf
+
+    from pretrain.ablations import stages
+    from pretrain.training.checkpoint import _resolve_checkpoint, read_client_state
+
+    run, _, _ = tiny_run
+    rc = OmegaConf.create(read_client_state(_resolve_checkpoint(run))["config"])
+    rc.run_dir = str(run)
+    abl = OmegaConf.create({"name": "toy", "evaluate": {"preset": None, "tasks": [], "overrides": [], "control": False,
+                                                        "probes": {"blimp": True, "blimp_limit": 1, "sentence": False,
+                                                                   "sentence_pairs": 10}}})
+    # a blimp.json of another limit (`pretrain probe blimp RUN --limit 2`) is refused, not mixed in
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "blimp.json").write_text(json.dumps({"overall": 0.5, "limit": 2}))
+    with pytest.raises(UserError, match=r"eval/blimp.json: BLiMP scored with limit 2, .*blimp_limit is 1"):
+        stages.plan_evaluation(abl, "smoke", {"a": rc})
+    (run / "eval" / "blimp.json").unlink()
+    (st,) = stages.plan_evaluation(abl, "smoke", {"a": rc})
+    assert stages.stage_state(st) == "new" and st.out == run / "eval" / "blimp.json"
+    stages.run_stage(st, "smoke", [])
+    table = json.loads(st.out.read_text())
+    assert stages.stage_state(st) == "done" and table["limit"] == 1 and len(table["phenomena"]) == 67

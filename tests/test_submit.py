@@ -509,3 +509,17 @@ def test_evaluation_values_are_quoted_and_checked_before_submitting(fake_slurm, 
     abl = _evaluated(tmp_path, overrides='["lrz=[3e-4]"]')
     assert main(["submit", str(abl), "--preset", "smoke", *SMALL]) == 2
     assert "evaluate sst2 of static: " in _error(capsys) and not fake_slurm.exists()
+
+
+def test_probes_run_in_the_evaluation_array_and_blimp_in_the_control(fake_slurm, tmp_path, capsys, data_dir):
+    doc = OmegaConf.load(MASKING)
+    doc.base = str((MASKING.parent / doc.base).resolve())
+    abl = tmp_path / "probed.yaml"
+    abl.write_text(OmegaConf.to_yaml(doc) + "evaluate:\n  probes: {blimp: true, blimp_limit: 20, sentence: true}\n")
+    scripts = _dry_run(capsys, str(abl), "--preset", "smoke", *SMALL)
+    ev, control = scripts["evaluate.sbatch"], scripts["control.sbatch"]
+    assert "for TASK" not in ev and "-m pretrain.cli probe blimp \"$RUN_DIR\" --limit 20\n" in ev
+    assert "-m pretrain.cli probe sentence \"$RUN_DIR\" --pairs 2000 --runs runs\n" in ev
+    assert "probe blimp \"$RUN_DIR\" --limit 20 --random-init\n" in control and "probe sentence" not in control
+    for text in scripts.values():
+        _bash_syntax_ok(text, tmp_path)
