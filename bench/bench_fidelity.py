@@ -3,7 +3,13 @@
 copies, ALBERT's tokens per word and n-gram span shares, computed from the shards that
 ``data-prep build`` writes.
 
-    python bench/bench_fidelity.py [--corpus FILE] [--work DIR] [--reruns N]
+    python bench/bench_fidelity.py [--corpus FILE] [--work DIR] [--reruns N] [--candidates N]
+
+``--candidates N`` adds a second table: ALBERT's short-sequence share and mean length under
+candidate explanations of its distance from issue 12's figure (another tokenizer, other
+sentence units, no held-out documents, NSP on the same tokens, the "before" rules), each
+from N reruns of instance creation, with the spread of a 40-copy pool (ALBERT's
+dupe_factor) beside the spread of one copy.
 
 The default corpus is WikiText-2's valid.txt and test.txt concatenated (written to
 ``--work``, never to the repository); the reference figures are those of issue 12: the
@@ -185,6 +191,98 @@ def rerun_expectation(directory: Path, corpus: Path, reruns: int) -> Dict[str, T
     }
 
 
+def _rerun_counts(ids, rules: Tuple[str, str, str], cls_id: int, sep_id: int, reruns: int, max_len: int = 512) -> np.ndarray:
+    """Per rerun ``k`` (generator ``random.Random(k)``): rows, rows shorter than
+    ``max_len / 2`` and tokens of the SEGMENT-PAIR rows of ``ids`` under ``rules`` =
+    (objective, short_seq_rule, sentence_labels), short_seq_prob 0.1. float ``[reruns, 3]``."""
+    import random
+
+    from data_prep.instances import make_rows
+
+    objective, short_rule, labels = rules
+    per = []
+    for k in range(reruns):
+        rows = make_rows("segment_pair", objective, ids, max_len, cls_id, sep_id, random.Random(k), 0.1, None, None, short_rule, labels)
+        lengths = np.array([r.input_ids.size for r in rows])
+        per.append((lengths.size, int((lengths < max_len / 2).sum()), int(lengths.sum())))
+    return np.array(per, dtype=np.float64)
+
+
+def _issue12_unigram(texts: List[str], work: Path, lower: bool):
+    """The unigram tokenizer main trained when issue 12 was measured: ``tokenizers``'
+    ``UnigramTrainer`` at 30,000 pieces (11,010 on this corpus) with ALBERT's
+    normalization, optionally without its lower-casing. Not reproducible run to run
+    (tokenizers#1794), which is why the pipeline now trains with SentencePiece."""
+    from tokenizers import Regex, normalizers, trainers
+
+    from data_prep.sentences import line_units
+    from data_prep.tokenizer import SPECIAL_TOKENS, _unigram_base, load_tokenizer
+
+    tok = _unigram_base()
+    if not lower:
+        tok.normalizer = normalizers.Sequence([
+            normalizers.Replace("``", '"'), normalizers.Replace("''", '"'), normalizers.NFKD(), normalizers.StripAccents(),
+            normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(),
+        ])
+    specials = list(SPECIAL_TOKENS["unigram"].values())
+    trainer = trainers.UnigramTrainer(vocab_size=30000, special_tokens=specials, unk_token=SPECIAL_TOKENS["unigram"]["unk"], show_progress=False)
+    tok.train_from_iterator((u for t in texts for u in line_units(t)), trainer)
+    out = work / f"issue12-unigram-{'lower' if lower else 'cased'}.json"
+    tok.save(str(out))
+    return load_tokenizer(out, "unigram")
+
+
+def albert_candidates(albert_dir: Path, bert_dir: Path, corpus: Path, work: Path, reruns: int, pool: int = 40) -> str:
+    """A table of ALBERT's short share (sequences shorter than 256) and mean length at 512
+    under candidate explanations of the distance between ours and issue 12's 13.1% /
+    451.9, each from ``reruns`` reruns of instance creation: the pooled share, the sd of
+    one copy, the mean / sd / minimum of pools of ``pool`` copies (ALBERT's dupe_factor,
+    which the reference's one figure pools), and how often one copy or one pool comes out
+    at 13.1% or below."""
+    from data_prep.build import _encode
+    from data_prep.corpus import read_documents
+    from data_prep.instances import is_validation
+    from data_prep.sentences import line_units, split_sentences
+    from data_prep.tokenizer import load_tokenizer
+
+    cfg = read_manifest(albert_dir)["data_config"]
+    albert = load_tokenizer(albert_dir / "tokenizer.json", "unigram")
+    bert = load_tokenizer(bert_dir / "tokenizer.json", "wordpiece")
+    every = [d.text for d in read_documents(str(corpus))]
+    train = [d.text for d in read_documents(str(corpus)) if not is_validation(d.id, cfg["validation_fraction"])]
+    ref_rules = ("sop", "reference", "reference")
+    variants = [
+        ("as built: SentencePiece, blingfire sentences, 117 training documents", albert, train, split_sentences, ref_rules),
+        ("issue 12's tokenizer: tokenizers' UnigramTrainer, lower-cased", "lower", train, split_sentences, ref_rules),
+        ("tokenizers' UnigramTrainer, not lower-cased", "cased", train, split_sentences, ref_rules),
+        ("bert.yaml's WordPiece tokens", bert, train, split_sentences, ref_rules),
+        ("all 120 documents (none held out)", albert, every, split_sentences, ref_rules),
+        ("line units (WikiText paragraphs) as sentences", albert, train, line_units, ref_rules),
+        ("NSP instead of SOP on the same tokens", albert, train, split_sentences, ("nsp", "reference", "reference")),
+        ("the rules before (per_chunk, balanced)", albert, train, split_sentences, ("sop", "per_chunk", "balanced")),
+    ]
+    header = ("| candidate | pieces | tokens per sentence | short share, pooled (%) | sd of one copy | one copy <= 13.1 | "
+              f"{pool}-copy pools: mean (sd) [min] | {pool}-copy pools <= 13.1 | mean length, pooled (sd of a {pool}-copy pool) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for name, info, texts, splitter, rules in variants:
+        if isinstance(info, str):
+            info = _issue12_unigram(texts, work, lower=info == "lower")
+        ids, _ = _encode(info, [splitter(t) for t in texts], "pretokenizer", None)
+        tokens = sum(int(s.size) for d in ids for s in d)
+        sentences = sum(len(d) for d in ids)
+        a = _rerun_counts(ids, rules, info.cls_id, info.sep_id, reruns)
+        one = 100 * a[:, 1] / a[:, 0]
+        pools = a[: (reruns // pool) * pool].reshape(-1, pool, 3).sum(axis=1)
+        ps, pm = 100 * pools[:, 1] / pools[:, 0], pools[:, 2] / pools[:, 0]
+        pooled = "—" if not len(pools) else f"{ps.mean():.1f} ({ps.std():.1f}) [{ps.min():.1f}]"
+        below = "—" if not len(pools) else f"{np.mean(ps <= 13.1):.0%} of {len(pools)}"
+        lines.append(
+            f"| {name} | {info.vocab_size:,} | {tokens / sentences:.1f} | {100 * a[:, 1].sum() / a[:, 0].sum():.1f} | {one.std():.1f} | "
+            f"{np.mean(one <= 13.1):.0%} | {pooled} | {below} | {a[:, 2].sum() / a[:, 0].sum():.1f} ({pm.std() if len(pools) else float('nan'):.1f}) |"
+        )
+    return "\n".join(lines)
+
+
 def _fmt(v) -> str:
     if v is None:
         return "—"
@@ -214,6 +312,8 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=None, help="a text file of documents (default: WikiText-2 valid+test)")
     ap.add_argument("--work", type=Path, default=None, help="where the corpus copy and shard directories go (default: a temp dir)")
     ap.add_argument("--reruns", type=int, default=50, help="reruns of instance creation for the expectation column (0 = skip)")
+    ap.add_argument("--candidates", type=int, default=0,
+                    help="reruns per candidate explanation of ALBERT's short share (0 = skip; 400 gives 10 pools of 40)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="fidelity-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -223,12 +323,16 @@ def main() -> None:
         ("bert", 128, ("max_seq_length=128", "masking.max_predictions_per_seq=20")),
         ("albert", 512, ()),
     ]
-    rows = []
+    rows, dirs = [], {}
     for recipe, length, overrides in runs:
         directory = build_recipe(recipe, corpus, work, *overrides)
+        dirs[(recipe, length)] = directory
         expect = rerun_expectation(directory, corpus, args.reruns) if args.reruns else {}
         rows.append((recipe, length, statistics(directory, recipe), expect))
     print(table(rows))
+    if args.candidates:
+        print()
+        print(albert_candidates(dirs[("albert", 512)], dirs[("bert", 512)], corpus, work, args.candidates))
 
 
 if __name__ == "__main__":

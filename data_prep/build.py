@@ -616,6 +616,7 @@ class _Job:
     short_seq_rule: str
     sentence_labels: str
     word_boundaries: str
+    sentence_separator: str
 
     @classmethod
     def from_config(cls, cfg: DataConfig, root: str, tokenizer_file: str) -> "_Job":
@@ -623,7 +624,7 @@ class _Job:
             root, tokenizer_file, cfg.tokenizer.kind, cfg.format, cfg.sentence_objective, int(cfg.max_seq_length),
             float(cfg.short_seq_prob), int(cfg.seed), int(cfg.rows_per_shard),
             OmegaConf.to_container(OmegaConf.structured(cfg.masking), resolve=True),
-            cfg.short_seq_rule, cfg.sentence_labels, cfg.word_boundaries,
+            cfg.short_seq_rule, cfg.sentence_labels, cfg.word_boundaries, cfg.sentence_separator,
         )
 
     def rerun_copies(self, split: str) -> bool:
@@ -764,6 +765,7 @@ def _process(ctx: _Context, chunk: _Chunk) -> Dict[str, Any]:
                     job.format, job.objective, [ids[i] for i in order], job.max_seq_length, info.cls_id, info.sep_id,
                     chunk_random(job.seed, chunk.split, chunk.index, k), job.short_seq_prob, [starts[i] for i in order],
                     stats if k == 0 else InstanceStats(), job.short_seq_rule, job.sentence_labels,
+                    job.sentence_separator,
                 )
             )
             for k in range(copies)

@@ -18,7 +18,7 @@ from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
 from common.schema import Format, SentenceObjective
 from data_prep.corpus import DECODE_ERRORS, LAYOUTS, check_encoding
-from data_prep.instances import SENTENCE_LABEL_RULES, SHORT_SEQ_RULES
+from data_prep.instances import SENTENCE_LABEL_RULES, SENTENCE_SEPARATORS, SHORT_SEQ_RULES
 
 # Typed choices: a value outside them fails when the config loads, naming the valid ones.
 TokenizerKind = Literal["bpe", "wordpiece", "unigram"]
@@ -29,6 +29,7 @@ WordBoundaries = Literal["reference", "pretokenizer"]
 StaticCopies = Literal["reference", "remask"]
 ShortSeqRule = Literal[SHORT_SEQ_RULES]
 SentenceLabelRule = Literal[SENTENCE_LABEL_RULES]
+SentenceSeparator = Literal[SENTENCE_SEPARATORS]
 # How the trainer batches DOC-SENTENCES rows (read by pretrain.training.batching; data bytes unchanged).
 DocSentencesBatching = Literal["tokens", "sequences"]
 CorpusLayout = Literal[LAYOUTS]
@@ -153,6 +154,14 @@ class DataConfig:
         ``##``), fairseq's ``get_whole_word_mask`` for bpe (a ``Ġ`` piece); ``pretokenizer``
         = the tokenizer's pre-tokenizer words (the variant; the same as ``reference`` for
         wordpiece).
+    sentence_separator: the layout of packed rows (``full_sentences``, ``doc_sentences``;
+        ``data_prep.instances.pack_sentences``): ``none`` = ``<s> s1 s2 … </s>``, one more
+        ``</s>`` where a document ends inside a FULL-SENTENCES row; ``eos`` = fairseq's
+        layout of RoBERTa's data, ``</s>`` after every sentence and one more ``</s>`` unit
+        between documents (fairseq ``fairseq/data/token_block_dataset.py``,
+        ``TokenBlockDataset`` with ``break_mode="complete"`` over lines that each end in
+        ``</s>``; Liu et al. 2019, §4.2: "add an extra separator token between
+        documents"). Pair formats take ``none`` only.
     rows_per_shard: most sequences per shard file; a chunk with more rows writes several.
     chunk_documents: documents per chunk (``data_prep.build``): the unit of streaming,
         parallel work and resuming, the window in which documents are shuffled and
@@ -186,6 +195,7 @@ class DataConfig:
     short_seq_rule: ShortSeqRule = "per_chunk"
     sentence_labels: SentenceLabelRule = "balanced"
     word_boundaries: WordBoundaries = "pretokenizer"
+    sentence_separator: SentenceSeparator = "none"
     chunk_documents: int = 1000
     doc_sentences_batching: DocSentencesBatching = "tokens"
     num_workers: int = 1
@@ -221,6 +231,9 @@ def check_data_config(cfg: DataConfig) -> None:
         )
     if cfg.format == "sentence_pair" and cfg.sentence_labels == "reference":
         raise UserError("format=sentence_pair has no reference labelling rule (it is RoBERTa's §4.2 variant); set sentence_labels=balanced")
+    if pair and cfg.sentence_separator != "none":
+        raise UserError(f"sentence_separator={cfg.sentence_separator} is a layout of the packed formats "
+                        f"(full_sentences, doc_sentences); format={cfg.format} needs sentence_separator=none")
     if not 0.0 <= cfg.short_seq_prob <= 1.0:
         raise UserError(f"short_seq_prob={cfg.short_seq_prob} must be in [0, 1]")
     if cfg.chunk_documents < 2:
@@ -229,12 +242,22 @@ def check_data_config(cfg: DataConfig) -> None:
         raise UserError(f"num_workers={cfg.num_workers} must be >= 1")
 
 
+# Keys added after shard directories were built, with the value those builds had: left out
+# of the fingerprint at that value, so a directory built before the key existed stays
+# current, while any other value gives other data a fingerprint of its own.
+KEYS_ADDED_LATER = {"sentence_separator": "none"}
+
+
 def data_fingerprint(cfg: DataConfig) -> str:
     """16 hex digits identifying the data a config builds (``output_dir``, ``num_workers``
-    and ``doc_sentences_batching`` excluded: they do not change the bytes)."""
+    and ``doc_sentences_batching`` excluded: they do not change the bytes; a key of
+    ``KEYS_ADDED_LATER`` counts only when it is not at its earlier value)."""
     d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     for key in ("output_dir", "num_workers", "doc_sentences_batching"):
         d.pop(key, None)
+    for key, earlier in KEYS_ADDED_LATER.items():
+        if d.get(key) == earlier:
+            d.pop(key)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

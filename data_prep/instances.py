@@ -21,6 +21,16 @@ size, see ``DataConfig.doc_sentences_batching``).
 
 A sentence longer than ``max_seq_length - 2`` keeps its first tokens (counted).
 
+``sentence_separator=eos`` (``DataConfig.sentence_separator``) gives both packed formats
+fairseq's layout instead: RoBERTa's released preprocessing writes one sentence per line
+and fairseq's binarizer ends every line with ``</s>``; the masked_lm task cuts that stream
+with ``TokenBlockDataset(break_mode="complete")`` (fairseq/data/token_block_dataset.py)
+into blocks of at most ``tokens_per_sample - 1`` tokens and prepends ``<s>``. A row is
+``<s> s1 </s> s2 </s> … sk </s>``; between two documents (a blank line, which fairseq
+binarizes as a lone ``</s>``) FULL-SENTENCES adds one ``</s>`` unit, placed like a sentence
+(in the current row if it fits, else it opens the next one: §4.2's "extra separator
+token between documents"). ``_pack_eos`` makes these rows.
+
 SEGMENT-PAIR (BERT, Devlin et al. 2019, §3.1 and appendix A.2; RoBERTa §4.2) and SOP
 pairs (ALBERT, Lan et al. 2020, §3.2 "Inter-sentence coherence loss") come in two rule
 sets, chosen by two ``DataConfig`` keys:
@@ -85,6 +95,8 @@ from common.schema import LABEL_COLUMNS, PACKED_FORMATS, PAIR_FORMATS
 # ``DataConfig.short_seq_rule`` and ``DataConfig.sentence_labels`` (see there and ``create_pairs``).
 SHORT_SEQ_RULES: Tuple[str, ...] = ("reference", "per_chunk")
 SENTENCE_LABEL_RULES: Tuple[str, ...] = ("reference", "balanced")
+# ``DataConfig.sentence_separator`` (packed formats; see ``pack_sentences``).
+SENTENCE_SEPARATORS: Tuple[str, ...] = ("none", "eos")
 
 # Ids of a document's sentences: one int array of token ids per sentence.
 Document = Sequence[np.ndarray]
@@ -204,6 +216,7 @@ def pack_sentences(
     cross_documents: bool,
     word_starts: Optional[Sequence[Sequence[np.ndarray]]] = None,
     stats: Optional[InstanceStats] = None,
+    sentence_separator: str = "none",
 ) -> Iterator[Row]:
     """FULL-SENTENCES (``cross_documents``) or DOC-SENTENCES rows of ``documents``.
 
@@ -215,15 +228,24 @@ def pack_sentences(
         cross_documents: True = FULL-SENTENCES, False = DOC-SENTENCES.
         word_starts: int8 arrays parallel to ``documents`` (None: rows get no word starts).
         stats: counters, filled in while iterating.
+        sentence_separator: ``none`` = ``<s> s1 s2 … </s>`` (one more ``</s>`` where a
+            document ends inside a FULL-SENTENCES row); ``eos`` = fairseq's layout, every
+            sentence followed by ``</s>`` (module docstring, ``_pack_eos``).
     Yields:
         ``Row`` with int32 ``input_ids`` ``[3 <= n <= max_seq_length]`` starting with
-        ``cls_id`` and ending with ``sep_id``; empty sentences are skipped.
+        ``cls_id`` and ending with ``sep_id`` (``eos``: ``[2 <= n]``, a row may be the lone
+        separator unit ``<s> </s>`` between two documents); empty sentences are skipped.
     Raises:
-        ValueError: ``max_seq_length`` < 3.
+        ValueError: ``max_seq_length`` < 3, or an unknown ``sentence_separator``.
     """
     if max_seq_length < 3:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for a token")
+    if sentence_separator not in SENTENCE_SEPARATORS:
+        raise ValueError(f"sentence_separator={sentence_separator!r}: use one of {SENTENCE_SEPARATORS}")
     stats = stats if stats is not None else InstanceStats()
+    if sentence_separator == "eos":
+        yield from _pack_eos(documents, max_seq_length, cls_id, sep_id, cross_documents, word_starts, stats)
+        return
     budget = max_seq_length - 2
     special = np.asarray([1], dtype=np.int8)
     head = np.asarray([cls_id], dtype=np.int32)
@@ -282,6 +304,76 @@ def pack_sentences(
             boundary = False
         boundary = True
     if pieces:
+        yield emit()
+
+
+def _pack_eos(documents, max_seq_length, cls_id, sep_id, cross_documents, word_starts, stats) -> Iterator[Row]:
+    """Rows of ``pack_sentences(sentence_separator="eos")``: fairseq's
+    ``TokenBlockDataset(break_mode="complete")`` over units "sentence + ``</s>``" (and, for
+    FULL-SENTENCES, one ``</s>`` unit between documents), blocks of at most
+    ``max_seq_length - 1`` tokens, each prepended with ``<s>``. A unit joins the current
+    block if it fits or the block is empty, as fairseq's rule; unlike fairseq (which lets
+    an over-long sentence exceed the block and its trainer then skips the sample), a
+    sentence longer than ``max_seq_length - 2`` tokens keeps its first tokens (counted in
+    ``truncated_sentences``/``truncated_tokens``). DOC-SENTENCES closes the block at every
+    document end and has no separator unit."""
+    block = max_seq_length - 1
+    special = np.asarray([1], dtype=np.int8)
+    head = np.asarray([cls_id], dtype=np.int32)
+    tail = np.asarray([sep_id], dtype=np.int32)
+    with_starts = word_starts is not None
+    pieces: List[np.ndarray] = [head]
+    piece_starts: List[np.ndarray] = [special]
+    source: List[List[int]] = []
+    used = 0
+
+    def emit() -> Row:
+        ids = np.concatenate(pieces)
+        stats.sequences += 1
+        stats.tokens += int(ids.size)
+        return Row(ids, np.concatenate(piece_starts) if with_starts else None, source=tuple(tuple(x) for x in source))
+
+    def add(ids: np.ndarray, starts: Optional[np.ndarray]) -> Iterator[Row]:
+        nonlocal pieces, piece_starts, source, used
+        if used and used + ids.size > block:
+            yield emit()
+            pieces, piece_starts, source, used = [head], [special], [], 0
+        pieces.append(ids)
+        if with_starts:
+            piece_starts.append(starts)
+        used += int(ids.size)
+
+    seen_document = False
+    for d, sentences in enumerate(documents):
+        if not any(len(x) for x in sentences):
+            stats.empty_documents += 1
+            continue
+        stats.documents += 1
+        if seen_document:
+            if cross_documents:  # fairseq's blank line between documents: a lone </s>
+                yield from add(tail, special)
+            elif used:
+                yield emit()
+                pieces, piece_starts, source, used = [head], [special], [], 0
+        seen_document = True
+        for k, sent in enumerate(sentences):
+            n = int(len(sent))
+            if n == 0:
+                continue
+            stats.sentences += 1
+            ws = np.asarray(word_starts[d][k], dtype=np.int8) if with_starts else None
+            if n > block - 1:
+                stats.truncated_sentences += 1
+                stats.truncated_tokens += n - (block - 1)
+                n = block - 1
+            unit = np.concatenate([np.asarray(sent[:n], dtype=np.int32), tail])
+            yield from add(unit, np.concatenate([ws[:n], special]) if with_starts else None)
+            if source and source[-1][0] == d and source[-1][2] == k:
+                source[-1][2] = k + 1
+                source[-1][4] += n
+            else:
+                source.append([d, k, k + 1, 0, n])
+    if used:
         yield emit()
 
 
@@ -628,13 +720,18 @@ def make_rows(
     stats: Optional[InstanceStats] = None,
     short_seq_rule: str = "per_chunk",
     sentence_labels: str = "balanced",
+    sentence_separator: str = "none",
 ) -> Iterator[Row]:
     """Rows of one chunk in ``format`` (``DataConfig.format``; pairs with
     ``sentence_objective`` nsp or sop and the rules ``short_seq_rule`` /
-    ``sentence_labels``). See ``pack_sentences`` and ``create_pairs``.
-    Raises ValueError for an unknown format (the config check refuses it first)."""
+    ``sentence_labels``; packed rows with ``sentence_separator``). See ``pack_sentences``
+    and ``create_pairs``. Raises ValueError for an unknown format, or a
+    ``sentence_separator`` other than ``none`` for pairs (the config check refuses both first)."""
     if format in PACKED_FORMATS:
-        return pack_sentences(documents, max_seq_length, cls_id, sep_id, format == "full_sentences", word_starts, stats)
+        return pack_sentences(documents, max_seq_length, cls_id, sep_id, format == "full_sentences", word_starts, stats,
+                              sentence_separator)
+    if sentence_separator != "none":
+        raise ValueError(f"sentence_separator={sentence_separator!r} applies to the packed formats {PACKED_FORMATS} only")
     if format in PAIR_FORMATS:
         return create_pairs(
             documents, max_seq_length, cls_id, sep_id, sentence_objective, rng,

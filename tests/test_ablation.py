@@ -90,7 +90,9 @@ def test_every_repo_ablation_composes_at_every_preset(tmp_path: Path):
         for preset in ("smoke", "small", "medium"):
             steps = {"smoke": ["train.max_steps=192"], "small": ["train.max_steps=992"], "medium": []}[preset]
             abl, cfgs = compose_arms(path, preset, steps if "batch_size" in path.name else [], tmp_path / "runs")
-            check_fair(cfgs, abl.budget)
+            # real_tokens needs the arms' built data (plan_arms builds them; medium's corpus is
+            # not here): composed, its arms have equal sequence slots, which is what "tokens" checks.
+            check_fair(cfgs, "tokens" if abl.budget == "real_tokens" else abl.budget)
 
 
 def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
@@ -520,3 +522,35 @@ def test_probe_stages_follow_each_run_and_blimp_of_another_limit_is_refused(tmp_
     p = _ablation(tmp_path, extra=extra.replace("blimp_limit: 5", "blimp_limit: 6"))
     with pytest.raises(UserError, match=r"static/eval/blimp.json: BLiMP scored with limit 5, .*blimp_limit is 6"):
         run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
+
+
+def test_real_tokens_budget_raises_the_short_row_arms_batch(tmp_path: Path, monkeypatch):
+    """RoBERTa §4.2: SENTENCE-PAIR's batch grows until its real tokens per step match
+    SEGMENT-PAIR's (the first arm); DOC-SENTENCES batched by tokens counts max_seq_length a
+    row slot; steps stay; forward passes keep at least half of train.micro_batch_size rows."""
+    from pretrain.ablations.budget import tokens_per_row
+    from pretrain.ablations.runner import plan_arms
+    from pretrain.ablations.spec import arm_command
+    from pretrain.training.engine import split_batch
+
+    monkeypatch.chdir(tmp_path)  # the arms' data go to data-cache/<fingerprint> here
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    path = REPO / "configs" / "ablation" / "roberta_input_format.yaml"
+    abl, cfgs, rec, _ = plan_arms(path, "smoke", ["train.max_steps=8", "data.max_documents=80"], tmp_path / "runs", tmp_path)
+    assert abl.budget == "real_tokens"
+    per_row = {a: tokens_per_row(c) for a, c in cfgs.items()}
+    seg, sent = cfgs["segment_pair"], cfgs["sentence_pair"]
+    assert seg.train.global_batch_size == 32 and per_row["doc_sentences"] == 128
+    assert per_row["sentence_pair"] < 0.6 * per_row["segment_pair"]  # single sentences: short rows
+    assert sent.train.global_batch_size > 1.6 * 32 and all(c.train.max_steps == 8 for c in cfgs.values())
+    target = 32 * per_row["segment_pair"]
+    for arm, c in cfgs.items():
+        assert abs(c.train.global_batch_size * per_row[arm] - target) <= 0.05 * target, arm
+        # forward passes stay between half the micro batch and all of it (no prime batch of 1-row passes)
+        assert split_batch(c.train.global_batch_size, c.train.micro_batch_size, 1)[0] >= c.train.micro_batch_size // 2, arm
+    check_fair(cfgs, "real_tokens")
+    assert rec.arm_batch["sentence_pair"] == sent.train.global_batch_size
+    assert f"train.global_batch_size={sent.train.global_batch_size}" in arm_command(rec, "sentence_pair")
+    sent.train.global_batch_size = 32  # equal sequence slots: SENTENCE-PAIR would see less text
+    with pytest.raises(UserError, match="different numbers of real tokens"):
+        check_fair(cfgs, "real_tokens")

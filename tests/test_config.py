@@ -77,6 +77,28 @@ def test_fingerprint_ignores_output_dir_but_not_masking():
     assert data_fingerprint(a) == data_fingerprint(b) != data_fingerprint(c)
 
 
+def test_sentence_separator_is_checked_and_changes_the_data_identity():
+    """data.sentence_separator=eos (fairseq's layout) builds other data than the default:
+    its fingerprint differs, so its shards never pass for the default's; the default keeps
+    the fingerprint builds made before the key existed had. Pairs refuse eos at load."""
+    import hashlib
+    import json
+
+    from omegaconf import OmegaConf
+
+    plain = load_data_config(None, [])
+    eos = load_data_config(None, ["sentence_separator=eos"])
+    assert plain.sentence_separator == "none" and data_fingerprint(plain) != data_fingerprint(eos)
+    earlier = OmegaConf.to_container(OmegaConf.structured(plain), resolve=True)
+    for key in ("output_dir", "num_workers", "doc_sentences_batching", "sentence_separator"):
+        earlier.pop(key)
+    assert data_fingerprint(plain) == hashlib.sha256(json.dumps(earlier, sort_keys=True).encode()).hexdigest()[:16]
+    with pytest.raises(UserError, match="sentence_separator=eos is a layout of the packed formats"):
+        load_data_config(None, ["format=segment_pair", "sentence_objective=nsp", "sentence_separator=eos"])
+    with pytest.raises(UserError, match="none, eos"):
+        load_data_config(None, ["sentence_separator=newline"])
+
+
 # One choice key per section; each fails when the config loads, naming the valid values.
 CHOICES = [
     ("model.family", "xlnet", "bert, roberta, albert, distilbert"),

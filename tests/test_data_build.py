@@ -82,6 +82,30 @@ def test_pack_full_sentences_layout():
     assert st.tokens == sum(len(s) for s in seqs)
 
 
+def test_eos_separator_layout_and_its_own_build(tmp_path):
+    """sentence_separator=eos: fairseq's layout, </s> after every sentence and one </s> unit
+    between documents that opens the next row when the current one is full; a directory
+    built with it is another config's (refused without --force), never reported current."""
+    from data_prep.instances import pack_sentences
+
+    docs = docs_of([[3, 4], [5], [6, 2]])
+    rows = [r.input_ids.tolist() for r in pack_sentences(docs, 15, CLS, SEP, True, sentence_separator="eos")]
+    # blocks of <= 14 tokens: [3]</s>[4]</s> = 9, + </s> = 10 | [5]</s> would make 16
+    assert rows == [
+        [CLS, 10, 11, 12, SEP, 13, 14, 15, 16, SEP, SEP],
+        [CLS, *range(17, 22), SEP, SEP, *range(22, 28), SEP],
+        [CLS, 28, 29, SEP],
+    ]
+    out = tmp_path / "d"
+    build(small_cfg(out, max_documents=30, mode="dynamic"))
+    with pytest.raises(UserError, match="another config"):
+        build(small_cfg(out, max_documents=30, mode="dynamic", sentence_separator="eos"))
+    ds = ShardSet(build(small_cfg(tmp_path / "e", max_documents=30, mode="dynamic", sentence_separator="eos")))
+    assert ds.manifest["data_config"]["sentence_separator"] == "eos"
+    first = np.asarray(ds["train"].row(0)["input_ids"])
+    assert first[0] == CLS and first[-1] == SEP and (first == SEP).sum() >= 2
+
+
 def test_pack_full_sentences_truncates_long_sentences_and_keeps_order():
     docs = docs_of([[2, 20, 3], [1, 1]])
     st = InstanceStats()

@@ -285,3 +285,59 @@ def test_short_target_drawn_once_per_document_or_per_chunk(reuters):
         with_pairs = per_doc.documents - (per_doc.one_sentence_documents if labels == "balanced" else 0)
         assert per_doc.short_targets == with_pairs
         assert per_chunk.short_targets >= len(rows) > with_pairs
+
+
+# --------------------------------------------------------------------------- fairseq's eos layout
+
+
+def _fairseq_complete_blocks(documents, tokens_per_sample, bos, eos):
+    """fairseq's FULL-SENTENCES data written out independently: every line (sentence)
+    binarized with a trailing eos, a blank line (a lone eos) between documents, the stream
+    cut by ``TokenBlockDataset(break_mode="complete")`` into blocks of at most
+    ``tokens_per_sample - 1`` tokens (a line joins a block if it fits or the block is
+    empty), each block prepended with bos (fairseq/tasks/masked_lm.py)."""
+    lines = []
+    for i, doc in enumerate(documents):
+        if i:
+            lines.append([eos])
+        lines.extend([list(s) + [eos] for s in doc])
+    blocks, current = [], []
+    for line in lines:
+        if current and len(current) + len(line) > tokens_per_sample - 1:
+            blocks.append(current)
+            current = []
+        current = current + line
+    if current:
+        blocks.append(current)
+    return [[bos, *b] for b in blocks]
+
+
+@pytest.mark.parametrize("max_len", [16, 64])
+def test_eos_separator_rows_are_fairseqs_complete_blocks(reuters, max_len):
+    """sentence_separator=eos: FULL-SENTENCES rows are fairseq's blocks token for token
+    (sentences cut to max_len - 2 first, as the pipeline does; fairseq would let the block
+    overflow), and every sentence ends with </s>."""
+    ids, starts, _ = reuters
+    docs = [[s[: max_len - 2] for s in d] for d in ids[:120]]
+    rows = list(make_rows("full_sentences", "none", docs, max_len, CLS, SEP, random.Random(0), 0.1, starts[:120], None,
+                          sentence_separator="eos"))
+    expected = _fairseq_complete_blocks([[s.tolist() for s in d] for d in docs], max_len, CLS, SEP)
+    assert [r.input_ids.tolist() for r in rows] == expected
+    assert all(r.word_starts.shape == r.input_ids.shape for r in rows)
+    # The eos layout has one </s> per sentence and one per document boundary, no other.
+    seps = sum(int((r.input_ids == SEP).sum()) for r in rows)
+    assert seps == sum(len(d) for d in docs) + len(docs) - 1
+    none = list(make_rows("full_sentences", "none", docs, max_len, CLS, SEP, random.Random(0), 0.1, starts[:120], None))
+    assert len(rows) > len(none)  # the per-sentence </s> takes room
+
+
+def test_eos_separator_doc_sentences_stay_in_their_document(reuters):
+    ids, starts, _ = reuters
+    docs = ids[:60]
+    rows = list(pack_sentences(docs, 64, CLS, SEP, False, starts[:60], sentence_separator="eos"))
+    assert all(len(r.source) == 1 and r.input_ids[0] == CLS and r.input_ids[-1] == SEP for r in rows)
+    for r in rows:  # <s> s1 </s> s2 </s> …: as many </s> as sentences, no separator unit
+        d, first, end, _, _ = r.source[0]
+        assert int((r.input_ids == SEP).sum()) == end - first
+    with pytest.raises(ValueError, match="packed formats"):
+        list(make_rows("segment_pair", "nsp", docs, 64, CLS, SEP, random.Random(0), sentence_separator="eos"))

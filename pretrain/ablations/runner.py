@@ -31,6 +31,7 @@ from common.atomic import write_text_atomic
 from common.configfile import parse_overrides
 from common.errors import UserError, launcher_rank
 from data_prep.config import data_fingerprint, resolve_output_dir
+from pretrain.ablations.budget import check_real_tokens, equalize_real_tokens
 from pretrain.ablations.spec import (  # noqa: F401 (AblationRecord, arm_command: part of the runner's API)
     _RESERVED,
     AblationConfig,
@@ -144,6 +145,8 @@ def check_fair(cfgs: Dict[str, RunConfig], budget: str = "tokens") -> None:
     all runs, ``train.seed`` equal across arms for each pretraining seed (runs
     ``<arm>/seed-S``). Raises UserError listing every run's value when they differ.
     """
+    if budget == "real_tokens":
+        check_real_tokens(cfgs)
     if budget == "train_flops":
         flops = {a: train_flops(c) for a, c in cfgs.items()}
         target = next(iter(flops.values()))
@@ -261,12 +264,16 @@ def plan_arms(
     skipped on a rerun, so a rerun must be the same experiment).
     """
     abl, cfgs = compose_arms(path, preset, overrides, runs_root)
+    if abl.budget == "real_tokens":  # RoBERTa §4.2: needs the arms' data built (pretrain.ablations.budget)
+        equalize_real_tokens(cfgs)
     check_fair(cfgs, abl.budget)
     rec = OmegaConf.structured(AblationRecord)
     rec.ablation = abl
     rec.source, rec.preset, rec.overrides = str(path), preset, list(overrides)
     if abl.budget == "train_flops":
         rec.arm_steps = {arm: int(c.train.max_steps) for arm, c in list(cfgs.items())[1:]}
+    if abl.budget == "real_tokens":
+        rec.arm_batch = {arm: int(c.train.global_batch_size) for arm, c in list(cfgs.items())[1:]}
     rec.runs_root, rec.results_dir = str(runs_root), str(results_dir)
     abl_dir = Path(runs_root) / abl.name
     _check_same_record(abl_dir, rec)

@@ -25,7 +25,7 @@ from pretrain.training import rundir
 # Arm and ablation names become directory names; keep them portable.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # What the arms of an ablation hold equal (AblationConfig.budget).
-Budget = Literal["tokens", "train_flops"]
+Budget = Literal["tokens", "train_flops", "real_tokens"]
 # Keys the runner sets itself (where each arm's run directory is).
 _RESERVED = ("name", "run_dir")
 
@@ -154,7 +154,10 @@ class AblationConfig:
         default) or ``train_flops``: the runner sets every arm's ``train.max_steps`` so its
         training FLOPs equal the FIRST arm's (``pretrain.ablations.runner.equalize_train_flops``)
         — ELECTRA vs MLM at equal compute (Clark et al. 2020, Table 1: BERT-Small trains
-        1.5M steps to ELECTRA-Small's 1M for the same FLOPs).
+        1.5M steps to ELECTRA-Small's 1M for the same FLOPs); ``real_tokens``: the runner
+        sets every arm's ``train.global_batch_size`` so its real (non-padding) tokens per
+        step equal the FIRST arm's, from the mean row length of its built data
+        (``pretrain.ablations.budget``) — RoBERTa §4.2's SENTENCE-PAIR with a larger batch.
     evaluate: the downstream evaluation stages of every run (see EvaluateConfig).
     """
 
@@ -184,6 +187,8 @@ class AblationRecord:
     results_dir: str = "results"
     # arm → train.max_steps the runner derived (budget train_flops), for the arm commands
     arm_steps: Dict[str, int] = field(default_factory=dict)
+    # arm → train.global_batch_size the runner derived (budget real_tokens)
+    arm_batch: Dict[str, int] = field(default_factory=dict)
     # the fine-tuning preset the evaluation stages used (EvaluateConfig.preset resolved)
     finetune_preset: Optional[str] = None
 
@@ -315,6 +320,8 @@ def arm_command(rec: AblationRecord, arm: str, seed: Optional[int] = None, rel: 
         parts += _scaled_keys(run)
     if rel in rec.arm_steps:
         parts.append(f"train.max_steps={rec.arm_steps[rel]}")
+    if rel in rec.arm_batch:
+        parts.append(f"train.global_batch_size={rec.arm_batch[rel]}")
     parts += [f"name={rec.ablation.name}/{rel}", f"run_dir={run}"]
     return shlex.join(parts)
 
