@@ -305,7 +305,9 @@ def test_a_job_run_by_hand_is_a_done_stage_of_an_ablation(tiny_run, tmp_path, mo
     over = [*FAST, "epochs=1", "seeds=[1]"]
     assert main(["finetune", str(run), "--task", "rte", "--preset", "smoke", *over]) == 0
     rc = OmegaConf.create(read_client_state(_resolve_checkpoint(run))["config"])
-    abl = OmegaConf.create({"name": "toy", "evaluate": {"preset": None, "tasks": ["rte"], "overrides": over, "control": True}})
+    from pretrain.ablations.spec import EvaluateConfig
+
+    abl = OmegaConf.create({"name": "toy", "evaluate": OmegaConf.structured(EvaluateConfig(tasks=["rte"], overrides=over))})
     for where in (str(run), os.path.relpath(run)):
         rc.run_dir = where
         plan = stages.plan_evaluation(abl, "smoke", {"a": rc})
