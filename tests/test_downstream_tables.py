@@ -25,7 +25,7 @@ CLAIMS = [{"text": "a beats b on SST-2", "a": "a", "b": "b", "paper_column": "SS
           {"text": "a beats b on SQuAD", "a": "a", "b": "b", "paper_column": "SQuAD 2.0 F1"}]
 
 
-def _job(job: Path, task: str, per_seed: dict, other_lr: float = 0.0) -> None:
+def _job(job: Path, task: str, per_seed: dict, other_lr: float = 0.0, rows: int = 256) -> None:
     """A finished fine-tuning job: finetune.yaml, scores.json (as `summarize` makes it: lr 3e-4
     with the given main-metric scores, and an lr 1e-4 whose median is lower), scores.md, and a
     seed run directory that must not be collected."""
@@ -35,7 +35,9 @@ def _job(job: Path, task: str, per_seed: dict, other_lr: float = 0.0) -> None:
     s = summarize(task, per_run)
     s.update(task=task, pretrained="x", recipe="roberta", preset="smoke", num_train_rows=256)
     job.mkdir(parents=True)
-    (job / "finetune.yaml").write_text(f"task: {task}\n")
+    (job / "finetune.yaml").write_text(f"task: {task}\nlrs: [0.0003, 0.0001]\nseeds: [1, 2, 3]\nepochs: 2.0\n"
+                                      f"data:\n  max_length: 64\n  max_train_rows: {rows}\n"
+                                      "train:\n  global_batch_size: 16\n  precision: fp32\n")
     write_json_atomic(job / "scores.json", s)
     (job / "scores.md").write_text(markdown(task, "x", s))
     (job / "lr-0.0003" / "seed-1").mkdir(parents=True)
@@ -230,3 +232,18 @@ def test_probe_columns_sit_beside_albert_table_5_and_judge_its_claims(tmp_path: 
     assert "the first 10 pairs of each of the 67 phenomena" in md and "Paper only: the paper's average" in md
     files = [str(p) for p in log_files(abl)]
     assert "none/seed-1/eval/sentence.json" in files and "none/seed-1/eval-random-init/blimp.json" in files
+
+
+def test_the_recorded_fine_tuning_settings_are_named_and_a_difference_is_a_warning(tmp_path: Path):
+    runs = _ablation(tmp_path, {"a": [[0.90, 0.91], [0.93]], "b": [[0.80, 0.81], [0.82]]})
+    rebuild_tables(runs, tmp_path / "results")
+    md = (tmp_path / "results" / "smoke" / "ds.md").read_text()
+    assert ("Fine-tuning settings recorded by every job (`finetune.yaml`): lrs [0.0003, 0.0001], seeds [1, 2, 3], "
+            "epochs 2.0, batch 16, max length 64, training rows 256, precision fp32.") in md
+    assert "Warning" not in md
+    # the control fine-tuned on fewer rows (e.g. by hand): named, and the page warns
+    _job(runs / "ds" / "a" / "seed-1" / "finetune" / "sst2-random-init", "sst2", {1: 0.5, 2: 0.6}, rows=2000)
+    rebuild_tables(runs, tmp_path / "results")
+    md = (tmp_path / "results" / "smoke" / "ds.md").read_text()
+    assert "**Warning:** the fine-tuning jobs were not all run with the same settings" in md
+    assert "- lrs [0.0003, 0.0001], seeds [1, 2, 3], epochs 2.0, batch 16, max length 64, training rows 2000, precision fp32: `a/seed-1/finetune/sst2-random-init`" in md

@@ -184,7 +184,7 @@ def control_checks(cols: Sequence[Column], arms: Dict[str, Dict[str, Cell]], con
     return out
 
 
-def render_notes(rec, results, cols: Sequence[Column]) -> List[str]:
+def render_notes(rec, results, cols: Sequence[Column], settings: Optional[Dict[str, List[str]]] = None) -> List[str]:
     """The table page's paragraphs on the fine-tuning columns: how they were made and pooled,
     paper columns we cannot run, the control row, and per column and arm whether pretraining
     beat the control by more than the spread (issue 14's check), from the cells shown."""
@@ -202,6 +202,7 @@ def render_notes(rec, results, cols: Sequence[Column]) -> List[str]:
         "eng.testb, entity-level micro F1.",
         "",
     ] if ev.tasks else []
+    lines += settings_lines(settings or {})
     if ev.probes.blimp:
         limit = "all 1,000" if ev.probes.blimp_limit is None else f"the first {ev.probes.blimp_limit}"
         lines += [f"BLiMP overall: zero-shot, the share (%) of minimal pairs (Warstadt et al. 2020; {limit} pairs of each "
@@ -230,3 +231,56 @@ def render_notes(rec, results, cols: Sequence[Column]) -> List[str]:
               "| column | arm | arm − control | spread | beats the control |", "|---|---|---|---|---|"]
     lines += [f"| {c.column} | `{c.arm}` | {c.diff:+.2f} | {c.spread:.2f} | {'yes' if c.beats else 'no'} |" for c in checks]
     return lines + [""]
+
+
+# The keys of a job's finetune.yaml that the table names (what a reader needs to compare rows).
+SETTINGS = (("lrs", "lrs"), ("seeds", "seeds"), ("epochs", "epochs"), ("train.global_batch_size", "batch"),
+            ("data.max_length", "max length"), ("data.max_train_rows", "training rows"), ("train.precision", "precision"))
+
+
+def job_settings(abl_dir: Path, rec) -> Dict[str, List[str]]:
+    """The fine-tuning settings each job recorded in its ``finetune.yaml`` (SETTINGS, in
+    words) → the jobs (``<run>/finetune/<job>``) that used them; jobs not run yet are left out.
+    One key = every row fine-tuned alike."""
+    from omegaconf import OmegaConf
+
+    from pretrain.ablations.spec import seed_runs
+    from pretrain.downstream.runner import job_directory
+
+    ev = rec.ablation.evaluate
+    jobs = [(rel, t, False) for _arm, _seed, rel in seed_runs(rec.ablation) for t in ev.tasks]
+    if ev.control:
+        jobs += [(seed_runs(rec.ablation)[0][2], t, True) for t in ev.tasks]
+    out: Dict[str, List[str]] = {}
+    for rel, task, random_init in jobs:
+        f = job_directory({"run_dir": Path(abl_dir) / rel}, task, random_init, "runs") / "finetune.yaml"
+        if not f.is_file():
+            continue
+        cfg = OmegaConf.load(f)
+        words = []
+        for key, name in SETTINGS:
+            v = OmegaConf.select(cfg, key)
+            v = OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+            words.append(f"{name} {'all' if v is None else v}")
+        out.setdefault(", ".join(words), []).append(f"{rel}/finetune/{f.parent.name}")
+    return out
+
+
+def settings_lines(settings: Dict[str, List[str]]) -> List[str]:
+    """The table page's line on the recorded fine-tuning settings (module docstring)."""
+    if not settings:
+        return []
+    if len(settings) == 1:
+        return [f"Fine-tuning settings recorded by every job (`finetune.yaml`): {next(iter(settings))}.", ""]
+    lines = ["Fine-tuning settings recorded by the jobs (`finetune.yaml`) differ:", ""]
+    lines += [f"- {words}: {', '.join(f'`{j}`' for j in jobs)}" for words, jobs in settings.items()]
+    return lines + [""]
+
+
+def settings_warning(settings: Dict[str, List[str]]) -> List[str]:
+    """A warning when the jobs were fine-tuned with different settings (their rows then
+    compare more than pretraining)."""
+    if len(settings) < 2:
+        return []
+    return ["the fine-tuning jobs were not all run with the same settings (listed under the table): rows fine-tuned "
+            "differently compare more than their pretraining."]

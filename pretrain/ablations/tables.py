@@ -210,6 +210,7 @@ def render_csv(rec: AblationRecord, results: List[ArmResult]) -> str:
 def render_markdown(
     rec: AblationRecord, results: List[ArmResult], runs_root: str, results_dir: str,
     verdicts: Sequence[Verdict] = (), warnings: Sequence[str] = (),
+    settings: Optional[Dict[str, List[str]]] = None,
 ) -> str:
     """Markdown page: title, settings, warnings, the table, the verdicts, notes, the plot and
     the commands."""
@@ -250,7 +251,7 @@ def render_markdown(
         *([f"Paper numbers: {abl.paper.source}.", ""] if abl.paper.source else []),
     ]
     if dcols:
-        lines += downstream.render_notes(rec, results, dcols)
+        lines += downstream.render_notes(rec, results, dcols, settings)
     if verdicts:
         lines += render_verdicts(verdicts)
     if abl.paper.columns and dcols:
@@ -330,7 +331,9 @@ def write_ablation_table(abl_dir: str | Path, results_dir: str | Path, runs_root
     md, csv_path, png_path = table_paths(results_dir, rec.preset, rec.ablation.name)
     out = md.parent
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(md, render_markdown(rec, results, str(runs_root), str(results_dir), verdicts, warnings))
+    settings = downstream.job_settings(abl_dir, rec)
+    warnings = warnings + downstream.settings_warning(settings)
+    write_text_atomic(md, render_markdown(rec, results, str(runs_root), str(results_dir), verdicts, warnings, settings))
     write_text_atomic(csv_path, render_csv(rec, results))
     runs = {rel: abl_dir / rel for _arm, _seed, rel in seed_runs(rec.ablation)}
     png = plot_loss_curves(runs, png_path, rec.ablation.title)
