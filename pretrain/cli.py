@@ -3,7 +3,7 @@ checkpoints, and run the same as Slurm jobs.
 
     pretrain train CONFIG [--preset NAME] [--resume] [key=value ...]
     pretrain ablate ABLATION --preset NAME [--runs DIR] [--results DIR] [key=value ...]
-    pretrain tables [--runs DIR] [--results DIR]
+    pretrain tables [--runs DIR] [--results DIR] [--collect SRC]
     pretrain describe MODEL [key=value ...] [--sentence none|nsp|sop] [--markdown]
     pretrain describe --all [--markdown]
     pretrain compare [--presets small base] [--models ...] [--repeats N] [--runs DIR] [--out PATH]
@@ -58,12 +58,18 @@ def outputs_report(run: Path, summary: Optional[dict] = None) -> str:
 def _ablate(args: argparse.Namespace) -> None:
     from pretrain.ablations.runner import run_ablation
 
-    run_ablation(args.ablation, args.preset, args.overrides, runs_root=args.runs, results_dir=args.results)
+    run_ablation(args.ablation, args.preset, args.overrides, runs_root=args.runs, results_dir=args.results,
+                 evaluate=args.evaluate)
 
 
 def _tables(args: argparse.Namespace) -> None:
     from pretrain.ablations.tables import rebuild_tables
 
+    if args.collect:
+        from pretrain.ablations.collect import collect_logs
+
+        copied = collect_logs(args.collect, args.runs)
+        print(f"collected {len(copied)} log files from {args.collect} into {args.runs}")
     for path in rebuild_tables(args.runs, args.results):
         print(path)
 
@@ -147,12 +153,15 @@ def _add_ablate(sub) -> None:
     a = _command(sub, "ablate", "run every arm of an ablation and write its table",
                 "Compose and check every arm of an ablation first (nothing runs if one fails), build each\n"
                 "distinct data config once, train the arms one after another (finished arms are skipped,\n"
-                "interrupted ones resumed) and write the table after each arm to\n"
+                "interrupted ones resumed), fine-tune each on the tasks of the ablation's evaluate: section\n"
+                "(plus one random-init control), and write the table after each stage to\n"
                 "RESULTS/<preset>/<ablation>.{md,csv,png}; runs go to RUNS/<ablation>/<arm>/.")
     a.add_argument("ablation", help="ablation YAML, e.g. configs/ablation/roberta_masking.yaml")
     a.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides of every arm's run config, e.g. data.corpus=PATH")
     a.add_argument("--preset", required=True, help="scale preset every arm runs at (smoke, small, or a YAML path)")
+    a.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                   help="pretrain only: skip the evaluate: section's fine-tuning stages (their table columns stay empty)")
     a.add_argument("--runs", default="runs", metavar="DIR", help="root of the run directories (default: runs)")
     a.add_argument("--results", default="results", metavar="DIR",
                    help="root of the tables; each preset writes into its own DIR/<preset>/ (default: results)")
@@ -163,12 +172,16 @@ def _add_tables(sub) -> None:
     """The ``pretrain tables`` subcommand and its options."""
     tb = _command(sub, "tables", "rebuild every result table from run directories, without training",
                  "For every RUNS/*/ablation.yaml, rewrite RESULTS/<preset>/<ablation>.{md,csv,png} from the\n"
-                 "run directories alone (summary.json, metrics.jsonl); unfinished arms are marked. Prints\n"
-                 "the paths it wrote.")
+                 "run directories alone (summary.json, metrics.jsonl, each fine-tuning job's scores.json);\n"
+                 "unfinished arms are marked. Prints the paths it wrote.")
     tb.add_argument("--runs", default="runs", metavar="DIR",
                     help="root holding <ablation>/ablation.yaml and the arms' run directories (default: runs)")
     tb.add_argument("--results", default="results", metavar="DIR",
                     help="root of the tables, one subdirectory per preset (default: results)")
+    tb.add_argument("--collect", metavar="SRC",
+                    help="first copy each SRC/<ablation>'s log subset (ablation.yaml; per run config.yaml, metrics.jsonl, "
+                         "summary.json; per fine-tuning job finetune.yaml, scores.json, scores.md) into --runs, "
+                         "replacing --runs/<ablation>; e.g. --collect runs --runs results/runs")
     tb.set_defaults(fn=_tables)
 
 
