@@ -3,9 +3,10 @@ checkpoints, and run the same as Slurm jobs.
 
     pretrain train CONFIG [--preset NAME] [--resume] [key=value ...]
     pretrain ablate ABLATION --preset NAME [--runs DIR] [--results DIR] [key=value ...]
-    pretrain tables [--runs DIR] [--results DIR]
+    pretrain tables [--runs DIR] [--results DIR] [--collect SRC]
     pretrain describe MODEL [key=value ...] [--sentence none|nsp|sop] [--markdown]
     pretrain describe --all [--markdown]
+    pretrain compare [--presets small base] [--models ...] [--repeats N] [--runs DIR] [--out PATH]
     pretrain export CKPT OUT --format hf [--tokenizer PATH] [--drop-sentence-head]
     pretrain finetune CKPT|HF_DIR --task NAME [--seeds N] [--preset smoke|small] [--random-init] [key=value ...]
     pretrain probe blimp CKPT|HF_DIR [--limit N] [--random-init]
@@ -57,12 +58,18 @@ def outputs_report(run: Path, summary: Optional[dict] = None) -> str:
 def _ablate(args: argparse.Namespace) -> None:
     from pretrain.ablations.runner import run_ablation
 
-    run_ablation(args.ablation, args.preset, args.overrides, runs_root=args.runs, results_dir=args.results)
+    run_ablation(args.ablation, args.preset, args.overrides, runs_root=args.runs, results_dir=args.results,
+                 evaluate=args.evaluate)
 
 
 def _tables(args: argparse.Namespace) -> None:
     from pretrain.ablations.tables import rebuild_tables
 
+    if args.collect:
+        from pretrain.ablations.collect import collect_logs
+
+        copied = collect_logs(args.collect, args.runs)
+        print(f"collected {len(copied)} log files from {args.collect} into {args.runs}")
     for path in rebuild_tables(args.runs, args.results):
         print(path)
 
@@ -71,6 +78,14 @@ def _describe(args: argparse.Namespace) -> None:
     from pretrain.models.describe import describe
 
     print(describe(args.model, args.overrides, args.sentence, all_presets=args.all, markdown=args.markdown))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from pretrain.comparison.run import compare
+
+    for path in compare(args.models, args.presets, args.repeats, args.warmup, args.threads, args.runs, args.run,
+                        args.out, not args.no_int8):
+        print(path)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -138,12 +153,15 @@ def _add_ablate(sub) -> None:
     a = _command(sub, "ablate", "run every arm of an ablation and write its table",
                 "Compose and check every arm of an ablation first (nothing runs if one fails), build each\n"
                 "distinct data config once, train the arms one after another (finished arms are skipped,\n"
-                "interrupted ones resumed) and write the table after each arm to\n"
+                "interrupted ones resumed), fine-tune each on the tasks of the ablation's evaluate: section\n"
+                "(plus one random-init control), and write the table after each stage to\n"
                 "RESULTS/<preset>/<ablation>.{md,csv,png}; runs go to RUNS/<ablation>/<arm>/.")
     a.add_argument("ablation", help="ablation YAML, e.g. configs/ablation/roberta_masking.yaml")
     a.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides of every arm's run config, e.g. data.corpus=PATH")
     a.add_argument("--preset", required=True, help="scale preset every arm runs at (smoke, small, or a YAML path)")
+    a.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                   help="pretrain only: skip the evaluate: section's fine-tuning stages (their table columns stay empty)")
     a.add_argument("--runs", default="runs", metavar="DIR", help="root of the run directories (default: runs)")
     a.add_argument("--results", default="results", metavar="DIR",
                    help="root of the tables; each preset writes into its own DIR/<preset>/ (default: results)")
@@ -154,12 +172,16 @@ def _add_tables(sub) -> None:
     """The ``pretrain tables`` subcommand and its options."""
     tb = _command(sub, "tables", "rebuild every result table from run directories, without training",
                  "For every RUNS/*/ablation.yaml, rewrite RESULTS/<preset>/<ablation>.{md,csv,png} from the\n"
-                 "run directories alone (summary.json, metrics.jsonl); unfinished arms are marked. Prints\n"
-                 "the paths it wrote.")
+                 "run directories alone (summary.json, metrics.jsonl, each fine-tuning job's scores.json);\n"
+                 "unfinished arms are marked. Prints the paths it wrote.")
     tb.add_argument("--runs", default="runs", metavar="DIR",
                     help="root holding <ablation>/ablation.yaml and the arms' run directories (default: runs)")
     tb.add_argument("--results", default="results", metavar="DIR",
                     help="root of the tables, one subdirectory per preset (default: results)")
+    tb.add_argument("--collect", metavar="SRC",
+                    help="first copy each SRC/<ablation>'s log subset (ablation.yaml; per run config.yaml, metrics.jsonl, "
+                         "summary.json; per fine-tuning job finetune.yaml, scores.json, scores.md) into --runs, "
+                         "replacing --runs/<ablation>; e.g. --collect runs --runs results/runs")
     tb.set_defaults(fn=_tables)
 
 
@@ -175,6 +197,35 @@ def _add_describe(sub) -> None:
     d.add_argument("--all", action="store_true", help="every preset in configs/model instead of MODEL")
     d.add_argument("--markdown", action="store_true", help="print a markdown table")
     d.set_defaults(fn=_describe)
+
+
+def _add_compare(sub) -> None:
+    """The ``pretrain compare`` subcommand and its options."""
+    from pretrain.comparison.report import DEFAULT_OUT
+    from pretrain.comparison.shapes import BASE, MODELS
+
+    c = _command(sub, "compare", "size / speed / quality table of BERT, RoBERTa, ALBERT, DistilBERT and ELECTRA",
+                "For each model at each shape group (a --preset's shapes, or 'base': the published base shapes),\n"
+                "count parameters, write the float32 weights as safetensors (in a temporary directory) and time\n"
+                "CPU inference at sequence length 128 (ms per sequence at batch 1, sequences/s at batch 32; GPU\n"
+                "too when available), plus dynamic int8 rows for BERT and DistilBERT. Scores come from finished\n"
+                "`pretrain finetune` jobs of the runs under --runs (or --run MODEL=DIR); none given: 'not run'.\n"
+                "Writes PATH.md and PATH.csv (--out; default results/model_comparison) and prints their paths.")
+    c.add_argument("--presets", nargs="+", default=["small", BASE], metavar="NAME",
+                   help=f"shape groups: preset names (configs/preset) and/or '{BASE}' (default: small base)")
+    c.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL",
+                   help=f"models to measure (default: all of {', '.join(MODELS)})")
+    c.add_argument("--repeats", type=int, default=5, help="timed runs per measurement; the median is reported (default 5)")
+    c.add_argument("--warmup", type=int, default=2, help="untimed forward calls before timing (default 2)")
+    c.add_argument("--threads", type=int, help="torch.set_num_threads (default: leave torch's setting)")
+    c.add_argument("--runs", metavar="DIR", help="root of the pretraining runs (RUNS/<recipe name>) whose fine-tuning "
+                   "jobs give the score columns")
+    c.add_argument("--run", action="append", default=[], metavar="MODEL=DIR",
+                   help="a model's pretraining run directory (repeatable), e.g. --run bert=runs/small/bert")
+    c.add_argument("--out", default=str(DEFAULT_OUT), metavar="PATH",
+                   help=f"output path without suffix: PATH.md and PATH.csv (default {DEFAULT_OUT})")
+    c.add_argument("--no-int8", action="store_true", help="leave out the dynamic int8 rows")
+    c.set_defaults(fn=_compare)
 
 
 def _add_export(sub) -> None:
@@ -282,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The `deepspeed` launcher adds --local_rank=N; the trainer reads LOCAL_RANK from the env instead.
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_ablate, _add_tables, _add_describe, _add_export, _add_finetune, _add_probe, _add_submit, _add_status):
+    for add in (_add_train, _add_ablate, _add_tables, _add_describe, _add_compare, _add_export, _add_finetune, _add_probe, _add_submit, _add_status):
         add(sub)
     return p
 

@@ -124,7 +124,7 @@ def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
 
 
 def test_unknown_key_fails_at_load(tmp_path: Path):
-    with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, budget, claims, name, paper, scale, seeds, title"):
+    with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, budget, claims, evaluate, name, paper, scale, seeds, title"):
         load_ablation(_ablation(tmp_path, extra="bogus: 1\n"))
     p = _ablation(tmp_path, paper={"source": "x", "colums": ["F1"], "rows": {}})
     with pytest.raises(UserError, match=r"unknown key 'paper.colums'"):
@@ -290,8 +290,16 @@ def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
     data build) with extra-small overrides, the real data build and trainer; the table carries
     the paper's numbers and a verdict per claim, the README summary lists every ablation of
     configs/ablation/, and `pretrain tables` rebuilds the identical table from the run
-    directories; a rerun trains nothing."""
+    directories; a rerun trains nothing. Its evaluation stages run for real, cut to one task
+    (SST-2, 32 rows, one seed) plus the random-init control."""
     runs, results = tmp_path / "runs", tmp_path / "results"
+    nsp = OmegaConf.load(NSP)
+    nsp.base = str(NSP.parent / nsp.base)
+    nsp.evaluate.tasks = ["sst2"]
+    nsp.evaluate.overrides = ["lrs=[3e-3]", "seeds=[1]", "epochs=1", "data.max_train_rows=32", "data.max_eval_rows=32",
+                              "data.max_length=32", "train.global_batch_size=8", "train.micro_batch_size=8"]
+    abl_file = tmp_path / "bert_nsp.yaml"
+    abl_file.write_text(OmegaConf.to_yaml(nsp))
     # Without the launcher variables an in-process train() of an earlier test left behind
     # (its MASTER_PORT is still listened on): the child picks its own world of one.
     launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
@@ -308,13 +316,16 @@ def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
                               if args[0] == "ablate" else [sys.executable, "-m", "pretrain.cli", *args],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
-    r = pretrain("ablate", str(NSP), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
+    r = pretrain("ablate", str(abl_file), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "=== [1/2] bert_nsp / nsp: training" in r.stdout and f"table: {results / 'smoke' / 'bert_nsp.md'}" in r.stdout
+    assert "=== [1/5] bert_nsp / nsp: training" in r.stdout and "=== [3/5] bert_nsp / nsp / finetune sst2 (random-init" in r.stdout and f"table: {results / 'smoke' / 'bert_nsp.md'}" in r.stdout
     with open(results / "smoke" / "bert_nsp.csv", newline="") as f:
         rows = {row["arm"]: row for row in csv.DictReader(f)}
-    assert list(rows) == ["nsp", "no_nsp"]
+    assert list(rows) == ["nsp", "no_nsp", "random init (control)"]
+    control = rows.pop("random init (control)")
+    assert control["status"] == "done" and control["held-out MLM loss"] == "" and 0 <= float(control["SST-2 acc"]) <= 100
     for arm, row in rows.items():
+        assert 0 <= float(row["SST-2 acc"]) <= 100 and row["SST-2 acc n"] == "1" and row["SST-2 acc (paper)"]
         assert row["status"] == "done", row
         for col in ("held-out MLM loss", "perplexity", "masked-token accuracy (%)", "epochs", "wall time (min)"):
             assert math.isfinite(float(row[col])), (arm, col, row[col])
@@ -339,8 +350,178 @@ def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
     assert "| `roberta_masking` | dynamic masking is comparable" in readme and "not run yet" in readme
 
     # rerunning the ablation trains nothing
-    r = pretrain("ablate", str(NSP), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
-    assert r.returncode == 0 and r.stdout.count("done, skipping") == 2, r.stdout + r.stderr[-2000:]
+    r = pretrain("ablate", str(abl_file), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
+    assert r.returncode == 0 and r.stdout.count("done, skipping") == 5, r.stdout + r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ evaluation stages
+
+EVALUATE = '''evaluate:
+  tasks: [sst2, stsb]
+  overrides: ["lrs=[3e-4]", "seeds=[1,2]"]
+  control: true
+'''
+
+
+class _FakeFinetune:
+    """Double of ``pretrain.downstream.runner.finetune`` writing what the real one does to the
+    default job directory: finetune.yaml (the composed config), scores.json and scores.md."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, pretrained, task, seeds=None, preset=None, recipe=None, overrides=(), runs_root="runs",
+                 random_init=False, tokenizer=None, out=None):
+        from pretrain.downstream.config import load_finetune_config
+        from pretrain.downstream.runner import job_directory, markdown, summarize
+
+        self.calls.append((Path(pretrained).name, task, random_init))
+        cfg = load_finetune_config("roberta", preset, overrides, {"pretrained": pretrained, "task": task, "random_init": random_init})
+        job = job_directory({"run_dir": Path(pretrained)}, task, random_init, runs_root)
+        job.mkdir(parents=True, exist_ok=True)
+        (job / "finetune.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        metric = "dev_accuracy" if task == "sst2" else "dev_spearman"
+        base = 0.5 if random_init else (0.8 if "dynamic" in str(pretrained) else 0.7)
+        s = summarize(task, {3e-4: {1: {metric: base}, 2: {metric: base + 0.01}}})
+        write_json_atomic(job / "scores.json", s)
+        (job / "scores.md").write_text(markdown(task, pretrained, s))
+        return s
+
+
+@pytest.fixture()
+def fake_finetune(monkeypatch, data_dir) -> _FakeFinetune:
+    import pretrain.downstream.runner
+
+    fake = _FakeFinetune()
+    monkeypatch.setattr(pretrain.downstream.runner, "finetune", fake)
+    return fake
+
+
+def test_every_run_is_fine_tuned_after_pretraining_then_skipped_when_done(tmp_path: Path, recorder: _Recorder,
+                                                                         fake_finetune: _FakeFinetune, capsys):
+    p = _ablation(tmp_path, paper={"source": "P", "columns": ["SST-2 acc"], "rows": {"static": [92.5], "dynamic": [92.9]}},
+                  extra=EVALUATE)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    over = ["train.max_steps=20", "train.schedule.warmup_steps=2"]
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert recorder.trains == [("toy/static", True), ("toy/dynamic", True)]
+    # each run's tasks after its pretraining; the one control (on the first run) after the first run's tasks
+    assert fake_finetune.calls == [("static", "sst2", False), ("static", "stsb", False), ("static", "sst2", True),
+                                   ("static", "stsb", True), ("dynamic", "sst2", False), ("dynamic", "stsb", False)]
+    out = capsys.readouterr().out
+    assert "evaluation: 6 stages (sst2, stsb per run, plus the random-init control), fine-tuning preset smoke" in out
+    assert f"=== [4/8] toy / static / finetune sst2 (random-init control): fine-tuning → {runs}/toy/static/finetune/sst2-random-init" in out
+    assert "=== [6/8] toy / dynamic: training" in out
+    assert OmegaConf.load(runs / "toy" / rundir.ABLATION).finetune_preset == "smoke"
+    md = (results / "smoke" / "toy.md").read_text()
+    assert "| SST-2 acc | SST-2 acc min–max (n) | SST-2 acc (paper) | STS-B Spearman |" in md
+    assert "| `dynamic` | done | 4.5000 |" in md and "| 80.50 | 80.00–81.00 (2) | 92.9 |" in md
+    assert "| random init (control) | done |" in md and "| SST-2 acc | `dynamic` | +30.00 | 1.00 | yes |" in md
+
+    # a rerun finds every stage done: nothing trained or fine-tuned
+    recorder.trains.clear()
+    fake_finetune.calls.clear()
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert recorder.trains == [] and fake_finetune.calls == []
+    assert "toy / dynamic / finetune stsb: done, skipping" in capsys.readouterr().out
+    # an interrupted job (finetune.yaml, no scores.json) is resumed; only it runs
+    (runs / "toy" / "dynamic" / "finetune" / "stsb" / "scores.json").unlink()
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert fake_finetune.calls == [("dynamic", "stsb", False)] and "finetune stsb: resuming" in capsys.readouterr().out
+
+
+def test_a_job_made_another_way_is_refused_before_anything_runs(tmp_path: Path, recorder: _Recorder,
+                                                                fake_finetune: _FakeFinetune):
+    p = _ablation(tmp_path, extra=EVALUATE)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    over = ["train.max_steps=20", "train.schedule.warmup_steps=2"]
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    f = runs / "toy" / "dynamic" / "finetune" / "sst2" / "finetune.yaml"
+    f.write_text(f.read_text().replace("0.0003", "0.0001"))
+    (runs / "toy" / "static" / "summary.json").unlink()  # would be trained again, if anything ran
+    recorder.trains.clear()
+    fake_finetune.calls.clear()
+    with pytest.raises(UserError, match=rf"^{f}: fine-tuning job made with another "
+                                        r"config than this ablation's evaluate stage \(lrs: \[0.0001\] there, \[0.0003\] here\)"):
+        run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert recorder.trains == [] and fake_finetune.calls == []
+    # scores without the config they were made with: refused too
+    f.unlink()
+    with pytest.raises(UserError, match=r"scores.json has no finetune.yaml beside it"):
+        run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
+    assert recorder.trains == []
+
+
+@pytest.mark.parametrize("evaluate, message", [
+    ("evaluate:\n  tasks: [sst2, squad]\n", r"evaluate.tasks has 'squad', not a fine-tuning task; valid: sst2, cola"),
+    ("evaluate:\n  taks: [sst2]\n", r"unknown key 'evaluate.taks'; valid keys under evaluate: control, overrides, preset, probes, tasks"),
+    ("evaluate:\n  tasks: [sst2]\n  overrides: [lrz=1]\n", r"evaluate sst2 of static: .*unknown key 'lrz'"),
+    ("evaluate:\n  tasks: [sst2]\n  preset: tiny\n", r"unknown fine-tuning preset 'tiny'.*available: small, smoke"),
+    ("evaluate:\n  tasks: [qnli]\n", r"evaluate qnli of static: .*qnli train split not found"),
+])
+def test_bad_evaluate_section_fails_before_any_training(tmp_path: Path, recorder: _Recorder, fake_finetune, evaluate, message):
+    p = _ablation(tmp_path, extra=evaluate)
+    with pytest.raises(UserError, match=message):
+        run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=tmp_path / "runs",
+                     results_dir=tmp_path / "results")
+    assert recorder.builds == [] and recorder.trains == [] and fake_finetune.calls == [] and not (tmp_path / "runs").exists()
+
+
+def test_finetune_preset_follows_the_ablation_preset():
+    from pretrain.ablations.stages import finetune_preset
+
+    assert finetune_preset(None, "smoke") == "smoke" and finetune_preset(None, "small") == "small"
+    assert finetune_preset(None, "medium") == "small"  # no medium fine-tuning preset
+    assert finetune_preset("smoke", "medium") == "smoke" and finetune_preset(None, "configs/preset/smoke.yaml") == "smoke"
+
+
+def test_no_evaluate_pretrains_only_and_leaves_the_columns_empty(tmp_path: Path, recorder: _Recorder,
+                                                                 fake_finetune: _FakeFinetune):
+    p = _ablation(tmp_path, extra="evaluate:\n  tasks: [sst2]\n  overrides: [lrz=1]\n")  # never composed
+    run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=tmp_path / "runs",
+                 results_dir=tmp_path / "results", evaluate=False)
+    assert len(recorder.trains) == 2 and fake_finetune.calls == []
+    md = (tmp_path / "results" / "smoke" / "toy.md").read_text()
+    assert "| random init (control) | not run |" in md and "| SST-2 acc |" in md
+
+
+def test_probe_stages_follow_each_run_and_blimp_of_another_limit_is_refused(tmp_path: Path, recorder: _Recorder,
+                                                                           fake_finetune: _FakeFinetune, monkeypatch, capsys):
+    import pretrain.downstream.probe as probe
+
+    probed = []
+
+    def blimp(model, limit=None, runs_root="runs", random_init=False, **kw):
+        probed.append(("blimp", Path(model).name, limit, random_init))
+        d = Path(model) / ("eval-random-init" if random_init else "eval")
+        d.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(d / "blimp.json", {"overall": 0.5 if random_init else 0.6, "limit": limit})
+
+    def sentence(models, pairs=2000, runs_root="runs", **kw):
+        probed.append(("sentence", Path(models[0]).name, pairs, str(runs_root)))
+        (Path(models[0]) / "eval").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(models[0]) / "eval" / "sentence.json", {"mlm": {"accuracy": 0.3}, "nsp": {"accuracy": 0.5},
+                                                                       "sop": {"accuracy": 0.5}})
+
+    monkeypatch.setattr(probe, "run_blimp", blimp)
+    monkeypatch.setattr(probe, "run_sentence", sentence)
+    extra = "evaluate:\n  probes: {blimp: true, blimp_limit: 5, sentence: true, sentence_pairs: 50}\n"
+    p = _ablation(tmp_path, extra=extra)
+    runs = tmp_path / "runs"
+    over = ["train.max_steps=20", "train.schedule.warmup_steps=2"]
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
+    assert fake_finetune.calls == []
+    assert probed == [("blimp", "static", 5, False), ("sentence", "static", 50, str(runs)), ("blimp", "static", 5, True),
+                      ("blimp", "dynamic", 5, False), ("sentence", "dynamic", 50, str(runs))]
+    assert "=== [4/7] toy / static / probe blimp (random-init control): probing" in capsys.readouterr().out
+    md = (tmp_path / "results" / "smoke" / "toy.md").read_text()
+    assert "| BLiMP overall | `dynamic` | +10.00 | 0.00 | yes |" in md
+    probed.clear()
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
+    assert probed == []
+    p = _ablation(tmp_path, extra=extra.replace("blimp_limit: 5", "blimp_limit: 6"))
+    with pytest.raises(UserError, match=r"static/eval/blimp.json: BLiMP scored with limit 5, .*blimp_limit is 6"):
+        run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
 
 
 def test_real_tokens_budget_raises_the_short_row_arms_batch(tmp_path: Path, monkeypatch):

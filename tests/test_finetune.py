@@ -4,6 +4,7 @@ its Hugging Face export give the same model, the same tokenizer and the same pro
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,58 @@ def test_pooler_of_a_masked_lm_directory_is_fine_tuned_from(tiny_run, tmp_path):
     m = FineTuneModel(pre.model_cfg, "sequence", 2).load_pretrained(pre.model, pre.pooler)
     assert torch.equal(m.head.pooler.weight, model.sentence_head.pooler.weight)
     assert load_pretrained(mlm_dir, random_init=True).pooler is None
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_job_run_by_hand_is_a_done_stage_of_an_ablation(tiny_run, tmp_path, monkeypatch):
+    """`pretrain finetune RUN --task T --preset P overrides` run by hand is exactly the
+    ablation's stage (same job directory, same finetune.yaml), whether the run directory is
+    named by an absolute or a relative path; a control stage runs the real random-init job."""
+    from omegaconf import OmegaConf
+
+    from pretrain.ablations import stages
+    from pretrain.cli import main
+    from pretrain.training.checkpoint import _resolve_checkpoint, read_client_state
+
+    run, _, _ = tiny_run
+    over = [*FAST, "epochs=1", "seeds=[1]"]
+    assert main(["finetune", str(run), "--task", "rte", "--preset", "smoke", *over]) == 0
+    rc = OmegaConf.create(read_client_state(_resolve_checkpoint(run))["config"])
+    from pretrain.ablations.spec import EvaluateConfig
+
+    abl = OmegaConf.create({"name": "toy", "evaluate": OmegaConf.structured(EvaluateConfig(tasks=["rte"], overrides=over))})
+    for where in (str(run), os.path.relpath(run)):
+        rc.run_dir = where
+        plan = stages.plan_evaluation(abl, "smoke", {"a": rc})
+        assert [(st.task, st.random_init, stages.stage_state(st)) for st in plan] == [("rte", False, "done"), ("rte", True, "new")]
+        assert plan[0].job.resolve() == run / "finetune" / "rte"
+    stages.run_stage(plan[1], "smoke", over)
+    assert stages.stage_state(plan[1]) == "done" and (run / "finetune" / "rte-random-init" / "scores.json").is_file()
+    abl.evaluate.overrides = [*over, "train.precision=bf16"]
+    with pytest.raises(UserError, match=r"rte/finetune.yaml: fine-tuning job made with another config .*train.precision: 'fp32' there, 'bf16' here"):
+        stages.plan_evaluation(abl, "smoke", {"a": rc})
+
+
+def test_blimp_probe_stage_runs_for_real_and_is_then_done(tiny_run):
+    from omegaconf import OmegaConf
+
+    from pretrain.ablations import stages
+    from pretrain.training.checkpoint import _resolve_checkpoint, read_client_state
+
+    run, _, _ = tiny_run
+    rc = OmegaConf.create(read_client_state(_resolve_checkpoint(run))["config"])
+    rc.run_dir = str(run)
+    abl = OmegaConf.create({"name": "toy", "evaluate": {"preset": None, "tasks": [], "overrides": [], "control": False,
+                                                        "probes": {"blimp": True, "blimp_limit": 1, "sentence": False,
+                                                                   "sentence_pairs": 10}}})
+    # a blimp.json of another limit (`pretrain probe blimp RUN --limit 2`) is refused, not mixed in
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "blimp.json").write_text(json.dumps({"overall": 0.5, "limit": 2}))
+    with pytest.raises(UserError, match=r"eval/blimp.json: BLiMP scored with limit 2, .*blimp_limit is 1"):
+        stages.plan_evaluation(abl, "smoke", {"a": rc})
+    (run / "eval" / "blimp.json").unlink()
+    (st,) = stages.plan_evaluation(abl, "smoke", {"a": rc})
+    assert stages.stage_state(st) == "new" and st.out == run / "eval" / "blimp.json"
+    stages.run_stage(st, "smoke", [])
+    table = json.loads(st.out.read_text())
+    assert stages.stage_state(st) == "done" and table["limit"] == 1 and len(table["phenomena"]) == 67

@@ -423,3 +423,103 @@ def test_directory_with_a_space_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(d)
     assert main(["submit", str(RECIPE), "--dry-run"]) == 2
     assert "cannot go on an #SBATCH --chdir/--output line: it holds whitespace" in _error(capsys)
+
+
+# ------------------------------------------------------------------ evaluation stages
+
+
+def _evaluated(tmp_path: Path, overrides: str = '["lrs=[3e-4]", "train.precision=bf16"]') -> Path:
+    """The two-arm masking fixture with an evaluate section (SST-2 and STS-B, the control)."""
+    doc = OmegaConf.load(MASKING)
+    doc.base = str((MASKING.parent / doc.base).resolve())
+    p = tmp_path / "evaluated.yaml"
+    p.write_text(OmegaConf.to_yaml(doc) + f"evaluate:\n  tasks: [sst2, stsb]\n  overrides: {overrides}\n  control: true\n")
+    return p
+
+
+def test_evaluation_is_an_array_after_the_training_array_task_by_task(fake_slurm, tmp_path, capsys, data_dir):
+    abl = _evaluated(tmp_path)
+    scripts = _dry_run(capsys, str(abl), "--preset", "smoke", "--cpus-per-task", "2", *SMALL)
+    assert list(scripts) == ["data.sbatch", "train.sbatch", "evaluate.sbatch", "control.sbatch", "tables.sbatch"]
+    ev, control = scripts["evaluate.sbatch"], scripts["control.sbatch"]
+    assert "#SBATCH --array=0-1" in ev and "RUN_DIRS=(runs/roberta_masking/static runs/roberta_masking/dynamic)" in ev
+    assert "for TASK in sst2 stsb; do" in ev
+    assert ("-m pretrain.cli finetune \"$RUN_DIR\" --task \"$TASK\" --preset smoke 'lrs=[3e-4]' train.precision=bf16\n"
+            in ev)
+    assert "--array" not in control and "RUN_DIRS=(runs/roberta_masking/static)" in control
+    assert "train.precision=bf16 --random-init\n" in control
+    assert "already finished: $RUN_DIR/summary.json" in scripts["train.sbatch"]
+    for text in scripts.values():
+        _bash_syntax_ok(text, tmp_path)
+    assert main(["submit", str(abl), "--preset", "smoke", *SMALL]) == 0
+    assert "training job 102 (array: static, dynamic), evaluation job 103, control job 104, tables job 105" in capsys.readouterr().out
+    d = "runs/roberta_masking/slurm"
+    assert fake_slurm.read_text().splitlines() == [
+        f"--parsable {d}/data.sbatch",
+        f"--parsable --dependency=afterok:101 --kill-on-invalid-dep=yes {d}/train.sbatch",
+        f"--parsable --dependency=aftercorr:102 --kill-on-invalid-dep=yes {d}/evaluate.sbatch",
+        f"--parsable --dependency=afterok:102_0 --kill-on-invalid-dep=yes {d}/control.sbatch",
+        f"--parsable --dependency=afterany:103:104 {d}/tables.sbatch",
+    ]
+    jobs = json.loads(Path(d, "jobs.json").read_text())["jobs"]
+    assert jobs == {"data": "101", "train": "102", "evaluate": "103", "control": "104", "tables": "105"}
+    assert OmegaConf.load("runs/roberta_masking/ablation.yaml").finetune_preset == "smoke"
+
+
+def test_a_pretrained_run_stays_in_the_arrays_until_its_fine_tuning_is_done(fake_slurm, tmp_path, capsys, data_dir):
+    abl = _evaluated(tmp_path)
+    assert main(["submit", str(abl), "--preset", "smoke", *SMALL]) == 0
+    static = Path("runs/roberta_masking/static")
+    (static / "summary.json").write_text(json.dumps({"status": "done"}))
+    capsys.readouterr()
+    # pretrained, not fine-tuned: still in both arrays (its training task exits at once), control too
+    scripts = _dry_run(capsys, str(abl), "--preset", "smoke", *SMALL)
+    assert "RUN_DIRS=(runs/roberta_masking/static runs/roberta_masking/dynamic)" in scripts["evaluate.sbatch"]
+    assert "control.sbatch" in scripts
+    # its jobs and the control's finished (by hand, as `pretrain finetune` writes them): only dynamic is left
+    from pretrain.ablations import stages
+    from pretrain.ablations.runner import compose_arms
+
+    a, cfgs = compose_arms(abl, "smoke", SMALL, "runs")
+    for st in stages.plan_evaluation(a, "smoke", cfgs):
+        if st.key == "static":
+            st.job.mkdir(parents=True, exist_ok=True)
+            (st.job / "finetune.yaml").write_text(OmegaConf.to_yaml(st.cfg, resolve=True))
+            (st.job / "scores.json").write_text("{}")
+    scripts = _dry_run(capsys, str(abl), "--preset", "smoke", *SMALL)
+    assert "RUN_DIRS=(runs/roberta_masking/dynamic)" in scripts["evaluate.sbatch"] and "control.sbatch" not in scripts
+    # a job made with another config is refused before anything is written
+    f = static / "finetune" / "sst2" / "finetune.yaml"
+    f.write_text(f.read_text().replace("bf16", "fp32"))
+    assert main(["submit", str(abl), "--preset", "smoke", *SMALL, "--dry-run"]) == 2
+    assert f"{f}: fine-tuning job made with another config" in _error(capsys)
+
+
+def test_evaluation_values_are_quoted_and_checked_before_submitting(fake_slurm, tmp_path, capsys, data_dir):
+    # an override with shell characters is one quoted word; an unknown key never reaches a script
+    abl = _evaluated(tmp_path, overrides='["lrs=[3e-4]", "name=$(touch pwned); echo x"]')
+    ev = _dry_run(capsys, str(abl), "--preset", "smoke", *SMALL)["evaluate.sbatch"]
+    assert "'lrs=[3e-4]' 'name=$(touch pwned); echo x'\n" in ev
+    f = tmp_path / "ev.sh"
+    f.write_text(ev.replace("srun --ntasks=1 ", "echo "))  # the finetune command line as bash reads it
+    proc = subprocess.run(["bash", str(f)], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n"})
+    assert "'name=$(touch pwned); echo x'" not in proc.stdout and "name=$(touch pwned); echo x" in proc.stdout
+    assert not (tmp_path / "pwned").exists()
+    abl = _evaluated(tmp_path, overrides='["lrz=[3e-4]"]')
+    assert main(["submit", str(abl), "--preset", "smoke", *SMALL]) == 2
+    assert "evaluate sst2 of static: " in _error(capsys) and not fake_slurm.exists()
+
+
+def test_probes_run_in_the_evaluation_array_and_blimp_in_the_control(fake_slurm, tmp_path, capsys, data_dir):
+    doc = OmegaConf.load(MASKING)
+    doc.base = str((MASKING.parent / doc.base).resolve())
+    abl = tmp_path / "probed.yaml"
+    abl.write_text(OmegaConf.to_yaml(doc) + "evaluate:\n  probes: {blimp: true, blimp_limit: 20, sentence: true}\n")
+    scripts = _dry_run(capsys, str(abl), "--preset", "smoke", *SMALL)
+    ev, control = scripts["evaluate.sbatch"], scripts["control.sbatch"]
+    assert "for TASK" not in ev and "-m pretrain.cli probe blimp \"$RUN_DIR\" --limit 20\n" in ev
+    assert "-m pretrain.cli probe sentence \"$RUN_DIR\" --pairs 2000 --runs runs\n" in ev
+    assert "probe blimp \"$RUN_DIR\" --limit 20 --random-init\n" in control and "probe sentence" not in control
+    for text in scripts.values():
+        _bash_syntax_ok(text, tmp_path)

@@ -200,10 +200,10 @@ def test_seeds_give_median_and_spread_and_a_verdict(tmp_path: Path):
     assert float(rows["a"]["held-out MLM loss"]) == pytest.approx(5.1) and rows["a"]["seeds done"] == "2"
     assert float(rows["a"]["MLM loss spread (max − min)"]) == pytest.approx(0.2)
     md = (tmp_path / "results" / "smoke" / "seeded.md").read_text()
-    assert "| a beats b | `a` − `b` | +1.00 F1 (`a` better) | -0.9500 MLM loss (`a` better) | 0.2000 | **agrees** |" in md
+    assert "| a beats b | `a` − `b` | +1.00 F1 (`a` better) | -0.9500 MLM loss, held-out (`a` better) | 0.2000 | **agrees** |" in md
     assert "pretraining seeds 1, 2" in md and "train.seed=2 name=seeded/b/seed-2 run_dir=runs/seeded/b/seed-2" in md
     summary = (tmp_path / "results" / "README.md").read_text()
-    assert "| [smoke/seeded.md](smoke/seeded.md) | a beats b | `a` − `b` | +1.00 F1 (`a` better) | **agrees** |" in summary
+    assert "| [smoke/seeded.md](smoke/seeded.md) | a beats b | `a` − `b` | +1.00 F1 (`a` better) | **agrees**; by held-out MLM loss (no fine-tuned F1 of ours) |" in summary
 
 
 @pytest.mark.parametrize("losses, verdict", [

@@ -1,6 +1,7 @@
 """What ``pretrain ablate`` tells the user while it runs: a header naming the arms and the
-corpus they train on, and one overall progress bar over every arm's optimizer steps with an
-ETA for the whole ablation (each arm's own bar comes from the trainer).
+corpus they train on, and one overall progress bar over every stage (pretraining runs and
+fine-tuning jobs) with an ETA for the whole ablation (each run's own bar comes from the
+trainer).
 
 The trainer does not report to the runner while an arm trains, so the overall bar follows
 the arm's ``metrics.jsonl`` (a ``train`` line every ``train.log_every`` steps; see
@@ -14,7 +15,7 @@ import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
@@ -71,22 +72,24 @@ def last_step(run: Path) -> int:
 
 
 class AblationProgress:
-    """One tqdm bar over the optimizer steps of all arms (``total`` = sum of
-    ``train.max_steps``), started at the steps already done (finished arms, resumed
-    checkpoints' logs), with the ETA of the whole ablation at the average rate so far.
-    Shown by rank 0 only."""
+    """One tqdm bar over every stage of the ablation: each run's pretraining and, with
+    ``evaluate``, each fine-tuning job. A stage is a list of loop runs (run directory,
+    ``train.max_steps``, token slots per step = global batch × sequence length); the bar
+    counts token slots, so a fine-tuning step weighs by its own batch and length (a token
+    is assumed to cost about the same in either). It starts at the work already done
+    (finished stages, resumed runs' logs) and shows the ETA of the whole ablation at the
+    average rate so far. Shown by rank 0 only."""
 
-    def __init__(self, name: str, runs: Dict[str, Path], max_steps: Dict[str, int], done: List[str]) -> None:
-        self.max_steps = max_steps
-        self.steps = {arm: (max_steps[arm] if arm in done else min(last_step(run), max_steps[arm]))
-                      for arm, run in runs.items()}
+    def __init__(self, name: str, stages: Dict[str, List[Tuple[Path, int, int]]], done: Sequence[str], desc: str) -> None:
+        self.stages = stages
+        self.work = {key: self._measure(key, key in done) for key in stages}
         self._lock = threading.Lock()
         self.bar = tqdm(
-            total=sum(max_steps.values()),
-            initial=sum(self.steps.values()),
-            unit="step",
-            # with seeds the keys are <arm>/seed-<S>: count runs, not arms
-            desc=f"{name}: all {len(runs)} " + ("runs" if any("/seed-" in r for r in runs) else "arms"),
+            total=sum(self._measure(key, True) for key in stages),
+            initial=sum(self.work.values()),
+            unit="tok",
+            unit_scale=True,
+            desc=f"{name}: all {desc}",
             position=0,
             leave=True,
             dynamic_ncols=True,
@@ -95,31 +98,33 @@ class AblationProgress:
             disable=launcher_rank() != 0,
         )
 
-    def _set(self, arm: str, step: int) -> None:
+    def _measure(self, key: str, complete: bool) -> int:
+        return sum((steps if complete else min(last_step(run), steps)) * w for run, steps, w in self.stages[key])
+
+    def _set(self, key: str, work: int) -> None:
         with self._lock:
-            step = min(max(step, self.steps[arm]), self.max_steps[arm])
-            if step > self.steps[arm]:
-                self.bar.update(step - self.steps[arm])
-                self.steps[arm] = step
+            if work > self.work[key]:
+                self.bar.update(work - self.work[key])
+                self.work[key] = work
 
     @contextmanager
-    def training(self, arm: str, run: Path) -> Iterator[None]:
-        """Follow ``run``'s metrics while the arm trains; on a normal exit count the arm as
-        complete (its last steps may fall between two log lines)."""
+    def training(self, key: str) -> Iterator[None]:
+        """Follow the stage's runs' metrics while it trains; on a normal exit count the stage
+        as complete (its last steps may fall between two log lines)."""
         stop = threading.Event()
 
         def poll() -> None:
             while not stop.wait(POLL_SECONDS):
-                self._set(arm, last_step(run))
+                self._set(key, self._measure(key, False))
 
-        thread = threading.Thread(target=poll, name=f"progress-{arm}", daemon=True)
+        thread = threading.Thread(target=poll, name=f"progress-{key}", daemon=True)
         thread.start()
         try:
             yield
         finally:
             stop.set()
             thread.join()
-        self._set(arm, self.max_steps[arm])
+        self._set(key, self._measure(key, True))
 
     def write(self, text: str) -> None:
         """Print a line above the bars without breaking them (rank 0 only, like the bar)."""
@@ -130,6 +135,6 @@ class AblationProgress:
         self.bar.close()
 
 
-def arm_steps(cfgs: Dict[str, Any]) -> Dict[str, int]:
-    """Arm → ``train.max_steps``."""
-    return {arm: int(c.train.max_steps) for arm, c in cfgs.items()}
+def pretrain_stage(cfg: Any) -> List[Tuple[Path, int, int]]:
+    """A pretraining run as a stage of AblationProgress: its one loop run."""
+    return [(Path(cfg.run_dir), int(cfg.train.max_steps), int(cfg.train.global_batch_size) * int(cfg.data.max_seq_length))]

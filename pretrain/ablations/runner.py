@@ -14,7 +14,9 @@ With ``seeds:`` every arm runs once per pretraining seed (``<arm>/seed-<S>``); w
 one-line UserError and nothing is trained), checks that the arms are a fair comparison
 (same token budget, same seeds, identical validation data), prepares each distinct data
 config once, trains the arms one after another (skipping finished ones, resuming
-interrupted ones) and writes the table after each arm so partial results are visible.
+interrupted ones), fine-tunes each run on the tasks of the ablation's ``evaluate`` section
+(``pretrain.ablations.stages``; plus one random-init control) and writes the table after
+each stage so partial results are visible.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pretrain.ablations.spec import (  # noqa: F401 (AblationRecord, arm_command
     load_record,
     seed_runs,
 )
+from pretrain.ablations import stages
 from pretrain.ablations.tables import write_ablation_table
 from pretrain.config import RunConfig, load_run_config, resolve_preset, to_dict
 from pretrain.training import rundir
@@ -283,14 +286,19 @@ def run_ablation(
     overrides: Sequence[str] = (),
     runs_root: str | Path = "runs",
     results_dir: str | Path = "results",
+    evaluate: bool = True,
 ) -> List[Path]:
     """Run every arm of the ablation at ``path`` under ``preset`` and write its table.
+    ``evaluate=False`` (``--no-evaluate``) skips the fine-tuning stages.
 
     Steps: compose and check all arms, including the trainer's config checks (UserError:
     nothing built or trained, no run directory made); refuse a runs directory recorded with
     other arms/preset/overrides; prepare data once per distinct data config and check the
-    validation data are identical; write ``runs_root/<name>/ablation.yaml``; train each arm
-    (skip ``done``, resume ``partial``) and rewrite the table after each. Returns the
+    validation data are identical; compose and check every evaluation stage
+    (``pretrain.ablations.stages.plan_evaluation``: a bad task, preset or override, missing
+    task data or a job directory made another way stops here too); write
+    ``runs_root/<name>/ablation.yaml``; train each arm, then fine-tune it on each task (skip
+    ``done`` stages, resume ``partial`` ones) and rewrite the table after each stage. Returns the
     written paths (``results_dir/<preset>/<name>.md``, ``.csv``, ``.png``: each preset has its
     own directory, so the README's ``--preset smoke`` quick start leaves the committed
     ``results/small/`` tables alone).
@@ -299,8 +307,16 @@ def run_ablation(
 
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
     precheck_arms(cfgs)
+    evals = stages.plan_evaluation(abl, preset, cfgs, runs_root) if evaluate else []
+    if evals:
+        rec.finetune_preset = stages.finetune_preset(abl.evaluate.preset, preset)
     if launcher_rank() == 0:
         print(report.header(abl.name, preset, cfgs), flush=True)
+        if evals:
+            each = [*abl.evaluate.tasks, *[f"probe {p}" for p in ("blimp", "sentence") if abl.evaluate.probes[p]]]
+            print(f"evaluation: {len(evals)} stages ({', '.join(each)} per run"
+                  + (", plus the random-init control" if abl.evaluate.control else "")
+                  + f"), fine-tuning preset {rec.finetune_preset}", flush=True)
     prepare_data(cfgs)
     abl_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(abl_dir / rundir.ABLATION, OmegaConf.to_yaml(rec))
@@ -310,28 +326,56 @@ def run_ablation(
     from pretrain.training.loop import train
 
     written: List[Path] = []
-    n = len(cfgs)
-    runs = {arm: Path(cfg.run_dir) for arm, cfg in cfgs.items()}
-    done = [arm for arm, run in runs.items() if arm_state(run) == "done"]
-    progress = report.AblationProgress(abl.name, runs, report.arm_steps(cfgs), done)
+    order = _stage_order(cfgs, evals)
+    n = len(order)
+    parts = {key: report.pretrain_stage(cfgs[key]) for key in cfgs}
+    parts.update({_key(st): [(run, steps, st.tokens_per_step) for run, steps in st.runs] for st in evals})
+    done = [key for key in cfgs if arm_state(Path(cfgs[key].run_dir)) == "done"]
+    done += [_key(st) for st in evals if stages.stage_state(st) == "done"]
+    what = f"{len(cfgs)} " + ("runs" if any("/seed-" in k for k in cfgs) else "arms")
+    what += f" + {len(evals)} evaluation stages" if evals else ""
+    progress = report.AblationProgress(abl.name, parts, done, what)
     try:
-        for i, (arm, cfg) in enumerate(cfgs.items(), 1):
-            run = runs[arm]
-            state = arm_state(run)
-            action = {"done": "done, skipping", "partial": "resuming from checkpoint", "new": "training"}[state]
-            progress.write(f"=== [{i}/{n}] {abl.name} / {arm}: {action} → {run}")
-            if state != "done":
-                with progress.training(arm, run):
-                    # Always --resume: an arm cut off before `latest` was written (or whose latest
-                    # checkpoint is damaged) continues from its newest intact checkpoint; one with no
-                    # checkpoint starts fresh. A fresh start would refuse to overwrite its files.
-                    train(cfg, resume=True)
+        for i, item in enumerate(order, 1):
+            if isinstance(item, str):
+                run, state = Path(cfgs[item].run_dir), arm_state(Path(cfgs[item].run_dir))
+                action = {"done": "done, skipping", "partial": "resuming from checkpoint", "new": "training"}[state]
+                progress.write(f"=== [{i}/{n}] {abl.name} / {item}: {action} → {run}")
+                if state != "done":
+                    with progress.training(item):
+                        # Always --resume: an arm cut off before `latest` was written (or whose latest
+                        # checkpoint is damaged) continues from its newest intact checkpoint; one with no
+                        # checkpoint starts fresh. A fresh start would refuse to overwrite its files.
+                        train(cfgs[item], resume=True)
+            else:
+                state = stages.stage_state(item)
+                new = "probing" if isinstance(item, stages.ProbeStage) else "fine-tuning"
+                action = {"done": "done, skipping", "partial": "resuming", "new": new}[state]
+                progress.write(f"=== [{i}/{n}] {abl.name} / {item.key} / {item.name}: {action} → {item.job}")
+                if state != "done":
+                    with progress.training(_key(item)):
+                        stages.run_stage(item, rec.finetune_preset, abl.evaluate.overrides)
             written = write_ablation_table(abl_dir, results_dir, runs_root)
     finally:
         progress.close()
     print(f"table: {written[0]}  (csv: {written[1]}, plot: {written[2]})", flush=True)
-    print(f"runs: {abl_dir}/ (one directory per arm: config.yaml, metrics.jsonl, checkpoints/, summary.json)", flush=True)
+    print(f"runs: {abl_dir}/ (one directory per arm: config.yaml, metrics.jsonl, checkpoints/, summary.json"
+          + (", finetune/<task>/ per evaluated task" if evals else "") + ")", flush=True)
     return written
+
+
+def _key(stage: Any) -> str:
+    return f"{stage.key}/{stage.name}"
+
+
+def _stage_order(cfgs: Dict[str, RunConfig], evals: List[Any]) -> List[Any]:
+    """Each run's pretraining (its key) followed by its fine-tuning stages (the control's
+    after the first run's), in the arms' order."""
+    order: List[Any] = []
+    for key in cfgs:
+        order.append(key)
+        order += [st for st in evals if st.key == key]
+    return order
 
 
 def _check_same_record(abl_dir: Path, rec: Any) -> None:

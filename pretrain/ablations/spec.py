@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Literal, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from common.configfile import merge_into, read_yaml
+from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
 from pretrain.config import to_dict
 from pretrain.training import rundir
@@ -84,6 +84,58 @@ class ArmScale:
 
 
 @dataclass
+class ProbesConfig:
+    """Zero-shot probes of every run (``pretrain probe``, ``pretrain.downstream.probe``), no
+    fine-tuning; results in ``<run>/eval/``.
+
+    blimp: score BLiMP by pseudo-log-likelihood (Salazar et al. 2020); the control (with
+        ``evaluate.control``) scores the random-init model too (``<run>/eval-random-init/``).
+    blimp_limit: the first N pairs of each of the 67 phenomena (None = all 1,000).
+    sentence: the intrinsic tasks of ALBERT Table 5 on one held-out NSP and one SOP set shared
+        by every arm (built once under ``<runs>/probe/sentence-sets/``), plus masked-token
+        accuracy on the same text: the table's "MLM acc", "NSP acc", "SOP acc" columns.
+    sentence_pairs: pairs per sentence task.
+    """
+
+    blimp: bool = False
+    blimp_limit: Optional[int] = None
+    sentence: bool = False
+    sentence_pairs: int = 2000
+
+
+@dataclass
+class EvaluateConfig:
+    """The evaluation stages of every run of an ablation (issue 14): after a run's
+    pretraining, one ``pretrain finetune`` job per task (``pretrain.downstream.runner.finetune``
+    into ``<run>/finetune/<task>/``), and one random-init control job per task for the whole
+    ablation. Empty ``tasks`` (the default) = no evaluation stages.
+
+    preset: ``configs/finetune/preset/NAME.yaml`` (or a YAML path); None = follow the
+        ablation's ``--preset``: the fine-tuning preset of the same name when there is one
+        (smoke, small), else ``small`` (there is no ``medium`` fine-tuning preset; see
+        ``pretrain.ablations.stages.finetune_preset``).
+    tasks: fine-tuning tasks (``pretrain.downstream.config.TASK_NAMES``), each a column of
+        the table named as the papers print it (``pretrain.ablations.downstream``).
+    overrides: ``key=value`` of the FinetuneConfig, applied to every task (e.g. ``lrs=[3e-4]``).
+    control: also fine-tune the first arm's first run's shape and tokenizer from random
+        weights (``--random-init``): the table's ``random init (control)`` row, showing what
+        pretraining bought at this scale.
+    probes: zero-shot probes of every run (ProbesConfig).
+    """
+
+    preset: Optional[str] = None
+    tasks: List[str] = field(default_factory=list)
+    overrides: List[str] = field(default_factory=list)
+    control: bool = True
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+
+
+def evaluating(ev: EvaluateConfig) -> bool:
+    """Whether an evaluate section asks for any stage (a task or a probe)."""
+    return bool(ev.tasks) or bool(ev.probes.blimp) or bool(ev.probes.sentence)
+
+
+@dataclass
 class AblationConfig:
     """One ablation: a base run config and the arms that differ from it.
 
@@ -106,6 +158,7 @@ class AblationConfig:
         sets every arm's ``train.global_batch_size`` so its real (non-padding) tokens per
         step equal the FIRST arm's, from the mean row length of its built data
         (``pretrain.ablations.budget``) — RoBERTa §4.2's SENTENCE-PAIR with a larger batch.
+    evaluate: the downstream evaluation stages of every run (see EvaluateConfig).
     """
 
     name: str = MISSING
@@ -117,6 +170,7 @@ class AblationConfig:
     scale: Dict[str, ArmScale] = field(default_factory=dict)
     claims: List[ClaimConfig] = field(default_factory=list)
     budget: Budget = "tokens"
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 @dataclass
@@ -135,6 +189,8 @@ class AblationRecord:
     arm_steps: Dict[str, int] = field(default_factory=dict)
     # arm → train.global_batch_size the runner derived (budget real_tokens)
     arm_batch: Dict[str, int] = field(default_factory=dict)
+    # the fine-tuning preset the evaluation stages used (EvaluateConfig.preset resolved)
+    finetune_preset: Optional[str] = None
 
 
 def load_ablation(path: str | Path) -> AblationConfig:
@@ -144,7 +200,10 @@ def load_ablation(path: str | Path) -> AblationConfig:
     a name that is not a portable directory name, an arm whose overrides are not a mapping
     or set ``name``/``run_dir``, a paper row that names no arm or whose length differs
     from ``paper.columns``, a repeated seed, a ``scale`` entry that names no arm or is not
-    positive, or a claim naming an unknown arm or paper column, or a paper cell that is empty.
+    positive, a claim naming an unknown arm or paper column, or a paper cell that is empty,
+    an ``evaluate`` task that is not a fine-tuning task (or repeated), or a malformed
+    ``evaluate.overrides`` entry (whether its keys exist is checked when the arms compose:
+    ``pretrain.ablations.stages.plan_evaluation``).
     """
     p = Path(path)
     cfg = merge_into(AblationConfig, read_yaml(p), where=str(p))
@@ -192,6 +251,25 @@ def check_ablation(cfg: AblationConfig, where: str) -> None:
             row = cfg.paper.rows.get(arm)
             if row is None or row[col] is None:
                 raise UserError(f"{where}: claims[{i}] compares {arm!r} on {c.paper_column!r}, but the paper row has no number there")
+    _check_evaluate(cfg.evaluate, where)
+
+
+def _check_evaluate(ev: EvaluateConfig, where: str) -> None:
+    from pretrain.downstream.config import TASK_NAMES
+
+    for t in ev.tasks:
+        if t not in TASK_NAMES:
+            raise UserError(f"{where}: evaluate.tasks has {t!r}, not a fine-tuning task; valid: {', '.join(TASK_NAMES)}")
+    if len(set(ev.tasks)) != len(ev.tasks):
+        raise UserError(f"{where}: evaluate.tasks {list(ev.tasks)} repeats a task; list each task once")
+    try:
+        parse_overrides(list(ev.overrides))
+    except UserError as e:
+        raise UserError(f"{where}: evaluate.overrides: {e}") from None
+    if ev.probes.blimp_limit is not None and ev.probes.blimp_limit < 1:
+        raise UserError(f"{where}: evaluate.probes.blimp_limit={ev.probes.blimp_limit} must be >= 1 or null (all pairs)")
+    if ev.probes.sentence_pairs < 1:
+        raise UserError(f"{where}: evaluate.probes.sentence_pairs={ev.probes.sentence_pairs} must be >= 1")
 
 
 def seed_runs(abl: AblationConfig) -> List[tuple]:

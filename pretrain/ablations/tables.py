@@ -16,7 +16,7 @@ import io
 import math
 import shlex
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -24,6 +24,8 @@ from omegaconf import OmegaConf
 
 from common.atomic import write_text_atomic
 from common.errors import UserError
+from pretrain.ablations import downstream
+from pretrain.ablations.downstream import CONTROL_ROW, Cell, Column
 from pretrain.ablations.plots import last_per_step, plot_loss_curves
 from pretrain.ablations.spec import AblationRecord, ablate_command, arm_command, load_ablation, load_record, seed_runs
 from pretrain.ablations.verdicts import Verdict, compute_verdicts, mask_reuse_warnings, token_warnings
@@ -41,6 +43,8 @@ class ArmResult:
     accuracy_pct: held-out masked-token accuracy in percent.
     tokens_seen / epochs: training tokens consumed and passes over the training data.
     wall_min: training wall time in minutes (summed over resumed segments; finished arms only).
+    downstream: column name → the pooled fine-tuning scores of the arm's runs
+        (``pretrain.ablations.downstream``); also in ``seed_values`` under the column name.
     """
 
     arm: str
@@ -56,6 +60,7 @@ class ArmResult:
     seeds_done: Optional[int] = None
     mlm_loss_spread: Optional[float] = None
     seed_values: Optional[Dict[str, List[float]]] = None
+    downstream: Dict[str, Cell] = field(default_factory=dict)
 
 
 # (header, ArmResult field, markdown format). The CSV keeps full precision.
@@ -122,8 +127,31 @@ def collect(abl_dir: Path, rec: AblationRecord) -> List[ArmResult]:
             if r.status == "done":
                 r.seed_values = {f: [getattr(r, f)] for f in METRIC_FIELDS.values() if getattr(r, f) is not None}
             out.append(r)
+    else:
+        out = [_median_arm(arm, [collect_arm(arm, abl_dir / arm / f"seed-{s}") for s in abl.seeds]) for arm in abl.arms]
+    cols = downstream_columns(rec)
+    if not cols:
         return out
-    return [_median_arm(arm, [collect_arm(arm, abl_dir / arm / f"seed-{s}") for s in abl.seeds]) for arm in abl.arms]
+    runs: Dict[str, List[Path]] = {}
+    for arm, _seed, rel in seed_runs(abl):
+        runs.setdefault(arm, []).append(abl_dir / rel)
+    for r in out:
+        r.downstream = {c.name: downstream.cell(runs[r.arm], c) for c in cols}
+        r.seed_values = dict(r.seed_values or {}, **{n: c.values for n, c in r.downstream.items() if c.values})
+    if abl.evaluate.control:
+        first = abl_dir / seed_runs(abl)[0][2]
+        # the control has no sentence probe (no random-init mode): its stages are the tasks and BLiMP
+        units = [*abl.evaluate.tasks, *(["blimp"] if abl.evaluate.probes.blimp else [])]
+        cells = {c.name: downstream.cell([first], c, random_init=True) for c in cols if c.task in units}
+        done = sum(1 for t in units if any(cells[c.name].n for c in cols if c.task == t))
+        status = "done" if done == len(units) else ("not run" if not done else f"{done}/{len(units)} stages done")
+        out.append(ArmResult(arm=CONTROL_ROW, status=status, downstream=cells))
+    return out
+
+
+def downstream_columns(rec: AblationRecord) -> List[Column]:
+    """Our fine-tuning columns of the ablation (``evaluate.tasks``), named as the paper's."""
+    return downstream.columns(rec.ablation.evaluate, rec.ablation.paper.columns)
 
 
 def _median_arm(arm: str, runs: List[ArmResult]) -> ArmResult:
@@ -162,36 +190,54 @@ def our_columns(rec: AblationRecord, results: List[ArmResult]) -> List[tuple]:
 def render_csv(rec: AblationRecord, results: List[ArmResult]) -> str:
     """CSV text: arm, status, our columns (full precision), then the paper's columns."""
     cols = our_columns(rec, results)
+    dcols, rest = downstream_columns(rec), _paper_rest(rec)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(_headers(rec, cols))
+    head = ["arm", "status", *[h for h, _, _ in cols]]
+    for c in dcols:
+        head += [c.name, f"{c.name} min", f"{c.name} max", f"{c.name} n"] + ([c.name + PAPER_SUFFIX] if _in_paper(rec, c) else [])
+    w.writerow(head + [c + PAPER_SUFFIX for c in rest])
     for r in results:
-        ours = [_csv_cell(getattr(r, f)) for _, f, _ in cols]
-        w.writerow([r.arm, r.status, *ours, *[_csv_cell(v) for v in _paper_row(rec, r.arm)]])
+        row = [r.arm, r.status, *[_csv_cell(getattr(r, f)) for _, f, _ in cols]]
+        for c in dcols:
+            x = r.downstream.get(c.name) or Cell()
+            row += [_csv_cell(x.median), _csv_cell(x.low), _csv_cell(x.high), str(x.n) if x.n else ""]
+            row += [_csv_cell(_paper_value(rec, r.arm, c.name))] if _in_paper(rec, c) else []
+        w.writerow(row + [_csv_cell(_paper_value(rec, r.arm, p)) for p in rest])
     return buf.getvalue()
 
 
 def render_markdown(
     rec: AblationRecord, results: List[ArmResult], runs_root: str, results_dir: str,
     verdicts: Sequence[Verdict] = (), warnings: Sequence[str] = (),
+    settings: Optional[Dict[str, List[str]]] = None,
 ) -> str:
     """Markdown page: title, settings, warnings, the table, the verdicts, notes, the plot and
     the commands."""
     abl = rec.ablation
     cols = our_columns(rec, results)
-    headers = _headers(rec, cols)
+    dcols, rest = downstream_columns(rec), _paper_rest(rec)
+    headers = [h for h, _, _ in cols]
+    for c in dcols:
+        headers += [c.name, f"{c.name} min–max (n)"] + ([c.name + PAPER_SUFFIX] if _in_paper(rec, c) else [])
+    headers += [p + PAPER_SUFFIX for p in rest]
     lines = [f"# {abl.title}", ""]
     over = " ".join(f"`{o}`" for o in rec.overrides) or "none"
     seeds = f"; pretraining seeds {', '.join(str(s) for s in abl.seeds)} (our columns: median over seeds)" if abl.seeds else ""
     lines += [f"Preset `{rec.preset}`; command-line overrides: {over}{seeds}.", ""]
     for w in warnings:
         lines += [f"**Warning:** {w}", ""]
-    lines.append("| arm | status | " + " | ".join(_md_escape(h) for h in headers[2:]) + " |")
-    lines.append("|" + "---|" * len(headers))
+    lines.append("| arm | status | " + " | ".join(_md_escape(h) for h in headers) + " |")
+    lines.append("|" + "---|" * (len(headers) + 2))
     for r in results:
-        ours = [_md_cell(getattr(r, f), fmt) for _, f, fmt in cols]
-        paper = ["—" if v is None else str(v) for v in _paper_row(rec, r.arm)]  # as written in the YAML
-        lines.append("| " + " | ".join([f"`{r.arm}`", r.status, *ours, *paper]) + " |")
+        row = [_md_cell(getattr(r, f), fmt) for _, f, fmt in cols]
+        for c in dcols:
+            x = r.downstream.get(c.name) or Cell()
+            row += [_md_cell(x.median, "{:.2f}"), "—" if not x.n else f"{x.low:.2f}–{x.high:.2f} ({x.n})"]
+            row += [_paper_text(_paper_value(rec, r.arm, c.name))] if _in_paper(rec, c) else []
+        row += [_paper_text(_paper_value(rec, r.arm, p)) for p in rest]
+        name = r.arm if r.arm == CONTROL_ROW else f"`{r.arm}`"
+        lines.append("| " + " | ".join([name, r.status, *row]) + " |")
     lines += [
         "",
         "Ours: held-out masked-LM loss (nats per masked token), perplexity and masked-token accuracy on "
@@ -204,9 +250,18 @@ def render_markdown(
         "",
         *([f"Paper numbers: {abl.paper.source}.", ""] if abl.paper.source else []),
     ]
+    if dcols:
+        lines += downstream.render_notes(rec, results, dcols, settings)
     if verdicts:
         lines += render_verdicts(verdicts)
-    if abl.paper.columns:
+    if abl.paper.columns and dcols:
+        lines += [
+            f"Note: the (paper) columns are the paper's numbers for its full-scale model; our fine-tuning columns "
+            f"beside them are the same tasks after pretraining at the `{rec.preset}` preset's scale, so compare the "
+            "ordering of the arms, not the values.",
+            "",
+        ]
+    elif abl.paper.columns:
         lines += [
             f"Note: the (paper) columns are the paper's numbers for its full-scale model (mostly fine-tuning scores); "
             f"ours are held-out MLM metrics at the `{rec.preset}` preset's scale, so they are not directly comparable "
@@ -234,7 +289,8 @@ def render_markdown(
 def render_verdicts(verdicts: Sequence[Verdict]) -> List[str]:
     """The verdict section of a table page: one row per claim."""
     lines = [
-        "Verdicts (difference = first arm − second arm; ours on the metric named, median over seeds, "
+        "Verdicts (difference = first arm − second arm; ours on our fine-tuned column of the paper's name when we "
+        "measure one, else on the held-out metric named; median over seeds, "
         "spread = the larger max − min over seeds of the two arms; \"inconclusive\" when our difference "
         "is within the spread, when an arm has fewer than two finished seeds, or when a warning above says the runs cannot show the effect):",
         "",
@@ -275,7 +331,9 @@ def write_ablation_table(abl_dir: str | Path, results_dir: str | Path, runs_root
     md, csv_path, png_path = table_paths(results_dir, rec.preset, rec.ablation.name)
     out = md.parent
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(md, render_markdown(rec, results, str(runs_root), str(results_dir), verdicts, warnings))
+    settings = downstream.job_settings(abl_dir, rec)
+    warnings = warnings + downstream.settings_warning(settings)
+    write_text_atomic(md, render_markdown(rec, results, str(runs_root), str(results_dir), verdicts, warnings, settings))
     write_text_atomic(csv_path, render_csv(rec, results))
     runs = {rel: abl_dir / rel for _arm, _seed, rel in seed_runs(rec.ablation)}
     png = plot_loss_curves(runs, png_path, rec.ablation.title)
@@ -287,14 +345,16 @@ def table_verdicts(rec: AblationRecord, results: List[ArmResult], warnings: Sequ
     table's warnings that its runs cannot show the effect (each verdict is then inconclusive)."""
     abl = rec.ablation
     values = {r.arm: r.seed_values or {} for r in results}
-    return compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, values, bool(warnings))
+    measured = {c.name: c.kind for c in downstream_columns(rec)}
+    return compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, values, bool(warnings), measured)
 
 
 def current_claims(rec: AblationRecord) -> AblationRecord:
     """The record with the title, paper numbers and claims of the ablation file it was run
     from, when that file still exists with the same name and arms: those do not change what
     was trained (``runner._check_same_record``), so a table made from old logs shows the
-    claims as they are written now. Otherwise the record as it is."""
+    claims as they are written now; and the file's ``evaluate`` section when the record has
+    none (fine-tuning stages added after pretraining). Otherwise the record as it is."""
     src = Path(rec.source)
     if not src.is_file():
         return rec
@@ -305,6 +365,12 @@ def current_claims(rec: AblationRecord) -> AblationRecord:
     if now.name != rec.ablation.name or list(now.arms) != list(rec.ablation.arms):
         return rec
     rec.ablation.title, rec.ablation.paper, rec.ablation.claims = now.title, now.paper, now.claims
+    from pretrain.ablations.spec import evaluating
+
+    if not evaluating(rec.ablation.evaluate):
+        # A record made before the file had an evaluate section: its fine-tuning jobs (run by
+        # hand or by a later `pretrain ablate`) are read as the file now names them.
+        rec.ablation.evaluate = now.evaluate
     return rec
 
 
@@ -362,6 +428,7 @@ def render_summary(runs_root: str | Path, ablations_dir: str | Path) -> str:
             lines.append(f"| {where} | no claim listed (its file has no `claims:`) | — | — | " + ("see the table" if name in recorded else "not run yet") + " |")
         for v in verdicts:
             verdict = "not run yet" if v.reason == "not run yet" else f"**{v.verdict}**" + (f" ({v.reason})" if v.reason else "")
+            verdict += f"; by {v.measure()}" if name in recorded else ""
             lines.append(f"| {where} | {_md_escape(v.claim.text)} | `{v.claim.a}` − `{v.claim.b}` | {v.paper_text()} | {verdict} |")
     lines += ["", SUMMARY_END]
     return "\n".join(lines) + "\n"
@@ -400,13 +467,23 @@ def _shares_validation(abl: Any) -> bool:
     return True
 
 
-def _headers(rec: AblationRecord, cols: Sequence[tuple]) -> List[str]:
-    return ["arm", "status", *[h for h, _, _ in cols], *[c + PAPER_SUFFIX for c in rec.ablation.paper.columns]]
+def _paper_rest(rec: AblationRecord) -> List[str]:
+    """The paper's columns that have no fine-tuning column of ours, in the paper's order."""
+    ours = {c.name for c in downstream_columns(rec)}
+    return [c for c in rec.ablation.paper.columns if c not in ours]
 
 
-def _paper_row(rec: AblationRecord, arm: str) -> List[Optional[float]]:
+def _in_paper(rec: AblationRecord, col: Column) -> bool:
+    return col.name in rec.ablation.paper.columns
+
+
+def _paper_value(rec: AblationRecord, arm: str, column: str) -> Optional[float]:
     row = rec.ablation.paper.rows.get(arm)
-    return list(row) if row is not None else [None] * len(rec.ablation.paper.columns)
+    return None if row is None else row[list(rec.ablation.paper.columns).index(column)]
+
+
+def _paper_text(v: Optional[float]) -> str:
+    return "—" if v is None else str(v)  # as written in the YAML
 
 
 def _max_steps(run: Path) -> Optional[int]:

@@ -2,9 +2,11 @@
 from the numbers of an ablation's table (``pretrain.ablations.tables``) and its runs' logs.
 
 A claim (``ClaimConfig`` in ``pretrain.ablations.spec``) compares two arms: the paper's
-difference ``a − b`` in one of its printed columns, ours in one held-out metric. Our
-difference is between the arms' medians over pretraining seeds; its noise is the larger
-max − min over seeds of the two arms. Verdict:
+difference ``a − b`` in one of its printed columns; ours in our fine-tuning column of the same
+name when the ablation measures one (``pretrain.ablations.downstream``: e.g. "SST-2 acc",
+pooled over pretraining × fine-tuning seeds), else in the claim's held-out metric (MLM loss
+by default). Our difference is between the arms' medians; its noise is the larger max − min
+over the pooled seeds of the two arms. Verdict:
 
 - ``agrees``: our difference is outside that spread and favours the same arm as the paper;
 - ``opposite``: outside the spread, favouring the other arm;
@@ -44,6 +46,15 @@ class Verdict:
     spread: Optional[float]
     verdict: str
     reason: str = ""
+    # our fine-tuning or probe column the verdict used, or None: the held-out ``claim.metric``
+    downstream: Optional[str] = None
+    kind: str = "fine-tuned"  # of that column: "fine-tuned" or "zero-shot" (a probe)
+
+    def measure(self) -> str:
+        """Which of our numbers the verdict used, in words."""
+        if self.downstream:
+            return f"{self.kind} {self.downstream}"
+        return f"held-out {METRIC_NAMES[self.claim.metric]} (no fine-tuned {self.claim.paper_column} of ours)"
 
     def paper_text(self) -> str:
         col = self.claim.paper_column
@@ -53,11 +64,16 @@ class Verdict:
     def ours_text(self) -> str:
         if self.ours is None:
             return "—"
+        if self.downstream:
+            better = _favours(self.ours, False, self.claim)
+            return f"{self.ours:+.2f} {self.downstream}, {self.kind}" + (f" ({better} better)" if better else "")
         better = _favours(self.ours, LOWER_IS_BETTER[self.claim.metric], self.claim)
-        return f"{self.ours:+.4f} {METRIC_NAMES[self.claim.metric]}" + (f" ({better} better)" if better else "")
+        return f"{self.ours:+.4f} {METRIC_NAMES[self.claim.metric]}, held-out" + (f" ({better} better)" if better else "")
 
     def spread_text(self) -> str:
-        return "—" if self.spread is None else f"{self.spread:.4f}"
+        if self.spread is None:
+            return "—"
+        return f"{self.spread:.2f}" if self.downstream else f"{self.spread:.4f}"
 
 
 def _favours(diff: float, lower_is_better: bool, claim: ClaimConfig) -> str:
@@ -69,26 +85,33 @@ def _favours(diff: float, lower_is_better: bool, claim: ClaimConfig) -> str:
 
 
 def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str], paper_rows: Dict[str, Any],
-                     seed_values: Dict[str, Dict[str, List[float]]], warned: bool) -> List[Verdict]:
+                     seed_values: Dict[str, Dict[str, List[float]]], warned: bool,
+                     measured: Optional[Dict[str, str]] = None) -> List[Verdict]:
     """A Verdict per claim. ``seed_values``: arm → ArmResult field → one value per finished
-    seed (``mlm_loss``, ``accuracy_pct``, ``sentence_accuracy_pct``); ``warned``: the table
-    carries a warning that the runs cannot show the effect."""
+    seed (``mlm_loss``, ``accuracy_pct``, ``sentence_accuracy_pct``), and our fine-tuning
+    column name → every pooled score (percent, higher is better); ``warned``: the table
+    carries a warning that the runs cannot show the effect; ``measured``: our fine-tuning and
+    probe columns → "fine-tuned" / "zero-shot" (a claim whose ``paper_column`` is one of them
+    is judged on it, even before its jobs have run: then "not run yet")."""
+    measured = measured or {}
     from pretrain.ablations.tables import METRIC_FIELDS
 
     out: List[Verdict] = []
     for c in claims:
         col = list(paper_columns).index(c.paper_column)
         paper = float(paper_rows[c.a][col]) - float(paper_rows[c.b][col])
-        field = METRIC_FIELDS[c.metric]
+        ds = c.paper_column if c.paper_column in measured else None
+        field = ds or METRIC_FIELDS[c.metric]
+        lower = False if ds else LOWER_IS_BETTER[c.metric]
         va = (seed_values.get(c.a) or {}).get(field) or []
         vb = (seed_values.get(c.b) or {}).get(field) or []
         if not va or not vb:
-            out.append(Verdict(c, paper, None, None, "inconclusive", "not run yet"))
+            out.append(Verdict(c, paper, None, None, "inconclusive", "not run yet", ds, measured.get(ds, "fine-tuned")))
             continue
         ours = statistics.median(va) - statistics.median(vb)
         spread = max(max(va) - min(va), max(vb) - min(vb)) if min(len(va), len(vb)) >= 2 else None
         paper_a = (paper < 0) if not c.paper_higher_is_better else (paper > 0)
-        ours_a = (ours < 0) if LOWER_IS_BETTER[c.metric] else (ours > 0)
+        ours_a = (ours < 0) if lower else (ours > 0)
         if paper == 0:
             verdict, reason = "inconclusive", "the paper prints no difference"
         elif warned:
@@ -99,7 +122,7 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
             verdict, reason = "inconclusive", "within the spread over seeds"
         else:
             verdict, reason = ("agrees" if paper_a == ours_a else "opposite"), ""
-        out.append(Verdict(c, paper, ours, spread, verdict, reason))
+        out.append(Verdict(c, paper, ours, spread, verdict, reason, ds, measured.get(ds, "fine-tuned")))
     return out
 
 

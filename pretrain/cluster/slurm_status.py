@@ -149,7 +149,7 @@ def status(target: str | Path, runs_root: str | Path = "runs") -> tuple[str, Lis
         return _unsubmitted(base)
     jobs = {k: str(v) for k, v in rec["jobs"].items()}
     header = f"{rec['name']} ({base}): submitted {rec['submitted']}, jobs " + ", ".join(
-        f"{k} {jobs[k]}" for k in ("data", "train", "tables") if k in jobs)
+        f"{k} {jobs[k]}" for k in ("data", "train", "evaluate", "control", "tables") if k in jobs)
     train = scontrol_records(jobs["train"])
     rows: List[RunStatus] = [_helper("data", jobs["data"])]
     for r in rec["runs"]:
@@ -165,8 +165,9 @@ def status(target: str | Path, runs_root: str | Path = "runs") -> tuple[str, Lis
         rows.append(RunStatus(r["name"], state, job, detail))
     for name in rec.get("skipped", []):
         rows.append(RunStatus(name, "done", "-", "finished before this submission"))
-    if "tables" in jobs:
-        rows.append(_helper("tables", jobs["tables"]))
+    for helper in ("evaluate", "control", "tables"):
+        if helper in jobs:
+            rows.append(_helper(helper, jobs[helper]))
     return header, rows
 
 

@@ -14,7 +14,17 @@ Then, from the Jinja2 templates in ``slurm/templates/``, up to three jobs:
    through ``srun`` — one task per node, each running torchrun or the DeepSpeed launcher with
    the rendezvous on the first node — with ``--requeue --signal=B:USR1@S``; for an ablation a
    job array with one task per unfinished arm;
-3. ``tables.sbatch`` (ablations; ``afterany`` on 2): ``pretrain tables``.
+3. ``evaluate.sbatch`` (ablations with an ``evaluate`` section; ``aftercorr`` on 2: task i
+   starts when training task i succeeded): ``pretrain finetune`` of run i on every task — the
+   stages of ``pretrain ablate`` (``pretrain.ablations.stages``), an array like 2;
+4. ``control.sbatch`` (with ``evaluate.control``; ``afterok`` on the first run's training
+   task): the random-init control jobs on the first run;
+5. ``tables.sbatch`` (ablations; ``afterany`` on 3 and 4, or on 2 without evaluation):
+   ``pretrain tables``.
+
+With evaluation, a run whose pretraining finished but whose fine-tuning did not stays in the
+arrays (its training task sees ``summary.json`` and exits at once), so the two arrays line up
+task for task.
 
 The scripts, the data configs and ``jobs.json`` (job ids for ``pretrain status``) are written
 to ``<run_dir>/slurm/`` for a run and ``<runs>/<name>/slurm/`` for an ablation; each run's
@@ -136,6 +146,13 @@ class Plan:
     record: Any = None  # AblationRecord written as ablation.yaml
     runs_root: str = "runs"
     results_dir: str = "results"
+    # evaluation stages (ablations with an ``evaluate`` section): what evaluate.sbatch runs per run
+    evaluating: bool = False
+    eval_probes: Dict[str, Any] = field(default_factory=dict)
+    eval_tasks: List[str] = field(default_factory=list)
+    finetune_preset: Optional[str] = None
+    eval_overrides: List[str] = field(default_factory=list)
+    control_run: Optional[str] = None  # run directory of the control jobs, when any is unfinished
 
 
 # --------------------------------------------------------------------------- options
@@ -233,20 +250,34 @@ def plan_run(config: str | Path, preset: Optional[str], overrides: Sequence[str]
 def plan_ablation(
     path: str | Path, preset: Optional[str], overrides: Sequence[str], runs_root: str, results_dir: str
 ) -> Plan:
-    """Every arm of an ablation, composed and checked as ``pretrain ablate`` does; finished
-    arms are left out. Raises UserError naming the arm that fails — before any job exists."""
+    """Every arm of an ablation, composed and checked as ``pretrain ablate`` does, with its
+    evaluation stages (``pretrain.ablations.stages.plan_evaluation``); runs with nothing left to
+    do (pretrained and, with evaluation, fine-tuned on every task) are left out. Raises
+    UserError naming the arm or stage that fails — before any job exists."""
+    from pretrain.ablations import stages
     from pretrain.ablations.runner import arm_state, plan_arms
+    from pretrain.ablations.spec import evaluating
 
     if not preset:
         raise UserError(f"{path} is an ablation: pass --preset NAME (as for `pretrain ablate`)")
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
-    todo = {arm: c for arm, c in cfgs.items() if arm_state(Path(c.run_dir)) != "done"}
+    evals = [st for st in stages.plan_evaluation(abl, preset, cfgs, runs_root) if stages.stage_state(st) != "done"]
+    busy = {st.key for st in evals}
+    todo = {arm: c for arm, c in cfgs.items() if arm_state(Path(c.run_dir)) != "done" or arm in busy}
     if not todo:
         raise UserError(f"every arm of {abl.name} has finished; `pretrain tables --runs {runs_root}` rebuilds its table")
     for cfg in todo.values():
         check_resumable(Path(cfg.run_dir), cfg)
     skipped = [a for a in cfgs if a not in todo]
-    return Plan("ablation", abl.name, abl_dir / SLURM_DIR, todo, skipped, rec, str(runs_root), str(results_dir))
+    plan = Plan("ablation", abl.name, abl_dir / SLURM_DIR, todo, skipped, rec, str(runs_root), str(results_dir))
+    if evaluating(abl.evaluate):
+        rec.finetune_preset = stages.finetune_preset(abl.evaluate.preset, preset)
+        plan.evaluating, plan.eval_probes = True, to_dict(abl.evaluate.probes)
+        plan.eval_tasks, plan.finetune_preset = list(abl.evaluate.tasks), rec.finetune_preset
+        plan.eval_overrides = list(abl.evaluate.overrides)
+        control = [st for st in evals if st.random_init]
+        plan.control_run = str(control[0].run_dir) if control else None
+    return plan
 
 
 def check_resumable(run: Path, cfg: RunConfig) -> None:
@@ -368,6 +399,20 @@ def render(plan: Plan, job: JobOptions, site: SiteConfig, site_source: str) -> D
             script=str(d / "train.sbatch"),
         ),
     }
+    if plan.evaluating:
+        # Every run in the arrays has a training and an evaluation task (see the module docstring).
+        evaluate = {"preset": plan.finetune_preset, "overrides": plan.eval_overrides, "tasks": plan.eval_tasks,
+                    "probes": plan.eval_probes, "runs_root": plan.runs_root}
+        scripts[str(d / "evaluate.sbatch")] = env.get_template("evaluate.sbatch.j2").render(
+            common, **evaluate, job_name=f"{plan.name}-evaluate", random_init=False,
+            output=str(d / ("evaluate-%A_%a.out" if array else "evaluate-%j.out")),
+            run_dirs=[str(run_dir(c)) for c in plan.runs.values()], script=str(d / "evaluate.sbatch"),
+        )
+    if plan.control_run:
+        scripts[str(d / "control.sbatch")] = env.get_template("evaluate.sbatch.j2").render(
+            common, **evaluate, job_name=f"{plan.name}-control", random_init=True, output=str(d / "control-%j.out"),
+            run_dirs=[plan.control_run], script=str(d / "control.sbatch"),
+        )
     if plan.kind == "ablation":
         scripts[str(d / "tables.sbatch")] = env.get_template("tables.sbatch.j2").render(
             common,
@@ -379,17 +424,26 @@ def render(plan: Plan, job: JobOptions, site: SiteConfig, site_source: str) -> D
     return scripts
 
 
-def sbatch_commands(scripts: Sequence[str]) -> List[List[str]]:
-    """The sbatch command of each script, in submission order; ``{data}`` / ``{train}``
-    stand for the ids of the jobs submitted before."""
-    data, train, *tables = scripts
-    # A failed data job must not leave the training pending forever.
+def sbatch_commands(scripts: Sequence[str], array: bool = False) -> List[List[str]]:
+    """The sbatch command of each script (``data``, ``train``, then ``evaluate``, ``control``,
+    ``tables`` when present), in submission order; ``{data}``, ``{train}``, ... stand for the
+    ids of the jobs submitted before. ``array``: the training job is an array (the evaluation
+    array then follows it task by task, ``aftercorr``; the control waits for task 0, the
+    first run, which is always in the arrays while its control is unfinished)."""
+    by = {Path(s).stem: s for s in scripts}
+    # A failed data job must not leave the training pending forever; likewise for the rest.
+    kill = "--kill-on-invalid-dep=yes"
     cmds = [
-        ["sbatch", "--parsable", data],
-        ["sbatch", "--parsable", "--dependency=afterok:{data}", "--kill-on-invalid-dep=yes", train],
+        ["sbatch", "--parsable", by["data"]],
+        ["sbatch", "--parsable", "--dependency=afterok:{data}", kill, by["train"]],
     ]
-    if tables:
-        cmds.append(["sbatch", "--parsable", "--dependency=afterany:{train}", tables[0]])
+    if "evaluate" in by:
+        cmds.append(["sbatch", "--parsable", f"--dependency={'aftercorr' if array else 'afterok'}:{{train}}", kill, by["evaluate"]])
+    if "control" in by:
+        cmds.append(["sbatch", "--parsable", "--dependency=afterok:{train}" + ("_0" if array else ""), kill, by["control"]])
+    if "tables" in by:
+        after = ":".join(f"{{{n}}}" for n in ("evaluate", "control") if n in by) or "{train}"
+        cmds.append(["sbatch", "--parsable", f"--dependency=afterany:{after}", by["tables"]])
     return cmds
 
 
@@ -425,7 +479,7 @@ def submit(
         plan = plan_run(target, preset, overrides)
     check_world(plan, job)
     scripts = render(plan, job, site, site_source)
-    cmds = sbatch_commands(list(scripts))
+    cmds = sbatch_commands(list(scripts), len(plan.runs) > 1)
     if dry_run:
         for path, text in scripts.items():
             print(f"# ==> {path} <==", file=out)
@@ -433,7 +487,10 @@ def submit(
             print(file=out)
         print("# Submitted in this order (without --dry-run):", file=out)
         for c in cmds:
-            print("#   " + " ".join(c).replace("{data}", "$DATA_JOB").replace("{train}", "$TRAIN_JOB"), file=out)
+            line = " ".join(c)
+            for name in ("data", "train", "evaluate", "control"):
+                line = line.replace(f"{{{name}}}", f"${{{name.upper()}_JOB}}" if f"{{{name}}}_" in line else f"${name.upper()}_JOB")
+            print("#   " + line, file=out)
         return {}
 
     if shutil.which("sbatch") is None:
@@ -448,8 +505,7 @@ def submit(
     for script in scripts:
         _sbatch_test(script)
     ids = _sbatch_chain(cmds)
-    names = ["data", "train", "tables"][: len(ids)]
-    jobs = dict(zip(names, ids))
+    jobs = dict(zip([Path(c[-1]).stem for c in cmds], ids))
     write_json_atomic(plan.slurm_dir / JOBS, {
         "kind": plan.kind,
         "name": plan.name,
@@ -462,6 +518,8 @@ def submit(
     arms = ", ".join(plan.runs)
     print(f"submitted {plan.name}: data job {jobs['data']}, training job {jobs['train']}"
           + (f" (array: {arms})" if len(plan.runs) > 1 else "")
+          + (f", evaluation job {jobs['evaluate']}" if "evaluate" in jobs else "")
+          + (f", control job {jobs['control']}" if "control" in jobs else "")
           + (f", tables job {jobs['tables']}" if "tables" in jobs else ""), file=out)
     if plan.skipped:
         print(f"finished arms not resubmitted: {', '.join(plan.skipped)}", file=out)
@@ -506,7 +564,7 @@ def _sbatch_chain(cmds: List[List[str]]) -> List[str]:
     submitted and raises UserError with sbatch's own message."""
     ids: List[str] = []
     for cmd in cmds:
-        known = dict(zip(("data", "train"), ids))
+        known = dict(zip([Path(c[-1]).stem for c in cmds], ids))
         argv = [a.format(**known) if a.startswith("--dependency=") else a for a in cmd]
         proc = subprocess.run(argv, capture_output=True, text=True)
         job_id = proc.stdout.strip().split(";")[0]

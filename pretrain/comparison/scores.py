@@ -1,0 +1,164 @@
+"""Downstream scores for the comparison, from finished ``pretrain finetune`` jobs only.
+
+A model's pretraining run is ``RUNS/<run name>`` (``--runs RUNS``; the recipe's ``name``,
+as ``pretrain train`` names it) or a directory given for that model (``--run MODEL=DIR``).
+Its jobs are ``<run>/finetune/<task>/scores.json`` (``pretrain.downstream.runner``): the
+median over seeds at the chosen learning rate of the task's main metric. A run is used only
+if its ``config.yaml`` has the shape being measured (a smoke run in ``runs/bert`` is not the
+``small`` BERT); otherwise the table says why there is no score.
+
+The int8 score change re-scores a job's fine-tuned weights, so it needs a job run with
+``keep_weights=true`` (``pretrain finetune RUN --task T keep_weights=true``): for every seed
+at the job's chosen learning rate, the final checkpoint is loaded (weights-only) into the
+fine-tuning model, the task's evaluation split is scored with it as float32 and again after
+``quantize_int8``, through ``FinetuningTask.evaluate`` — the same rows and metric as the
+job. The float32 re-score is checked against the job's own final score.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from common.errors import UserError
+
+# The shape keys a run must share with the measured model for its scores to be its.
+SHAPE_KEYS = ("family", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "embedding_size", "type_vocab_size", "sharing")
+
+
+@dataclass
+class JobScore:
+    """A finished fine-tuning job: ``score`` is the median main metric (0-1 scale) over
+    ``seeds`` seeds at ``lr``; ``job`` its directory."""
+
+    task: str
+    metric: str
+    score: float
+    seeds: int
+    lr: float
+    job: Path
+
+
+@dataclass
+class Int8Score:
+    """Float32 and int8 scores (0-1) of one job's fine-tuned weights, per seed and their
+    medians; ``fp32_matches_job``: every float32 re-score equals the job's final score
+    (within 1e-6)."""
+
+    task: str
+    metric: str
+    fp32: List[float] = field(default_factory=list)
+    int8: List[float] = field(default_factory=list)
+    fp32_matches_job: bool = True
+
+    @property
+    def fp32_median(self) -> float:
+        return statistics.median(self.fp32)
+
+    @property
+    def int8_median(self) -> float:
+        return statistics.median(self.int8)
+
+
+def check_runs_root(runs_root: Optional[str | Path], explicit: Mapping[str, str | Path]) -> None:
+    """Raise UserError (one line) when ``--runs`` or a ``--run`` directory does not exist."""
+    if runs_root is not None and not Path(runs_root).is_dir():
+        raise UserError(f"--runs {runs_root}: no such directory; pass the root holding the pretraining runs "
+                        "(e.g. --runs runs) or leave --runs out (every score cell then reads 'not run')")
+    for model, d in explicit.items():
+        if not Path(d).is_dir():
+            raise UserError(f"--run {model}={d}: no such directory; pass the model's pretraining run directory")
+
+
+def parse_run_flags(pairs: List[str], models: List[str]) -> Dict[str, Path]:
+    """``--run MODEL=DIR`` values → ``{model: Path}``. UserError for a bad pair or model."""
+    out: Dict[str, Path] = {}
+    for p in pairs:
+        model, sep, d = p.partition("=")
+        if not sep or not d:
+            raise UserError(f"--run {p!r}: expected MODEL=DIR, e.g. --run bert=runs/small/bert")
+        if model not in models:
+            raise UserError(f"--run {p!r}: unknown model {model!r}; choose from: {', '.join(models)}")
+        out[model] = Path(d)
+    return out
+
+
+def run_for(shape: Any, runs_root: Optional[Path], explicit: Mapping[str, Path]) -> Optional[Path]:
+    """The pretraining run directory of ``shape`` (a ``shapes.Shape``), None when neither
+    ``--runs`` nor ``--run`` names one."""
+    if shape.model in explicit:
+        return Path(explicit[shape.model])
+    return Path(runs_root) / shape.run_name if runs_root is not None else None
+
+
+def shape_mismatch(run: Path, cfg: Any) -> Optional[str]:
+    """Why ``run``'s scores are not those of ModelConfig ``cfg``: no config.yaml, or the
+    first shape key that differs; None when the shapes agree."""
+    from common.configfile import read_yaml
+    from pretrain.training.rundir import CONFIG
+
+    f = run / CONFIG
+    if not f.is_file():
+        return f"no {f}"
+    saved = read_yaml(f).get("model") or {}
+    for k in SHAPE_KEYS:
+        if saved.get(k) != getattr(cfg, k):
+            return f"{run} has model.{k}={saved.get(k)}, this shape {getattr(cfg, k)}"
+    return None
+
+
+def read_jobs(run: Path) -> Dict[str, JobScore]:
+    """Every finished job under ``run/finetune/`` (its scores.json), by task; random-init
+    controls (``<task>-random-init``) are left out."""
+    from pretrain.downstream.runner import SCORES_JSON
+
+    out: Dict[str, JobScore] = {}
+    for f in sorted((run / "finetune").glob(f"*/{SCORES_JSON}")):
+        s = json.loads(f.read_text())
+        if s.get("random_init") or f.parent.name.endswith("-random-init"):
+            continue
+        task = s.get("task", f.parent.name)
+        out[task] = JobScore(task, s["main_metric"], float(s["score"]), int(s["num_seeds"]), float(s["chosen_lr"]), f.parent)
+    return out
+
+
+def int8_rescore(job: JobScore) -> Int8Score | str:
+    """``Int8Score`` of ``job`` (module docstring), or the reason it cannot be computed (no
+    kept weights). Raises UserError for a damaged checkpoint or missing task data."""
+    import torch
+
+    from common.configfile import merge_into
+    from pretrain.comparison.measure import quantize_int8
+    from pretrain.downstream.config import FinetuneConfig
+    from pretrain.downstream.runner import lr_tag
+    from pretrain.tasks.finetuning import FinetuningTask
+    from pretrain.training import safeload
+    from pretrain.training.checkpoint import MODEL_STATES, _resolve_checkpoint, read_client_state
+    from pretrain.training.distributed import World
+    from pretrain.training.rundir import CHECKPOINTS, SUMMARY
+
+    seeds = sorted(d for d in (job.job / lr_tag(job.lr)).glob("seed-*") if d.is_dir())
+    if not seeds or not all((d / CHECKPOINTS).is_dir() for d in seeds):
+        return f"not run: {job.job} kept no weights (fine-tune with keep_weights=true)"
+    world = World(rank=0, size=1, local_rank=0, local_size=1)
+    out = Int8Score(job.task, job.metric)
+    for d in seeds:
+        ckpt = _resolve_checkpoint(d)
+        cfg = merge_into(FinetuneConfig, read_client_state(ckpt)["config"], where=str(ckpt))
+        task = FinetuningTask(cfg)
+        task.prepare(world)
+        model = task.build_model()
+        model.load_state_dict(safeload.load_tensors(ckpt / MODEL_STATES)["module"])
+        model.eval()
+        with torch.inference_mode():
+            fp32 = task.evaluate(model, world)[job.metric]
+            int8 = task.evaluate(quantize_int8(model), world)[job.metric]
+        out.fp32.append(fp32)
+        out.int8.append(int8)
+        final = json.loads((d / SUMMARY).read_text())["final_eval"][job.metric]
+        out.fp32_matches_job &= abs(final - fp32) <= 1e-6
+    return out
