@@ -202,8 +202,12 @@ class SplitData:
     def token_counts(self, vocab_size: int, copy: int = 0) -> np.ndarray:
         """int64 ``[vocab_size]``: occurrences of every id in ``input_ids`` of copy ``copy``
         (``data_prep.token_counts``). Raises UserError for an id >= ``vocab_size``."""
+        from tqdm import tqdm
+
         counts = np.zeros(int(vocab_size), dtype=np.int64)
-        for s in self._copies[copy % len(self._copies)]:
+        shards = self._copies[copy % len(self._copies)]
+        # BERT-scale data is billions of ids: a bar per shard, shown when there are several.
+        for s in tqdm(shards, desc=f"count tokens ({self.name})", unit="shard", disable=len(shards) < 2, leave=False):
             ids = s.values["input_ids"]
             if ids.size and int(ids.max()) >= vocab_size:
                 raise UserError(f"split {self.name!r} holds token id {int(ids.max())}, outside the vocabulary of "
