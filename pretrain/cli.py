@@ -63,7 +63,7 @@ def _ablate(args: argparse.Namespace) -> None:
 
 
 def _tables(args: argparse.Namespace) -> None:
-    from pretrain.ablations.tables import rebuild_tables
+    from pretrain.ablations.rebuild import rebuild_tables
 
     if args.collect:
         from pretrain.ablations.collect import collect_logs

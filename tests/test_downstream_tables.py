@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from common.atomic import write_json_atomic
 from common.errors import UserError
 from pretrain.ablations.collect import collect_logs, log_files
-from pretrain.ablations.tables import rebuild_tables
+from pretrain.ablations.rebuild import rebuild_tables
 from pretrain.cli import main as pretrain_main
 from pretrain.downstream.runner import markdown, summarize
 from pretrain.training import rundir

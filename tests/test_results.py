@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pretrain.ablations.runner import load_record
-from pretrain.ablations.tables import rebuild_tables, table_paths
+from pretrain.ablations.rebuild import rebuild_tables
+from pretrain.ablations.tables import table_paths
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "results" / "runs"
@@ -37,7 +38,7 @@ def test_committed_table_is_regenerated_from_committed_logs(tmp_path, monkeypatc
 def test_committed_readme_summary_is_regenerated_from_committed_logs(tmp_path, monkeypatch):
     """results/README.md's verdict summary is what `pretrain tables --runs results/runs` writes:
     every claim of configs/ablation/, its verdict from the committed logs or "not run yet"."""
-    from pretrain.ablations.tables import SUMMARY_END, SUMMARY_START, render_summary
+    from pretrain.ablations.summary import SUMMARY_END, SUMMARY_START, render_summary
 
     monkeypatch.chdir(REPO)
     text = (RESULTS / "README.md").read_text()

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from common.atomic import write_json_atomic
 from common.errors import UserError
-from pretrain.ablations.tables import collect_arm, rebuild_tables
+from pretrain.ablations.arm_results import collect_arm
+from pretrain.ablations.rebuild import rebuild_tables
 from pretrain.cli import main as pretrain_main
 from pretrain.training import rundir
 
@@ -265,7 +266,7 @@ def test_claims_are_checked_at_load(tmp_path: Path):
 
 
 def test_unequal_real_tokens_are_named_without_withholding_the_verdict():
-    from pretrain.ablations.tables import ArmResult
+    from pretrain.ablations.arm_results import ArmResult
     from pretrain.ablations.verdicts import token_warnings
 
     same = [ArmResult("a", "done", tokens_seen=1000), ArmResult("b", "done", tokens_seen=1090)]

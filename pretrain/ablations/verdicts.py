@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from pretrain.ablations.arm_results import METRIC_FIELDS
 from pretrain.ablations.spec import LOWER_IS_BETTER, ClaimConfig, seed_runs
 from pretrain.training import rundir
 
@@ -94,8 +95,6 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
     probe columns → "fine-tuned" / "zero-shot" (a claim whose ``paper_column`` is one of them
     is judged on it, even before its jobs have run: then "not run yet")."""
     measured = measured or {}
-    from pretrain.ablations.tables import METRIC_FIELDS
-
     out: List[Verdict] = []
     for c in claims:
         col = list(paper_columns).index(c.paper_column)
