@@ -33,10 +33,8 @@ from pretrain.criterions.distillation import DistillationCriterion
 from pretrain.models.distil import (apply_freezing, check_distillation_config, init_student, load_teacher, select_layers,
                                     student_model_config)
 from pretrain.models.encoder import build_model
-from pretrain.tasks.base import Criterion
 from pretrain.tasks.pretraining import PretrainingTask
 from pretrain.training import distributed
-from pretrain.training.evaluate import score_split
 from pretrain.training.mfu import ModelFlops
 
 
@@ -83,21 +81,12 @@ class DistillationTask(PretrainingTask):
     def frozen_modules(self) -> Dict[str, nn.Module]:
         return {"teacher": self.teacher}
 
-    @property
-    def criterion(self) -> Criterion:
-        return self._criterion
-
     def flops(self, rows: np.ndarray) -> float:
         lengths = self.lengths[rows]
         return self.model_flops(lengths) + self.teacher_flops(lengths) / 3.0  # teacher: forward only
 
     def evaluate(self, model: nn.Module, world: distributed.World) -> Dict[str, float]:
-        t = self.cfg.train
-        s = score_split(self._criterion, model, lambda rows: self.collate_val(rows, epoch=0), len(self.val_split),
-                        t.micro_batch_size, world.rank, world.size, t.eval_max_batches)
-        count = s["sample_size"]["mlm"]
-        if count == 0:
-            raise ValueError("the validation split has no labelled tokens")
+        s, count = self.score_masked_validation(model, world)
         loss, logs = s["loss_sum"]["mlm"] / count, s["logs"]
         return {
             "mlm_loss": loss,

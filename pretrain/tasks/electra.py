@@ -32,10 +32,9 @@ from torch import nn
 from common.errors import UserError
 from pretrain.criterions.electra import ElectraCriterion
 from pretrain.models.electra import ElectraForPretraining, electra_flops_per_token, generator_config
-from pretrain.tasks.base import Criterion
 from pretrain.tasks.pretraining import PretrainingTask
 from pretrain.training import distributed
-from pretrain.training.evaluate import module_device, score_split
+from pretrain.training.evaluate import module_device
 from pretrain.training.mfu import ModelFlops
 
 
@@ -86,16 +85,10 @@ class ElectraTask(PretrainingTask):
         self.model_flops = ElectraFlops(model)  # before ZeRO-3 partitions the weights away
         return model
 
-    @property
-    def criterion(self) -> Criterion:
-        return self._criterion
-
     def evaluate(self, model: nn.Module, world: distributed.World) -> Dict[str, float]:
-        t = self.cfg.train
         sampler = torch.Generator(device=module_device(model)).manual_seed(int(self.cfg.data.masking.validation_seed))
         crit = ElectraCriterion(self.cfg.electra, sampler=sampler)
-        s = score_split(crit, model, lambda rows: self.collate_val(rows, epoch=0), len(self.val_split),
-                        t.micro_batch_size, world.rank, world.size, t.eval_max_batches)
+        s = self.score_validation(crit, model, world)
         n_gen, n_disc, logs = s["sample_size"]["gen_mlm"], s["sample_size"]["disc"], s["logs"]
         if n_gen == 0 or n_disc == 0:
             raise ValueError("the validation split has no masked tokens")

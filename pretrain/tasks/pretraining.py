@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from torch import nn
@@ -101,13 +101,26 @@ class PretrainingTask(Task):
     def flops(self, rows: np.ndarray) -> float:
         return self.model_flops(self.lengths[rows])
 
-    def evaluate(self, model: nn.Module, world: distributed.World) -> Dict[str, float]:
+    def score_validation(self, criterion: Criterion, model: nn.Module, world: distributed.World) -> Dict[str, Dict[str, float]]:
+        """``criterion``'s loss sums, sample sizes and logs over the validation split, with the
+        masks drawn once at data-prep time (``data.masking.validation_seed``), summed over all
+        ranks (``pretrain.training.evaluate.score_split``; at most ``train.eval_max_batches``
+        micro batches of ``train.micro_batch_size`` rows)."""
         t = self.cfg.train
-        s = score_split(self._criterion, model, lambda rows: self.collate_val(rows, epoch=0), len(self.val_split),
-                        t.micro_batch_size, world.rank, world.size, t.eval_max_batches)
+        return score_split(criterion, model, lambda rows: self.collate_val(rows, epoch=0), len(self.val_split),
+                           t.micro_batch_size, world.rank, world.size, t.eval_max_batches)
+
+    def score_masked_validation(self, model: nn.Module, world: distributed.World) -> Tuple[Dict[str, Dict[str, float]], float]:
+        """``score_validation`` of the training criterion, and the split's masked-token count
+        (the ``mlm`` sample size, > 0). Raises ValueError when no token of the split is masked."""
+        s = self.score_validation(self._criterion, model, world)
         count = s["sample_size"]["mlm"]
         if count == 0:
             raise ValueError("the validation split has no labelled tokens")
+        return s, count
+
+    def evaluate(self, model: nn.Module, world: distributed.World) -> Dict[str, float]:
+        s, count = self.score_masked_validation(model, world)
         loss = s["loss_sum"]["mlm"] / count
         m = {"mlm_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "mlm_accuracy": s["logs"]["mlm_correct"] / count,
              "num_tokens": int(count)}
