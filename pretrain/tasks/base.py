@@ -191,6 +191,28 @@ class Task(ABC):
         return {}
 
 
+class TokenRowsTask(Task):
+    """A Task whose training rows are token sequences drawn by one sampler and scored by one
+    criterion (masked-LM pretraining and its variants, fine-tuning). ``prepare`` sets
+    ``self.lengths`` (int64 ``[num_train_rows]``, non-padding tokens per training row),
+    ``self.sampler`` (a ``Sampler``) and ``self._criterion`` (a ``Criterion``); this class
+    supplies ``train_sampler``, ``criterion`` and ``tokens`` from them."""
+
+    lengths: np.ndarray
+    sampler: Sampler
+    _criterion: Criterion
+
+    def train_sampler(self) -> Sampler:
+        return self.sampler
+
+    @property
+    def criterion(self) -> Criterion:
+        return self._criterion
+
+    def tokens(self, rows: np.ndarray) -> int:
+        return int(self.lengths[rows].sum())
+
+
 def normalized_loss(loss_sum: Terms, sample_size: Mapping[str, float], weights: Mapping[str, float]) -> torch.Tensor:
     """``Σ_t weights[t] · loss_sum[t] / sample_size[t]`` over the terms of ``weights``.
 

@@ -36,7 +36,7 @@ from pretrain.downstream.task_data import (
     metric_names,
     score,
 )
-from pretrain.tasks.base import Batch, Criterion, Sampler, Task
+from pretrain.tasks.base import Batch, TokenRowsTask
 from pretrain.training.batching import GlobalBatchSampler
 
 
@@ -55,7 +55,7 @@ def pad_batch(ids: List[np.ndarray], types: List[np.ndarray], pad_id: int) -> Di
             "attention_mask": torch.from_numpy(mask)}
 
 
-class FinetuningTask(Task):
+class FinetuningTask(TokenRowsTask):
     """Fine-tune a pretrained encoder on ``cfg.task`` (a ``FinetuneConfig``)."""
 
     def __init__(self, cfg: Any) -> None:
@@ -97,9 +97,6 @@ class FinetuningTask(Task):
         self._per_token_pos = flops_per_token(model, 1) - self._per_token
         return model
 
-    def train_sampler(self) -> Sampler:
-        return self.sampler
-
     def _rows(self, enc, rows: np.ndarray) -> Batch:
         pad = self.pretrained.tokenizer.pad_id
         batch = pad_batch([enc.input_ids[r] for r in rows], [enc.token_type_ids[r] for r in rows], pad)
@@ -115,13 +112,6 @@ class FinetuningTask(Task):
 
     def collate(self, rows: np.ndarray, epoch: int) -> Batch:
         return self._rows(self.data.train, rows)
-
-    @property
-    def criterion(self) -> Criterion:
-        return self._criterion
-
-    def tokens(self, rows: np.ndarray) -> int:
-        return int(self.lengths[rows].sum())
 
     def flops(self, rows: np.ndarray) -> float:
         n = self.lengths[rows].astype(np.float64)

@@ -30,14 +30,14 @@ from torch import nn
 from common.errors import UserError
 from pretrain.criterions.pretraining import PretrainingCriterion, check_objective
 from pretrain.models.encoder import build_model, check_model_fits_data
-from pretrain.tasks.base import Batch, Criterion, Sampler, Task
+from pretrain.tasks.base import Batch, Criterion, TokenRowsTask
 from pretrain.training import distributed
 from pretrain.training.batching import Collator, make_sampler
 from pretrain.training.evaluate import score_split
 from pretrain.training.mfu import ModelFlops
 
 
-class PretrainingTask(Task):
+class PretrainingTask(TokenRowsTask):
     """MLM (+ NSP/SOP) pretraining of a ``pretrain.config.RunConfig``."""
 
     summary_keys = ("mlm_loss", "perplexity", "mlm_accuracy", "sentence_accuracy")
@@ -85,18 +85,8 @@ class PretrainingTask(Task):
         self.model_flops = ModelFlops(model)  # before ZeRO-3 partitions the weights away
         return model
 
-    def train_sampler(self) -> Sampler:
-        return self.sampler
-
     def collate(self, rows: np.ndarray, epoch: int) -> Batch:
         return self.collate_train(rows, epoch)
-
-    @property
-    def criterion(self) -> Criterion:
-        return self._criterion
-
-    def tokens(self, rows: np.ndarray) -> int:
-        return int(self.lengths[rows].sum())
 
     def flops(self, rows: np.ndarray) -> float:
         return self.model_flops(self.lengths[rows])
