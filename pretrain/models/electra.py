@@ -195,10 +195,8 @@ class ElectraForPretraining(nn.Module):
         once per layer they run in): ``{"generator": N_g, "discriminator": N_d}``; the
         shared word and position tables count in neither (``BertForPretraining``'s rule)."""
         def blocks(enc: Encoder) -> int:
-            per_attn = sum(p.numel() for p in enc.attention.parameters()) // len(enc.attention)
-            per_ffn = sum(p.numel() for p in enc.ffn.parameters()) // len(enc.ffn)
             final = sum(p.numel() for p in enc.final_layer_norm.parameters()) if enc.final_layer_norm is not None else 0
-            return enc.num_layers * (per_attn + per_ffn) + final
+            return enc.block_parameters(applied=True) + final
 
         def count(*mods: Optional[nn.Module]) -> int:
             return sum(p.numel() for m in mods if m is not None for p in m.parameters())

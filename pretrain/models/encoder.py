@@ -249,6 +249,16 @@ class Encoder(nn.Module):
             x = self.ffn[i if n_ffn > 1 else 0](x)
         return self.final_layer_norm(x) if self.final_layer_norm is not None else x
 
+    def block_parameters(self, applied: bool = False) -> int:
+        """Parameters of the attention and feed-forward blocks: as stored (a shared block
+        once) or, with ``applied``, as applied to each token (a shared block once per layer
+        it runs in, since sharing saves memory, not compute; ALBERT §4.7)."""
+        attn = sum(p.numel() for p in self.attention.parameters())
+        ffn = sum(p.numel() for p in self.ffn.parameters())
+        if not applied:
+            return attn + ffn
+        return self.num_layers * (attn // len(self.attention) + ffn // len(self.ffn))
+
 
 class MLMHead(nn.Module):
     """BERT's MLM transform (dense H→E, activation, LayerNorm over E) and output bias; the
@@ -364,23 +374,29 @@ class BertForPretraining(nn.Module):
         return out
 
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Parameter count, each tensor once (tied and shared weights count once);
-        ``non_embedding`` drops word and position embeddings, the N of the 6N
-        FLOPs-per-token estimate (Kaplan et al. 2020)."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            e = self.encoder.embeddings
-            n -= e.word_embeddings.weight.numel() + e.position_embeddings.weight.numel()
-        return n
+        """``count_parameters`` of this model."""
+        return count_parameters(self, self.encoder, non_embedding)
 
     def applied_parameters(self) -> int:
-        """Non-embedding parameters applied to each token: a shared block counts once per
-        layer it runs in, since sharing saves memory, not compute (ALBERT §4.7)."""
-        enc = self.encoder
-        per_attn = sum(p.numel() for p in enc.attention.parameters()) // len(enc.attention)
-        per_ffn = sum(p.numel() for p in enc.ffn.parameters()) // len(enc.ffn)
-        blocks = sum(p.numel() for p in enc.attention.parameters()) + sum(p.numel() for p in enc.ffn.parameters())
-        return self.num_parameters(non_embedding=True) - blocks + enc.num_layers * (per_attn + per_ffn)
+        """``count_applied_parameters`` of this model."""
+        return count_applied_parameters(self, self.encoder)
+
+
+def count_parameters(model: nn.Module, encoder: Encoder, non_embedding: bool = False) -> int:
+    """Parameter count of ``model``, each tensor once (tied and shared weights count once);
+    ``non_embedding`` leaves out ``encoder``'s word and position embeddings, the N of the 6N
+    FLOPs-per-token estimate (Kaplan et al. 2020)."""
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        e = encoder.embeddings
+        n -= e.word_embeddings.weight.numel() + e.position_embeddings.weight.numel()
+    return n
+
+
+def count_applied_parameters(model: nn.Module, encoder: Encoder) -> int:
+    """Non-embedding parameters of ``model`` applied to each token: ``encoder``'s shared
+    blocks count once per layer they run in (``Encoder.block_parameters``; ALBERT §4.7)."""
+    return count_parameters(model, encoder, True) - encoder.block_parameters() + encoder.block_parameters(applied=True)
 
 
 def flops_per_token(model: BertForPretraining, seq_len: int) -> float:

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-from pretrain.models.encoder import BertForPretraining, Encoder, check_model_config
+from pretrain.models.encoder import (BertForPretraining, Encoder, check_model_config, count_applied_parameters,
+                                     count_parameters)
 
 HEADS = ("sequence", "token")
 
@@ -139,19 +140,10 @@ class FineTuneModel(nn.Module):
         return self
 
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Parameter count, each tensor once; ``non_embedding`` drops word and position
-        embeddings (as ``BertForPretraining.num_parameters``)."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            e = self.encoder.embeddings
-            n -= e.word_embeddings.weight.numel() + e.position_embeddings.weight.numel()
-        return n
+        """``pretrain.models.encoder.count_parameters`` of this model."""
+        return count_parameters(self, self.encoder, non_embedding)
 
     def applied_parameters(self) -> int:
-        """Non-embedding parameters applied to each token, a shared block once per layer it
-        runs in (ALBERT §4.7), for ``pretrain.models.encoder.flops_per_token``."""
-        enc = self.encoder
-        attn = sum(p.numel() for p in enc.attention.parameters())
-        ffn = sum(p.numel() for p in enc.ffn.parameters())
-        per_layer = attn // len(enc.attention) + ffn // len(enc.ffn)
-        return self.num_parameters(non_embedding=True) - attn - ffn + enc.num_layers * per_layer
+        """``pretrain.models.encoder.count_applied_parameters`` of this model, for
+        ``pretrain.models.encoder.flops_per_token``."""
+        return count_applied_parameters(self, self.encoder)
