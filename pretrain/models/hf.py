@@ -168,6 +168,28 @@ def hf_names(cfg, keys: List[str]) -> Dict[str, str]:
     return out
 
 
+def encoder_config_kwargs(cfg, sizes=None) -> Dict[str, Any]:
+    """The keyword arguments that transformers' BERT, RoBERTa, ALBERT and ELECTRA configs
+    name alike, from ModelConfig ``cfg``: vocabulary, dropout, positions, token types,
+    initializer range, LayerNorm eps, and the layer sizes (hidden, layers, heads,
+    intermediate) of ``sizes`` (default ``cfg``; ELECTRA's generator has sizes of its own)."""
+    s = cfg if sizes is None else sizes
+    return dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        intermediate_size=s.intermediate_size,
+        hidden_act=cfg.hidden_act,
+        hidden_dropout_prob=cfg.hidden_dropout_prob,
+        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=cfg.type_vocab_size,
+        initializer_range=cfg.initializer_range,
+        layer_norm_eps=cfg.layer_norm_eps,
+    )
+
+
 def hf_config(cfg, sentence: str, pad_token_id: Optional[int] = None, bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None):
     """A transformers config for ModelConfig ``cfg`` (family's config class), with
     ``architectures`` and our ``sentence_objective`` recorded."""
@@ -181,20 +203,7 @@ def hf_config(cfg, sentence: str, pad_token_id: Optional[int] = None, bos_token_
             initializer_range=cfg.initializer_range, **({"pad_token_id": pad_token_id} if pad_token_id is not None else {}))
         setattr(config, SENTENCE_KEY, sentence)
         return config
-    common = dict(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        intermediate_size=cfg.intermediate_size,
-        hidden_act=cfg.hidden_act,
-        hidden_dropout_prob=cfg.hidden_dropout_prob,
-        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
-        max_position_embeddings=cfg.max_position_embeddings,
-        type_vocab_size=cfg.type_vocab_size,
-        initializer_range=cfg.initializer_range,
-        layer_norm_eps=cfg.layer_norm_eps,
-    )
+    common = encoder_config_kwargs(cfg)
     if cfg.family == "roberta":
         # RobertaEmbeddings gives padding position pad_token_id and real tokens pad_token_id+1...
         common["pad_token_id"] = cfg.position_offset - 1

@@ -78,25 +78,11 @@ def electra_hf_config(cfg, part: str, generator_cfg=None, pad_token_id: Optional
     """A ``transformers.ElectraConfig`` for the discriminator (``cfg``) or the generator
     (``generator_cfg``, hidden sizes of its own, the discriminator's E), with
     ``architectures`` set."""
-    from pretrain.models.hf import _transformers
+    from pretrain.models.hf import _transformers, encoder_config_kwargs
 
     tf = _transformers()
     c = cfg if part == "discriminator" else generator_cfg
-    kw = dict(
-        vocab_size=cfg.vocab_size,
-        embedding_size=embedding_size(cfg),
-        hidden_size=c.hidden_size,
-        num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads,
-        intermediate_size=c.intermediate_size,
-        hidden_act=cfg.hidden_act,
-        hidden_dropout_prob=cfg.hidden_dropout_prob,
-        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
-        max_position_embeddings=cfg.max_position_embeddings,
-        type_vocab_size=cfg.type_vocab_size,
-        initializer_range=cfg.initializer_range,
-        layer_norm_eps=cfg.layer_norm_eps,
-    )
+    kw = dict(encoder_config_kwargs(cfg, c), embedding_size=embedding_size(cfg))
     if pad_token_id is not None:
         kw["pad_token_id"] = pad_token_id
     config = tf.ElectraConfig(**kw)
