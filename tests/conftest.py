@@ -25,6 +25,20 @@ SLURM_SKIP_REASON = (
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+# What torchrun sets for each worker, and what an in-process train() sets for its world of
+# one (whose MASTER_PORT stays listened on): a child process that inherited them would try
+# to join that world instead of making its own.
+LAUNCHER_VARS = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                           "MASTER_PORT", "TORCHELASTIC_RUN_ID"})
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``pretrain`` (or torchrun) subprocess: this process's, read now,
+    without ``LAUNCHER_VARS``, then ``extra`` set on top."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update(extra)
+    return env
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slurm", action="store_true", default=False,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pretrain.ablations.runner import (
     run_ablation,
 )
 from pretrain.training import rundir
+from conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
@@ -302,8 +302,7 @@ def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
     abl_file.write_text(OmegaConf.to_yaml(nsp))
     # Without the launcher variables an in-process train() of an earlier test left behind
     # (its MASTER_PORT is still listened on): the child picks its own world of one.
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "DS_ACCELERATOR": "cpu"}
+    env = child_env(DS_ACCELERATOR="cpu")
     tiny = ["data.max_documents=30", "data.tokenizer.vocab_size=800", "data.max_seq_length=64",
             "model.max_position_embeddings=66", "model.hidden_size=32", "model.num_hidden_layers=1",
             "model.num_attention_heads=2", "model.intermediate_size=64", "train.global_batch_size=8",

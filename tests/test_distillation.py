@@ -29,6 +29,7 @@ from pretrain.models.encoder import build_model
 from pretrain.training import checkpoint, rundir
 from pretrain.training.distributed import World
 from pretrain.training.loop import Preempted, train
+from conftest import child_env
 
 transformers = pytest.importorskip("transformers")
 transformers.utils.logging.set_verbosity_error()
@@ -82,8 +83,7 @@ def _strip(lines):
 def cli_run(tmp_path_factory, teacher: Path, student_data: Path):
     """The issue's command, on the CLI: ``pretrain train configs/recipe/distilbert.yaml --preset smoke``."""
     run = tmp_path_factory.mktemp("cli") / "student"
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env = child_env()
     cmd = [sys.executable, "-m", "pretrain.cli", "train", str(DISTIL), "--preset", "smoke",
            *student_overrides(run, teacher, student_data)]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -27,6 +27,7 @@ from pretrain.tasks import build_trainable, task_class
 from pretrain.tasks.electra import ElectraTask
 from pretrain.training import checkpoint, rundir
 from pretrain.training.checks import check_run
+from conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "electra.yaml"
@@ -255,8 +256,7 @@ def test_smoke_recipe_trains_on_wikitext_and_resumes_exactly(tmp_path, data_dir)
 
     # the CLI, killed after a checkpoint, then resumed: the same metrics, eval and weights
     killed = tmp_path / "killed"
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env = child_env()
     cmd = [sys.executable, "-m", "pretrain.cli", "train", str(RECIPE), "--preset", "smoke",
            *_overrides(data_dir, killed, shards)]
     with open(tmp_path / "killed.log", "w") as log:

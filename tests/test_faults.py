@@ -37,6 +37,7 @@ from pretrain import cli
 from pretrain.config import load_run_config
 from pretrain.training import checkpoint, manifest, rundir, safeload
 from pretrain.training.loop import train
+from conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
@@ -284,17 +285,12 @@ def test_all_checkpoints_damaged_refuses_and_keeps_everything(tmp_path: Path, da
 # ------------------------------------------------------------------ 4. locks
 
 
-def _env():
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    return {k: v for k, v in os.environ.items() if k not in launcher}
-
-
 def test_second_train_on_a_run_directory_stops_naming_the_first(tmp_path: Path, data: Path, capsys):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "pretrain.cli", *train_cli(run, data, "train.max_steps=30")]
     log = tmp_path / "first.log"
     with open(log, "w") as f:
-        first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=f, stderr=subprocess.STDOUT)
         try:
             t0 = time.time()
             while not (run / rundir.LOCK).is_file():
@@ -315,7 +311,7 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path: Path, capsys):
     lock = tmp_path / "run" / ".lock"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.lock import DirLock; "
                                f"DirLock(__import__('pathlib').Path({str(lock)!r}), 'x').acquire(); print('held', flush=True); "
-                               "time.sleep(600)"], cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)
+                               "time.sleep(600)"], cwd=REPO, env=child_env(), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(UserError, match=rf"^run {tmp_path}/run is in use by host {socket.gethostname()} pid {holder.pid} "
                                         rf"\(since .*\); wait for it to finish, or, if that process is gone, delete {lock}$"):

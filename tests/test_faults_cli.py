@@ -19,6 +19,7 @@ from common.configfile import read_yaml
 from common.errors import UserError
 from pretrain.cli import main
 from pretrain.config import load_run_config
+from conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
@@ -281,8 +282,7 @@ def test_readme_quick_start_leaves_the_committed_results_alone(tmp_path):
         subprocess.run(git + cmd, cwd=clone, check=True, capture_output=True)
     # Not the launcher variables an earlier in-process run of this test process set for its
     # world of one (still listening on that port): the quick start makes its own world.
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in {"BERT_RECIPES_SLURM", "PYTEST_ADDOPTS", *launcher}}
+    env = {k: v for k, v in child_env().items() if k not in ("BERT_RECIPES_SLURM", "PYTEST_ADDOPTS")}
     env.update(PYTHONPATH=str(clone), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
 
     argv = _readme_quick_start()
@@ -394,9 +394,7 @@ def test_user_error_under_torchrun_is_printed_once(tmp_path):
     both ranks exit 2, and torchrun's own failure report names the message instead of
     "To enable traceback see ...". torchrun itself still prints that report (with a traceback
     of its own code) and exits 1 whenever a worker fails; README says so."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(v, None)
+    env = child_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                         "-m", "pretrain.cli", "train", str(RECIPE), "--preset", "smoke",
                         "train.global_batch_size=33", f"run_dir={tmp_path / 'run'}"],

@@ -13,6 +13,7 @@ import torch
 from common.errors import UserError
 from pretrain.downstream.config import load_finetune_config
 from pretrain.downstream.runner import run_configs, summarize
+from conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,7 +217,6 @@ def test_two_ranks_fine_tune_and_score_as_one(tiny_run, tmp_path):
     """torchrun with 2 ranks (one micro batch of 4 each; 1 rank accumulates both) follows the
     1-rank loss trajectory within 1e-5 for NER, whose labelled-word counts differ between
     micro batches, and scores an evaluation split that does not split evenly (51 rows)."""
-    import os
     import subprocess
     import sys
 
@@ -226,8 +226,7 @@ def test_two_ranks_fine_tune_and_score_as_one(tiny_run, tmp_path):
     run, _, _ = tiny_run
     args = [*FAST, "epochs=2", "classifier_dropout=0.0", "train.micro_batch_size=4", "data.max_eval_rows=51"]
     finetune(str(run), "conll2003", seeds=1, preset="smoke", overrides=args, out=tmp_path / "one")
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env = child_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
            "-m", "pretrain.cli", "finetune", str(run), "--task", "conll2003", "--preset", "smoke", "--seeds", "1",
            "--out", str(tmp_path / "two"), *args]

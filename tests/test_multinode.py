@@ -45,6 +45,7 @@ try:  # tests/ imported as a package (tests/__init__.py, importlib mode)
 except ImportError:  # tests/ is a plain directory on sys.path (rootdir-less default)
     from slurm_cluster import TERMINAL_STATES, job_info, slurm_cluster  # type: ignore[no-redef]  # noqa: F401
     from slurm_cluster import run as slurm_cmd  # type: ignore[no-redef]
+from conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
@@ -56,12 +57,10 @@ OVERRIDES = [
     "train.log_every=1", "train.eval_every=5", "train.checkpoint_every=5",
 ]
 TIMEOUT = 300  # seconds per launch; a run takes ~15-40 s depending on the machine's load
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-                 "TORCHELASTIC_RUN_ID")
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env = child_env()
     # One intra-op thread per process: two processes share the cores with the test runner.
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)

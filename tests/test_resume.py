@@ -23,6 +23,7 @@ from data_prep.build import build
 from pretrain.config import load_run_config
 from pretrain.training import checkpoint, rundir
 from pretrain.training.loop import PREEMPTED_EXIT_CODE, Preempted, train
+from conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
@@ -106,8 +107,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, data: P
     kill_after = random.Random(KILL_SEED).randint(5, 18)
     killed = tmp_path / "killed"
     # This process set RANK/MASTER_PORT/... for its own world of one; the child must pick its own.
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env = child_env()
     cmd = [sys.executable, "-m", "pretrain.cli", "train", str(RECIPE), "--preset", "smoke", *_overrides(killed, data)]
     log = tmp_path / "killed.log"
     with open(log, "w") as f:

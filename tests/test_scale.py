@@ -4,7 +4,6 @@ same run as 1 process with the same global batch, step for step, with and withou
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pretrain.config import load_run_config
 from pretrain.training import rundir
 from pretrain.training.distributed import free_port
 from pretrain.training.loop import train
+from conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
@@ -49,8 +49,7 @@ def test_two_processes_follow_the_one_process_loss_trajectory(tmp_path: Path, on
     """2 ranks (one micro batch each; ZeRO-0, or ZeRO-3 partitioning weights, gradients and
     optimizer state) give the loss, gradient-norm and eval trajectory of 1 rank within 1e-5."""
     one_run, data, one = one_process
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env = child_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
            "-m", "pretrain.cli", "train", str(RECIPE), "--preset", "smoke",
            *TINY, f"run_dir={tmp_path / 'two'}", f"data.output_dir={data}", f"train.zero_stage={zero_stage}"]
