@@ -60,6 +60,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             item.add_marker(skip)
 
 
+def write_finished_run(run: Path, cfg, state_dict: dict, data_dir: Path) -> Path:
+    """Make ``run`` a run directory as a finished ``pretrain train`` leaves it: one checkpoint
+    ``checkpoints/step-0000010`` holding ``state_dict`` (the model's) and the run config
+    ``cfg`` (with its manifest), ``checkpoints/latest`` naming it, and ``summary.json``
+    (status done; the shards, and so the tokenizer, at ``data_dir``). Returns the
+    checkpoint directory."""
+    import json
+
+    from pretrain.config import to_dict
+    from pretrain.training import manifest
+    from pretrain.training.checkpoint import LATEST, MODEL_STATES, STATE
+
+    ckpt = run / "checkpoints" / "step-0000010"
+    ckpt.mkdir(parents=True)
+    torch.save({"module": state_dict}, ckpt / MODEL_STATES)
+    (ckpt / STATE).write_text(json.dumps({"config": to_dict(cfg), "rng": []}))
+    manifest.write(ckpt)
+    (run / "checkpoints" / LATEST).write_text(ckpt.name + "\n")
+    (run / "summary.json").write_text(json.dumps({"status": "done", "data_dir": str(data_dir)}))
+    return ckpt
+
+
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with N(0, 0.05²) noise (seed 11) added to every parameter, in eval mode:
+    fresh inits leave biases 0 and LayerNorms 1, which would hide swapped weight names in a
+    conversion test."""
+    torch.manual_seed(11)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get(DATA_ENV, REPO.parent / "shared" / "data"))
 

@@ -15,6 +15,7 @@ import torch
 from common.errors import UserError
 from pretrain.comparison import measure, report, scores, shapes
 from pretrain.config import ModelConfig
+from conftest import write_finished_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -166,12 +167,10 @@ def tiny_job(tmp_path_factory, data_dir):
     """A tiny BERT checkpoint (wordpiece tokenizer trained on SST-2 dev text) fine-tuned on
     SST-2 for one seed with keep_weights=true."""
     from data_prep.tokenizer import load_tokenizer, train_tokenizer
-    from pretrain.config import load_run_config, to_dict
+    from pretrain.config import load_run_config
     from pretrain.downstream import glue
     from pretrain.downstream.runner import finetune
     from pretrain.models.encoder import build_model
-    from pretrain.training import manifest
-    from pretrain.training.checkpoint import LATEST, MODEL_STATES, STATE
 
     root = tmp_path_factory.mktemp("cmp")
     text = [e.text_a for e in glue.load_examples("sst2", "dev", data_dir / "glue")]
@@ -182,13 +181,7 @@ def tiny_job(tmp_path_factory, data_dir):
         "model.max_position_embeddings=64", f"model.vocab_size={n}", "data.max_seq_length=64", "name=tiny"])
     torch.manual_seed(0)
     run = root / "run"
-    ckpt = run / "checkpoints" / "step-0000010"
-    ckpt.mkdir(parents=True)
-    torch.save({"module": build_model(cfg.model, cfg.objective.sentence).state_dict()}, ckpt / MODEL_STATES)
-    (ckpt / STATE).write_text(json.dumps({"config": to_dict(cfg), "rng": []}))
-    manifest.write(ckpt)
-    (run / "checkpoints" / LATEST).write_text(ckpt.name + "\n")
-    (run / "summary.json").write_text(json.dumps({"status": "done", "data_dir": str(root / "data")}))
+    write_finished_run(run, cfg, build_model(cfg.model, cfg.objective.sentence).state_dict(), root / "data")
     fast = ["data.max_train_rows=32", "data.max_eval_rows=48", "data.max_length=32", "lrs=[3e-3]",
             "train.global_batch_size=8", "train.micro_batch_size=8", "epochs=4"]
     threads = torch.get_num_threads()

@@ -27,7 +27,7 @@ from pretrain.tasks import build_trainable, task_class
 from pretrain.tasks.electra import ElectraTask
 from pretrain.training import checkpoint, rundir
 from pretrain.training.checks import check_run
-from conftest import child_env
+from conftest import child_env, perturbed
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "electra.yaml"
@@ -38,15 +38,6 @@ SHAPE = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_he
 def tiny(embedding_size=16, generator_size=0.5, **electra):
     cfg = merge_into(ModelConfig, {**SHAPE, "embedding_size": embedding_size})
     return cfg, merge_into(ElectraConfig, {"generator_size": generator_size, **electra})
-
-
-def perturbed(model):
-    # Fresh inits leave biases 0 and LayerNorms 1, which would hide swapped names.
-    torch.manual_seed(11)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def batch(pad_id=0, mask_id=3):

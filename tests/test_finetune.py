@@ -13,7 +13,7 @@ import torch
 from common.errors import UserError
 from pretrain.downstream.config import load_finetune_config
 from pretrain.downstream.runner import run_configs, summarize
-from conftest import child_env
+from conftest import child_env, write_finished_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,12 +23,10 @@ def tiny_run(tmp_path_factory, data_dir):
     """A tiny BERT (NSP head) saved as one of our checkpoints, with a wordpiece tokenizer
     trained on SST-2, CoNLL-2003 and BLiMP text; and its Hugging Face export."""
     from data_prep.tokenizer import load_tokenizer, train_tokenizer
-    from pretrain.config import load_run_config, to_dict
+    from pretrain.config import load_run_config
     from pretrain.downstream import blimp, conll, glue
     from pretrain.models.encoder import build_model
     from pretrain.models.hf import export_checkpoint
-    from pretrain.training import manifest
-    from pretrain.training.checkpoint import LATEST, MODEL_STATES, STATE
 
     root = tmp_path_factory.mktemp("tiny")
     text = [e.text_a for e in glue.load_examples("sst2", "dev", data_dir / "glue")]
@@ -46,13 +44,7 @@ def tiny_run(tmp_path_factory, data_dir):
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.objective.sentence)
     run = root / "run"
-    ckpt = run / "checkpoints" / "step-0000010"
-    ckpt.mkdir(parents=True)
-    torch.save({"module": model.state_dict()}, ckpt / MODEL_STATES)
-    (ckpt / STATE).write_text(json.dumps({"config": to_dict(cfg), "rng": []}))
-    manifest.write(ckpt)
-    (run / "checkpoints" / LATEST).write_text(ckpt.name + "\n")
-    (run / "summary.json").write_text(json.dumps({"status": "done", "data_dir": str(tok_dir)}))
+    write_finished_run(run, cfg, model.state_dict(), tok_dir)
     hf = export_checkpoint(run, root / "hf")
     return run, hf, model
 

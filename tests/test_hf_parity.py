@@ -12,8 +12,9 @@ import torch
 
 from common.configfile import merge_into
 from common.errors import UserError
-from pretrain.config import ModelConfig, load_run_config, to_dict
+from pretrain.config import ModelConfig, load_run_config
 from pretrain.models.encoder import build_model
+from conftest import perturbed, write_finished_run
 
 transformers = pytest.importorskip("transformers")
 from pretrain.models.hf import export_hf, export_run, from_hf  # noqa: E402
@@ -65,15 +66,6 @@ def padded_batch(pad_id: int, two_types: bool):
     labels[:, 2] = ids[:, 2]
     labels[0, 11] = ids[0, 11]
     return ids, mask, types, labels
-
-
-def perturbed(model):
-    # Fresh inits leave biases 0 and LayerNorms 1, which would hide swapped names.
-    torch.manual_seed(11)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -177,18 +169,10 @@ def test_exported_run_fills_a_fill_mask_pipeline(bpe_tokenizer, tmp_path):
 
 def test_cli_export_of_a_checkpoint_finds_the_runs_tokenizer(bpe_tokenizer, tmp_path):
     from pretrain.cli import main
-    from pretrain.training import manifest
-    from pretrain.training.checkpoint import LATEST, MODEL_STATES, STATE
 
     cfg, model = _roberta_run(bpe_tokenizer)
     run = tmp_path / "run"
-    ckpt = run / "checkpoints" / "step-0000010"
-    ckpt.mkdir(parents=True)
-    torch.save({"module": model.state_dict()}, ckpt / MODEL_STATES)
-    (ckpt / STATE).write_text(json.dumps({"config": to_dict(cfg), "rng": []}))
-    manifest.write(ckpt)
-    (run / "checkpoints" / LATEST).write_text(ckpt.name + "\n")
-    (run / "summary.json").write_text(json.dumps({"status": "done", "data_dir": str(Path(bpe_tokenizer).parent)}))
+    write_finished_run(run, cfg, model.state_dict(), Path(bpe_tokenizer).parent)
     assert main(["export", str(run), str(tmp_path / "hf"), "--format", "hf"]) == 0
     got_cfg, back = from_hf(tmp_path / "hf")
     ids = torch.randint(5, 300, (2, 9))
