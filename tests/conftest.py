@@ -82,6 +82,19 @@ def write_finished_run(run: Path, cfg, state_dict: dict, data_dir: Path) -> Path
     return ckpt
 
 
+def padded_ids(vocab_size: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three rows of 14 random ids in ``[5, vocab_size)`` (seed 7), the second padded from
+    position 9 and the third from 4 with ``pad_id``: ``(input_ids, attention_mask)``, int64
+    ``[3, 14]`` each (mask 1 = token, 0 = padding)."""
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(5, vocab_size, (3, 14), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 4:] = 0
+    ids[mask == 0] = pad_id
+    return ids, mask
+
+
 def perturbed(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with N(0, 0.05²) noise (seed 11) added to every parameter, in eval mode:
     fresh inits leave biases 0 and LayerNorms 1, which would hide swapped weight names in a

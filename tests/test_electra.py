@@ -27,7 +27,7 @@ from pretrain.tasks import build_trainable, task_class
 from pretrain.tasks.electra import ElectraTask
 from pretrain.training import checkpoint, rundir
 from pretrain.training.checks import check_run
-from conftest import child_env, perturbed
+from conftest import child_env, padded_ids, perturbed
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "electra.yaml"
@@ -41,12 +41,7 @@ def tiny(embedding_size=16, generator_size=0.5, **electra):
 
 
 def batch(pad_id=0, mask_id=3):
-    g = torch.Generator().manual_seed(7)
-    ids = torch.randint(5, V, (3, 14), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
-    mask[2, 4:] = 0
-    ids[mask == 0] = pad_id
+    ids, mask = padded_ids(V, pad_id)
     labels = torch.full_like(ids, -100)
     for r, c in [(0, 2), (0, 11), (1, 5), (2, 1)]:
         labels[r, c] = ids[r, c]

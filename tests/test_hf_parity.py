@@ -14,7 +14,7 @@ from common.configfile import merge_into
 from common.errors import UserError
 from pretrain.config import ModelConfig, load_run_config
 from pretrain.models.encoder import build_model
-from conftest import perturbed, write_finished_run
+from conftest import padded_ids, perturbed, write_finished_run
 
 transformers = pytest.importorskip("transformers")
 from pretrain.models.hf import export_hf, export_run, from_hf  # noqa: E402
@@ -53,12 +53,7 @@ def model_cfg(**kw):
 
 
 def padded_batch(pad_id: int, two_types: bool):
-    g = torch.Generator().manual_seed(7)
-    ids = torch.randint(5, V, (3, 14), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
-    mask[2, 4:] = 0
-    ids[mask == 0] = pad_id
+    ids, mask = padded_ids(V, pad_id)
     types = torch.zeros_like(ids)
     if two_types:
         types[:, 7:] = 1
