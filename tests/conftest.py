@@ -32,6 +32,16 @@ LAUNCHER_VARS = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE
                            "MASTER_PORT", "TORCHELASTIC_RUN_ID"})
 
 
+# A RoBERTa small enough to train in seconds on a CPU (overrides of configs/recipe/roberta.yaml):
+# 2 layers of width 64 on 30 documents, global batch 16 in micro batches of 8.
+TINY_ROBERTA = [
+    "model.vocab_size=null", "model.hidden_size=64", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+    "model.intermediate_size=128", "data.max_documents=30", "data.max_seq_length=64", "data.tokenizer.vocab_size=1000",
+    "train.global_batch_size=16", "train.micro_batch_size=8", "train.optimizer.lr=2e-3",
+    "train.schedule.warmup_steps=3",
+]
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a ``pretrain`` (or torchrun) subprocess: this process's, read now,
     without ``LAUNCHER_VARS``, then ``extra`` set on top."""

@@ -14,7 +14,7 @@ from pretrain.config import load_run_config
 from pretrain.training import rundir
 from pretrain.training.distributed import free_port
 from pretrain.training.loop import train
-from conftest import child_env
+from conftest import TINY_ROBERTA, child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
@@ -23,10 +23,7 @@ RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
 # off, so both compute the same function of the same rows and differ only in float
 # summation order (the gradient all-reduce against accumulation).
 TINY = [
-    "model.vocab_size=null", "model.hidden_size=64", "model.num_hidden_layers=2", "model.num_attention_heads=2",
-    "model.intermediate_size=128", "data.max_documents=30", "data.max_seq_length=64", "data.tokenizer.vocab_size=1000",
-    "train.global_batch_size=16", "train.micro_batch_size=8", "train.optimizer.lr=2e-3",
-    "train.schedule.warmup_steps=3", "train.max_steps=8", "train.log_every=1", "train.eval_every=4",
+    *TINY_ROBERTA, "train.max_steps=8", "train.log_every=1", "train.eval_every=4",
     "train.checkpoint_every=8", "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0",
 ]
 TOLERANCE = 1e-5

@@ -26,16 +26,12 @@ from pretrain.training.engine import accumulation_steps, deepspeed_config, split
 from pretrain.training.loop import NonFiniteLoss, train
 from pretrain.training.mfu import gpu_peak_flops, peak_flops
 from pretrain.training.optim import param_groups, schedule_fn
+from conftest import TINY_ROBERTA
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
 
-TINY = [
-    "model.vocab_size=null", "model.hidden_size=64", "model.num_hidden_layers=2", "model.num_attention_heads=2",
-    "model.intermediate_size=128", "data.max_documents=30", "data.max_seq_length=64", "data.tokenizer.vocab_size=1000",
-    "train.global_batch_size=16", "train.micro_batch_size=8", "train.optimizer.lr=2e-3",
-    "train.schedule.warmup_steps=3", "train.log_every=2", "train.eval_every=10",
-]
+TINY = [*TINY_ROBERTA, "train.log_every=2", "train.eval_every=10"]
 
 
 def tiny_cfg(tmp: Path, data: Path, *overrides: str):
