@@ -23,8 +23,9 @@ step are measured, per task, from the finished fine-tuning runs under ``--runs D
 ``wall_time_s`` over ``steps``, evaluation passes included); a task with no finished run
 there counts ``data.max_length`` tokens a row (rows are padded only to the longest of their
 batch, so an upper bound) and takes the measured tasks' mean seconds per step, or without any
-measurement its tokens at ``--finetune-tokens-per-s`` (default ``--tokens-per-s``). The notes
-column names which tasks were measured.
+measurement its tokens at ``--finetune-tokens-per-s`` (default ``--tokens-per-s``), or on a GPU
+its FLOPs (the pretraining model's per token) at ``--mfu`` of ``--peak``. The notes column
+names which tasks were measured.
 
 Prints a Markdown table (docs/ablations.md quotes it). Overrides apply to every arm, as for
 ``pretrain ablate`` (e.g. ``train.max_steps=992`` for roberta_batch_size at ``small``).
@@ -78,6 +79,7 @@ class Cost:
     finetune_tokens: float = 0.0
     finetune_steps: Dict[str, int] = field(default_factory=dict)
     finetune_task_tokens: Dict[str, float] = field(default_factory=dict)
+    finetune_task_flops: Dict[str, float] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     lower_bound: bool = False
     tokens_upper_bound: bool = False
@@ -123,14 +125,16 @@ def table_cost(path: Path, preset: str, overrides: List[str], measured: Dict[str
             batches = ", ".join(f"{k} {c.train.global_batch_size}" for k, c in cfgs.items())
             notes.append(f"real_tokens batches from the built data: {batches}")
     tokens = flops = 0.0
-    for cfg in cfgs.values():
+    models = {}
+    for key, cfg in cfgs.items():
         model_cfg = OmegaConf.to_object(cfg.model)
         if model_cfg.vocab_size is None:
             model_cfg.vocab_size = cfg.data.tokenizer.vocab_size
         seq = cfg.data.max_seq_length
         n = cfg.train.max_steps * cfg.train.global_batch_size * seq
         tokens += n
-        flops += n * flops_per_token(meta_model(model_cfg, cfg.objective.sentence), seq)
+        models[key] = meta_model(model_cfg, cfg.objective.sentence)
+        flops += n * flops_per_token(models[key], seq)
     cost = Cost(len(cfgs), tokens, flops, notes=notes, lower_bound=lower)
     for st in stages.plan_evaluation(abl, preset, cfgs, "runs"):
         if isinstance(st, stages.ProbeStage):
@@ -146,15 +150,20 @@ def table_cost(path: Path, preset: str, overrides: List[str], measured: Dict[str
         cost.tokens_upper_bound |= rate is None
         cost.finetune_steps[st.task] = cost.finetune_steps.get(st.task, 0) + steps
         cost.finetune_task_tokens[st.task] = cost.finetune_task_tokens.get(st.task, 0.0) + t
+        # the pretraining model's FLOPs per token (its MLM head included: an upper bound for a
+        # classifier head) at the fine-tuning length
+        f = t * flops_per_token(models[st.key], int(st.cfg.data.max_length))
+        cost.finetune_task_flops[st.task] = cost.finetune_task_flops.get(st.task, 0.0) + f
     return cost
 
 
-def finetune_hours(cost: Cost, measured: Dict[str, TaskRate], tokens_per_s: Optional[float]) -> Optional[float]:
+def finetune_hours(cost: Cost, measured: Dict[str, TaskRate], tokens_per_s: Optional[float],
+                   flops_per_s: Optional[float] = None) -> Optional[float]:
     """Hours of the ablation's fine-tuning: per task its measured seconds per step; a task
     not measured takes the mean seconds per step of the measured ones (a step's time is
     mostly per-step work, not per-token: SST-2, STS-B and CoNLL-2003 steps of 480-1,080
     tokens took 1.6-2.2 s), or without any measurement its estimated tokens at
-    ``tokens_per_s``. None without either."""
+    ``tokens_per_s``, or its FLOPs at ``flops_per_s`` (GPU: peak × MFU). None without any."""
     seconds = 0.0
     steps_all = sum(r.steps for r in measured.values())
     mean_step = sum(r.seconds for r in measured.values()) / steps_all if steps_all else None
@@ -166,6 +175,8 @@ def finetune_hours(cost: Cost, measured: Dict[str, TaskRate], tokens_per_s: Opti
             seconds += steps * mean_step
         elif tokens_per_s:
             seconds += cost.finetune_task_tokens[task] / tokens_per_s
+        elif flops_per_s:
+            seconds += cost.finetune_task_flops[task] / flops_per_s
         else:
             return None
     return seconds / 3600
@@ -187,14 +198,14 @@ def main() -> None:
         raise UserError(f"--runs {args.runs}: no such directory")
     measured = measure_finetuning(args.runs) if args.runs else {}
     ft_rate = args.finetune_tokens_per_s or args.tokens_per_s
-    rate = (f"at {args.tokens_per_s:,.0f} tokens/s" if args.tokens_per_s
+    rate = (f"hours at {args.tokens_per_s:,.0f} tokens/s" if args.tokens_per_s
             else f"GPU hours at {args.mfu:.0%} of {args.peak / 1e12:g} TFLOP/s")
     if measured:
         detail = ", ".join(f"{t} {r.seconds / r.steps:.2f} s/step, {r.tokens / r.steps:,.0f} tokens/step ({r.runs} runs)"
                            for t, r in sorted(measured.items()))
         overall = sum(r.tokens for r in measured.values()) / sum(r.seconds for r in measured.values())
         print(f"Fine-tuning measured under {args.runs}: {detail}; {overall:,.0f} tokens/s overall.\n")
-    print(f"| ablation (`--preset {args.preset}`) | runs | tokens | training PFLOP | pretraining hours {rate} "
+    print(f"| ablation (`--preset {args.preset}`) | runs | tokens | training PFLOP | pretraining {rate} "
           "| fine-tuning jobs (loop runs) | fine-tuning tokens | fine-tuning hours | hours | notes |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     total = {"pre": 0.0, "ft": 0.0}
@@ -208,7 +219,7 @@ def main() -> None:
             continue
         pre = (cost.pretrain_tokens / args.tokens_per_s if args.tokens_per_s
                else cost.flops / (args.peak * args.mfu)) / 3600
-        ft = finetune_hours(cost, measured, ft_rate)
+        ft = finetune_hours(cost, measured, ft_rate, None if ft_rate else args.peak * args.mfu)
         ge = "≥ " if cost.lower_bound else ""
         notes = list(cost.notes)
         if cost.jobs:
@@ -219,20 +230,22 @@ def main() -> None:
                 + ([f"not measured, at the measured tasks' mean s/step (tokens at max_length): {', '.join(rest)}"]
                    if rest and measured else [])
                 + ([f"estimated at max_length, {ft_rate:,.0f} tokens/s: {', '.join(rest)}"]
-                   if rest and not measured and ft_rate else [])))
+                   if rest and not measured and ft_rate else [])
+                + ([f"estimated at max_length, FLOPs at the MFU above: {', '.join(rest)}"]
+                   if rest and not measured and not ft_rate else [])))
         if cost.probes:
             notes.append(f"{cost.probes} probe stages not counted")
         total["pre"] += pre
         total["ft"] += ft or 0.0
         pre_incomplete |= cost.lower_bound
         ft_incomplete |= ft is None
-        ft_text = "—" if ft is None else f"{ft:.1f}"
+        ft_text = "—" if ft is None else f"{ft:.2f}"
         print(f"| {path.stem} | {cost.runs} | {ge}{cost.pretrain_tokens / 1e6:,.0f}M | {ge}{cost.flops / 1e15:,.1f} "
               f"| {ge}{pre:.1f} | {cost.jobs} ({cost.loop_runs}) | {'≤ ' if cost.tokens_upper_bound else ''}"
               f"{cost.finetune_tokens / 1e6:,.1f}M | {ft_text} | {'≥ ' if cost.lower_bound or ft is None else ''}"
               f"{pre + (ft or 0.0):.1f} | {'; '.join(notes)} |")
     pre_ge, ft_ge = ("≥ " if pre_incomplete else ""), ("≥ " if ft_incomplete else "")
-    print(f"| all | | | | {pre_ge}{total['pre']:.1f} | | | {ft_ge}{total['ft']:.1f} "
+    print(f"| all | | | | {pre_ge}{total['pre']:.1f} | | | {ft_ge}{total['ft']:.2f} "
           f"| {'≥ ' if pre_incomplete or ft_incomplete else ''}{total['pre'] + total['ft']:.1f} | |")
 
 
