@@ -214,7 +214,7 @@ def test_trainer_config_checks_run_for_every_arm_first(tmp_path: Path, recorder:
     arms = {"short": {"train": {"schedule": {"warmup_steps": 5}}}, "long": {"train": {"schedule": {"warmup_steps": 20}}}}
     p = _ablation(tmp_path, arms=arms, paper={"source": "x", "columns": [], "rows": {}})
     with pytest.raises(UserError, match=r"^arm 'long': train.schedule.warmup_steps=20 must be in \[0, train.max_steps=20\)"):
-        run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=tmp_path / "runs", results_dir=tmp_path / "results")
+        run_ablation(p, "smoke", ["train.max_steps=20"], runs_root=tmp_path / "runs", results_dir=tmp_path / "results")
     assert recorder.builds == [] and recorder.trains == [] and not (tmp_path / "runs").exists()
 
 
@@ -280,7 +280,7 @@ def test_time_budget_stops_the_run_in_progress_and_a_rerun_finishes(tmp_path: Pa
         if cfg.name == "toy/static" and not (Path(cfg.run_dir) / rundir.CHECKPOINTS).exists():
             recorder.trains.append((cfg.name, resume))
             (Path(cfg.run_dir) / rundir.CHECKPOINTS / "step-0000007").mkdir(parents=True)
-            raise Preempted(Path(cfg.run_dir), 7, "the time budget (2h)")
+            raise Preempted(Path(cfg.run_dir), 7, "the 2h time budget")
         return real_train(cfg, resume)
 
     recorder.train = budget_spent_in_static
@@ -294,7 +294,7 @@ def test_time_budget_stops_the_run_in_progress_and_a_rerun_finishes(tmp_path: Pa
     assert stopped.value.code == 75 and recorder.trains == [("toy/static", True)]
     out = capsys.readouterr().out
     assert f"table: {results / 'smoke' / 'toy.md'}" in out
-    assert (f"stopped (the time budget (2h), {runs / 'toy' / 'static'} checkpointed after step 7); continue with: "
+    assert (f"stopped by the 2h time budget ({runs / 'toy' / 'static'} checkpointed after step 7); continue with: "
             f"pretrain ablate {p} --preset smoke train.max_steps=20 train.schedule.warmup_steps=2 --runs {runs} --results {results} --time-budget 2h") in out
     assert "| `dynamic` | not run" in (results / "smoke" / "toy.md").read_text()
 
@@ -329,7 +329,7 @@ def test_spent_time_budget_starts_no_new_stage(tmp_path: Path, recorder: _Record
                      evaluate=False, time_budget="1s")
     assert stopped.value.code == 75 and recorder.trains == [("toy/static", True)]
     out = capsys.readouterr().out
-    assert "=== [2/2] toy / dynamic: not started, the time budget (1s) is spent" in out
+    assert "=== [2/2] toy / dynamic: not started, the 1s time budget is spent" in out
     assert out.rstrip().endswith("--no-evaluate --time-budget 1s") and "| `dynamic` | not run" in (
         tmp_path / "results" / "smoke" / "toy.md").read_text()
 
@@ -452,7 +452,7 @@ def test_time_budget_end_to_end_exits_75_and_the_rerun_matches_an_uninterrupted_
     r = ablate("chunked", "--time-budget", "3s")
     assert r.returncode == 75, r.stdout[-2000:] + r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
-    assert last.startswith("stopped (") and "--no-evaluate --time-budget 3s" in last and " ablate " in last, last
+    assert last.startswith("stopped by the 3s time budget") and "--no-evaluate --time-budget 3s" in last and " ablate " in last, last
     assert (tmp_path / "chunked" / "results" / "smoke" / "bert_nsp.md").is_file()
     # rerun: the same command with a budget that covers the rest
     r = ablate("chunked", "--time-budget", "30m")

@@ -170,7 +170,7 @@ def test_spent_time_budget_stops_like_a_signal(tmp_path: Path, data: Path, unint
     run = tmp_path / "budget"
     with time_budget(0.0, "0s"), pytest.raises(Preempted) as stopped:
         train(load_run_config(RECIPE, "smoke", _overrides(run, data)))
-    assert stopped.value.code == PREEMPTED_EXIT_CODE and stopped.value.signal_name == "the time budget (0s)"
+    assert stopped.value.code == PREEMPTED_EXIT_CODE and stopped.value.signal_name == "the 0s time budget"
     assert stopped.value.step == 1 and checkpoint.latest(run).name == checkpoint.tag(1)
     assert not (run / rundir.SUMMARY).exists() and budget_spent() is None  # the budget ends with its block
     resumed = train(load_run_config(RECIPE, "smoke", _overrides(run, data)), resume=True)

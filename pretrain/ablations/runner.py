@@ -338,7 +338,7 @@ class Stopped(SystemExit):
         self.reason, self.command = reason, command
 
     def __str__(self) -> str:
-        return f"stopped ({self.reason}); continue with: {self.command}"
+        return f"stopped by {self.reason}; continue with: {self.command}"
 
 
 def _run_ablation(path, preset, overrides, runs_root, results_dir, evaluate, time_budget) -> List[Path]:
@@ -407,7 +407,7 @@ def _run_ablation(path, preset, overrides, runs_root, results_dir, evaluate, tim
                     else:
                         stages.run_stage(item, rec.finetune_preset, abl.evaluate.overrides)
             except Preempted as e:  # the budget or a signal: a checkpoint of e.step is saved
-                stopped = f"{e.signal_name}, {e.run} checkpointed after step {e.step}"
+                stopped = f"{e.signal_name} ({e.run} checkpointed after step {e.step})"
                 break
             written = write_ablation_table(abl_dir, results_dir, runs_root)
         if stopped or not written:  # a stop mid-stage, or every stage done before

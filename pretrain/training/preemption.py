@@ -80,7 +80,7 @@ def time_budget(seconds: Optional[float], label: str = "") -> Iterator[None]:
         yield
         return
     previous = _deadline
-    _deadline = (time.monotonic() + seconds, f"the time budget ({label or f'{seconds:g}s'})")
+    _deadline = (time.monotonic() + seconds, f"the {label or f'{seconds:g}s'} time budget")
     try:
         yield
     finally:
