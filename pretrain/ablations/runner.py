@@ -389,7 +389,8 @@ def _run_ablation(path, preset, overrides, runs_root, results_dir, evaluate, tim
                 new = "probing" if isinstance(item, stages.ProbeStage) else "fine-tuning"
                 action = {"done": "done, skipping", "partial": "resuming", "new": new}[state]
             if state != "done":
-                # rank 0's clock decides for every rank, so all start the stage or none does
+                # Rank 0's clock decides for every rank once a run has made the process group
+                # (before the first, the ranks, started together, read their own clocks).
                 stopped = distributed.broadcast_object(budget_spent())
                 if stopped:
                     progress.write(f"=== [{i}/{n}] {label}: not started, {stopped} is spent")
