@@ -2,7 +2,7 @@
 checkpoints, and run the same as Slurm jobs.
 
     pretrain train CONFIG [--preset NAME] [--resume] [key=value ...]
-    pretrain ablate ABLATION --preset NAME [--runs DIR] [--results DIR] [key=value ...]
+    pretrain ablate ABLATION --preset NAME [--runs DIR] [--results DIR] [--time-budget 2h] [key=value ...]
     pretrain tables [--runs DIR] [--results DIR] [--collect SRC]
     pretrain describe MODEL [key=value ...] [--sentence none|nsp|sop] [--markdown]
     pretrain describe --all [--markdown]
@@ -59,7 +59,7 @@ def _ablate(args: argparse.Namespace) -> None:
     from pretrain.ablations.runner import run_ablation
 
     run_ablation(args.ablation, args.preset, args.overrides, runs_root=args.runs, results_dir=args.results,
-                 evaluate=args.evaluate)
+                 evaluate=args.evaluate, time_budget=args.time_budget)
 
 
 def _tables(args: argparse.Namespace) -> None:
@@ -165,6 +165,10 @@ def _add_ablate(sub) -> None:
     a.add_argument("--runs", default="runs", metavar="DIR", help="root of the run directories (default: runs)")
     a.add_argument("--results", default="results", metavar="DIR",
                    help="root of the tables; each preset writes into its own DIR/<preset>/ (default: results)")
+    a.add_argument("--time-budget", metavar="DURATION",
+                   help="stop after DURATION (e.g. 2h, 90m, 1h30m): the run in progress checkpoints at its next step "
+                        "as on SIGTERM, no new stage starts, the table is written, exit code 75; rerun the same "
+                        "command to continue (docs/ablations.md: running the suite in chunks)")
     a.set_defaults(fn=_ablate)
 
 

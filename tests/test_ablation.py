@@ -10,6 +10,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,81 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
         run_ablation(p, "smoke", ["train.max_steps=30", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
 
 
+def test_time_budget_stops_the_run_in_progress_and_a_rerun_finishes(tmp_path: Path, recorder: _Recorder, capsys):
+    """--time-budget: the run in progress stops as on SIGTERM (the double raises the loop's
+    Preempted after a checkpoint), no later arm starts, the table is written, Stopped exits 75
+    and names the same command; the rerun resumes and the table equals an uninterrupted run's."""
+    from pretrain.ablations.runner import Stopped
+    from pretrain.training.preemption import Preempted
+
+    real_train = recorder.train
+
+    def budget_spent_in_static(cfg, resume=False):
+        if cfg.name == "toy/static" and not (Path(cfg.run_dir) / rundir.CHECKPOINTS).exists():
+            recorder.trains.append((cfg.name, resume))
+            (Path(cfg.run_dir) / rundir.CHECKPOINTS / "step-0000007").mkdir(parents=True)
+            raise Preempted(Path(cfg.run_dir), 7, "the 2h time budget")
+        return real_train(cfg, resume)
+
+    recorder.train = budget_spent_in_static
+    import pretrain.training.loop
+
+    pretrain.training.loop.train = budget_spent_in_static  # the fixture's monkeypatch restores the real one
+    p = _ablation(tmp_path)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    with pytest.raises(Stopped) as stopped:
+        run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results, time_budget="2h")
+    assert stopped.value.code == 75 and recorder.trains == [("toy/static", True)]
+    out = capsys.readouterr().out
+    assert f"table: {results / 'smoke' / 'toy.md'}" in out
+    assert (f"stopped by the 2h time budget ({runs / 'toy' / 'static'} checkpointed after step 7); continue with: "
+            f"pretrain ablate {p} --preset smoke train.max_steps=20 train.schedule.warmup_steps=2 --runs {runs} --results {results} --time-budget 2h") in out
+    assert "| `dynamic` | not run" in (results / "smoke" / "toy.md").read_text()
+
+    run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results, time_budget="2h")
+    assert recorder.trains[1:] == [("toy/static", True), ("toy/dynamic", True)]
+    assert "static: resuming from checkpoint" in capsys.readouterr().out
+    recorder.train = real_train
+    pretrain.training.loop.train = real_train
+    straight = tmp_path / "straight"
+    run_ablation(p, "smoke", ["train.max_steps=20", "train.schedule.warmup_steps=2"], runs_root=straight / "runs", results_dir=straight / "results")
+    # the tables name their runs directory; the rest is the same
+    assert ((results / "smoke" / "toy.csv").read_text().replace(str(runs), "RUNS")
+            == (straight / "results" / "smoke" / "toy.csv").read_text().replace(str(straight / "runs"), "RUNS"))
+
+
+def test_spent_time_budget_starts_no_new_stage(tmp_path: Path, recorder: _Recorder, capsys):
+    """A budget spent while a stage ran to its end: the next stage does not start."""
+    from pretrain.ablations.runner import Stopped
+
+    real_train = recorder.train
+
+    def slow(cfg, resume=False):
+        time.sleep(1.2)
+        return real_train(cfg, resume)
+
+    import pretrain.training.loop
+
+    pretrain.training.loop.train = slow
+    runs = tmp_path / "runs"
+    with pytest.raises(Stopped) as stopped:
+        run_ablation(_ablation(tmp_path), "smoke", [], runs_root=runs, results_dir=tmp_path / "results",
+                     evaluate=False, time_budget="1s")
+    assert stopped.value.code == 75 and recorder.trains == [("toy/static", True)]
+    out = capsys.readouterr().out
+    assert "=== [2/2] toy / dynamic: not started, the 1s time budget is spent" in out
+    assert out.rstrip().endswith("--no-evaluate --time-budget 1s") and "| `dynamic` | not run" in (
+        tmp_path / "results" / "smoke" / "toy.md").read_text()
+
+
+@pytest.mark.parametrize("budget", ["2", "2 hours", "0m", "1h 30m"])
+def test_bad_time_budget_is_one_line(tmp_path: Path, recorder: _Recorder, budget):
+    with pytest.raises(UserError, match=r"^--time-budget '.*' is not a positive duration like 2h, 90m, 1h30m or 45s$"):
+        run_ablation(_ablation(tmp_path), "smoke", [], runs_root=tmp_path / "runs", results_dir=tmp_path / "r",
+                     time_budget=budget)
+    assert recorder.trains == [] and not (tmp_path / "runs").exists()
+
+
 def test_validation_data_must_match(tmp_path: Path, recorder: _Recorder):
     recorder.val_sha = lambda data: data.masking.mode * 10  # differs between the arms
     runs = tmp_path / "runs"
@@ -351,6 +427,43 @@ def test_cheapest_repo_ablation_end_to_end(tmp_path: Path):
     # rerunning the ablation trains nothing
     r = pretrain("ablate", str(abl_file), "--preset", "smoke", *tiny, "--runs", str(runs), "--results", str(results))
     assert r.returncode == 0 and r.stdout.count("done, skipping") == 5, r.stdout + r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_time_budget_end_to_end_exits_75_and_the_rerun_matches_an_uninterrupted_run(tmp_path: Path):
+    """`pretrain ablate --time-budget 3s` on a tiny two-arm ablation with the real trainer: the
+    budget runs out during the start-up or a run (where depends on the machine's speed; both
+    paths stop as SIGTERM would), exit 75 and the continue line; the rerun finishes and its
+    table equals an uninterrupted run's except for the wall times."""
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "DS_ACCELERATOR": "cpu"}
+    tiny = ["data.max_documents=30", "data.tokenizer.vocab_size=800", "data.max_seq_length=64",
+            "model.max_position_embeddings=66", "model.hidden_size=32", "model.num_hidden_layers=1",
+            "model.num_attention_heads=2", "model.intermediate_size=64", "train.global_batch_size=8",
+            "train.micro_batch_size=8", "train.max_steps=40", "train.schedule.warmup_steps=2",
+            "train.eval_every=20", "train.checkpoint_every=20", f"data.output_dir={tmp_path / 'data'}"]
+
+    def ablate(where: str, *budget: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pretrain.cli", "ablate", str(NSP), "--preset", "smoke", "--no-evaluate",
+                               *tiny, "--runs", str(tmp_path / where / "runs"), "--results", str(tmp_path / where / "results"),
+                               *budget], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+    r = ablate("chunked", "--time-budget", "3s")
+    assert r.returncode == 75, r.stdout[-2000:] + r.stderr[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("stopped by the 3s time budget") and "--no-evaluate --time-budget 3s" in last and " ablate " in last, last
+    assert (tmp_path / "chunked" / "results" / "smoke" / "bert_nsp.md").is_file()
+    # rerun: the same command with a budget that covers the rest
+    r = ablate("chunked", "--time-budget", "30m")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    r = ablate("straight")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
+    def rows(where: str):
+        with open(tmp_path / where / "results" / "smoke" / "bert_nsp.csv", newline="") as f:
+            return [{k: v for k, v in row.items() if k != "wall time (min)"} for row in csv.DictReader(f)]
+
+    assert rows("chunked") == rows("straight") and rows("straight")[0]["status"] == "done"
 
 
 # ------------------------------------------------------------------ evaluation stages

@@ -1,7 +1,7 @@
 """Resume exactness: a run killed with SIGKILL at a random (seeded) step and resumed with
 --resume writes the same metrics, final eval and weights as an uninterrupted run (fp32,
 CPU); so does a run stopped by SIGUSR1 or SIGTERM (preemption, exit code 75), and a bf16
-run with LAMB or ZeRO-3 resumed from a middle checkpoint."""
+run with LAMB or ZeRO-3 resumed from a middle checkpoint, and one stopped by a spent time budget."""
 
 from __future__ import annotations
 
@@ -156,6 +156,23 @@ def test_stop_signal_checkpoints_the_current_step_and_exits_75(tmp_path: Path, d
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers removed again
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
+    resumed = train(load_run_config(RECIPE, "smoke", _overrides(run, data)), resume=True)
+    _assert_same_run(run, resumed, straight, expected)
+
+
+def test_spent_time_budget_stops_like_a_signal(tmp_path: Path, data: Path, uninterrupted):
+    """A spent time budget (``pretrain ablate --time-budget``) takes the signal's path: a
+    checkpoint after the step in progress (here the first: the budget is spent on entry),
+    ``Preempted`` with exit code 75 naming the budget, and an exact resume."""
+    from pretrain.training.preemption import budget_spent, time_budget
+
+    straight, expected = uninterrupted
+    run = tmp_path / "budget"
+    with time_budget(0.0, "0s"), pytest.raises(Preempted) as stopped:
+        train(load_run_config(RECIPE, "smoke", _overrides(run, data)))
+    assert stopped.value.code == PREEMPTED_EXIT_CODE and stopped.value.signal_name == "the 0s time budget"
+    assert stopped.value.step == 1 and checkpoint.latest(run).name == checkpoint.tag(1)
+    assert not (run / rundir.SUMMARY).exists() and budget_spent() is None  # the budget ends with its block
     resumed = train(load_run_config(RECIPE, "smoke", _overrides(run, data)), resume=True)
     _assert_same_run(run, resumed, straight, expected)
 

@@ -73,14 +73,15 @@ def _batch_near(target: float, cfg: RunConfig, world_size: int) -> int:
     return base * world_size
 
 
-def equalize_real_tokens(cfgs: Dict[str, RunConfig]) -> Dict[str, float]:
+def equalize_real_tokens(cfgs: Dict[str, RunConfig], build_missing: bool = True) -> Dict[str, float]:
     """Set ``train.global_batch_size`` of every run after the first so that its real tokens
     per step (batch × ``tokens_per_row``) are the first run's, the nearest batch that splits
     over ``WORLD_SIZE`` ranks (1 by default) with micro batches of at least half of
     ``train.micro_batch_size``. Modifies ``cfgs``; returns run → tokens per row slot.
-    Builds every arm's data that is not built yet. Raises UserError as ``tokens_per_row``."""
+    Builds every arm's data that is not built yet (``build_missing=False``: UserError instead,
+    for ``bench/suite_cost.py``, which only reads). Raises UserError as ``tokens_per_row``."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    per_row = _per_row(cfgs, build_missing=True)
+    per_row = _per_row(cfgs, build_missing=build_missing)
     runs = list(cfgs)
     first = cfgs[runs[0]]
     target = first.train.global_batch_size * per_row[runs[0]]

@@ -22,8 +22,9 @@ each stage so partial results are visible.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
@@ -287,6 +288,7 @@ def run_ablation(
     runs_root: str | Path = "runs",
     results_dir: str | Path = "results",
     evaluate: bool = True,
+    time_budget: Optional[str] = None,
 ) -> List[Path]:
     """Run every arm of the ablation at ``path`` under ``preset`` and write its table.
     ``evaluate=False`` (``--no-evaluate``) skips the fine-tuning stages.
@@ -302,7 +304,44 @@ def run_ablation(
     written paths (``results_dir/<preset>/<name>.md``, ``.csv``, ``.png``: each preset has its
     own directory, so the README's ``--preset smoke`` quick start leaves the committed
     ``results/small/`` tables alone).
+
+    ``time_budget`` (``--time-budget``, e.g. ``2h``, ``90m``: ``preemption.parse_duration``),
+    counted from this call: once spent, the loop run in progress — a pretraining run or one
+    lr × seed run of a fine-tuning job — stops at its next step boundary with a checkpoint,
+    exactly as on SIGTERM (``preemption.time_budget``); a data build or a probe in progress
+    finishes; no further stage starts. A stop by the budget or by SIGTERM/SIGUSR1 during a
+    stage writes the table, prints the command that continues (the same one) and raises
+    ``Stopped`` (exit code 75, ``preemption.PREEMPTED_EXIT_CODE``). Raises UserError for a
+    malformed ``time_budget`` before anything runs.
     """
+    from pretrain.training import preemption
+
+    seconds = None
+    if time_budget is not None:
+        try:
+            seconds = preemption.parse_duration(time_budget)
+        except ValueError as e:
+            raise UserError(f"--time-budget {e}") from None
+    with preemption.time_budget(seconds, time_budget or ""):
+        return _run_ablation(path, preset, overrides, runs_root, results_dir, evaluate, time_budget)
+
+
+class Stopped(SystemExit):
+    """``pretrain ablate`` stopped before its last stage, resumable: the time budget was spent
+    or a stop signal came (``reason``). A SystemExit with code 75 (EX_TEMPFAIL, the code of a
+    preempted run, ``pretrain.training.preemption``); ``command`` continues the ablation."""
+
+    def __init__(self, reason: str, command: str) -> None:
+        from pretrain.training.preemption import PREEMPTED_EXIT_CODE
+
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.reason, self.command = reason, command
+
+    def __str__(self) -> str:
+        return f"stopped by {self.reason}; continue with: {self.command}"
+
+
+def _run_ablation(path, preset, overrides, runs_root, results_dir, evaluate, time_budget) -> List[Path]:
     from pretrain.ablations import report
 
     abl, cfgs, rec, abl_dir = plan_arms(path, preset, overrides, runs_root, results_dir)
@@ -323,7 +362,9 @@ def run_ablation(
 
     # imported here: `pretrain submit` and `pretrain status` import this module without
     # training, and torch + DeepSpeed take seconds to load
+    from pretrain.training import distributed
     from pretrain.training.loop import train
+    from pretrain.training.preemption import Preempted, budget_spent
 
     written: List[Path] = []
     order = _stage_order(cfgs, evals)
@@ -335,32 +376,55 @@ def run_ablation(
     what = f"{len(cfgs)} " + ("runs" if any("/seed-" in k for k in cfgs) else "arms")
     what += f" + {len(evals)} evaluation stages" if evals else ""
     progress = report.AblationProgress(abl.name, parts, done, what)
+    stopped = None
     try:
         for i, item in enumerate(order, 1):
             if isinstance(item, str):
                 run, state = Path(cfgs[item].run_dir), arm_state(Path(cfgs[item].run_dir))
+                label = f"{abl.name} / {item}"
                 action = {"done": "done, skipping", "partial": "resuming from checkpoint", "new": "training"}[state]
-                progress.write(f"=== [{i}/{n}] {abl.name} / {item}: {action} → {run}")
-                if state != "done":
-                    with progress.training(item):
+            else:
+                run, state = item.job, stages.stage_state(item)
+                label = f"{abl.name} / {item.key} / {item.name}"
+                new = "probing" if isinstance(item, stages.ProbeStage) else "fine-tuning"
+                action = {"done": "done, skipping", "partial": "resuming", "new": new}[state]
+            if state != "done":
+                # Rank 0's clock decides for every rank once a run has made the process group
+                # (before the first, the ranks, started together, read their own clocks).
+                stopped = distributed.broadcast_object(budget_spent())
+                if stopped:
+                    progress.write(f"=== [{i}/{n}] {label}: not started, {stopped} is spent")
+                    break
+            progress.write(f"=== [{i}/{n}] {label}: {action} → {run}")
+            if state == "done":
+                continue
+            try:
+                with progress.training(item if isinstance(item, str) else _key(item)):
+                    if isinstance(item, str):
                         # Always --resume: an arm cut off before `latest` was written (or whose latest
                         # checkpoint is damaged) continues from its newest intact checkpoint; one with no
                         # checkpoint starts fresh. A fresh start would refuse to overwrite its files.
                         train(cfgs[item], resume=True)
-            else:
-                state = stages.stage_state(item)
-                new = "probing" if isinstance(item, stages.ProbeStage) else "fine-tuning"
-                action = {"done": "done, skipping", "partial": "resuming", "new": new}[state]
-                progress.write(f"=== [{i}/{n}] {abl.name} / {item.key} / {item.name}: {action} → {item.job}")
-                if state != "done":
-                    with progress.training(_key(item)):
+                    else:
                         stages.run_stage(item, rec.finetune_preset, abl.evaluate.overrides)
+            except Preempted as e:  # the budget or a signal: a checkpoint of e.step is saved
+                stopped = f"{e.signal_name} ({e.run} checkpointed after step {e.step})"
+                break
+            written = write_ablation_table(abl_dir, results_dir, runs_root)
+        if stopped or not written:  # a stop mid-stage, or every stage done before
             written = write_ablation_table(abl_dir, results_dir, runs_root)
     finally:
         progress.close()
-    print(f"table: {written[0]}  (csv: {written[1]}, plot: {written[2]})", flush=True)
-    print(f"runs: {abl_dir}/ (one directory per arm: config.yaml, metrics.jsonl, checkpoints/, summary.json"
-          + (", finetune/<task>/ per evaluated task" if evals else "") + ")", flush=True)
+    if launcher_rank() == 0:
+        print(f"table: {written[0]}  (csv: {written[1]}, plot: {written[2]})", flush=True)
+        print(f"runs: {abl_dir}/ (one directory per arm: config.yaml, metrics.jsonl, checkpoints/, summary.json"
+              + (", finetune/<task>/ per evaluated task" if evals else "") + ")", flush=True)
+    if stopped:
+        extra = ([] if evaluate else ["--no-evaluate"]) + (["--time-budget", time_budget] if time_budget else [])
+        err = Stopped(stopped, ablate_command(rec) + "".join(f" {shlex.quote(x)}" for x in extra))
+        if launcher_rank() == 0:
+            print(err, flush=True)
+        raise err
     return written
 
 

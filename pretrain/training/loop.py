@@ -59,7 +59,7 @@ from pretrain.training.engine import accumulation_steps, build_engine, deepspeed
 from pretrain.training.evaluate import to_device
 from pretrain.training.metrics_log import MetricsLog
 from pretrain.training.mfu import peak_flops
-from pretrain.training.preemption import PREEMPTED_EXIT_CODE, Preempted, stop_on_signals  # noqa: F401 (API)
+from pretrain.training.preemption import PREEMPTED_EXIT_CODE, Preempted, stop_on_signals, stop_requested  # noqa: F401 (API)
 from pretrain.training.rundir import CONFIG, SUMMARY, TENSORBOARD, locked
 
 
@@ -81,8 +81,9 @@ def train(cfg, resume: bool = False, task: Optional[Type[Task]] = None) -> Dict[
             ``pretrain.tasks.task_class``: pretraining, distillation or electra).
 
     Callable repeatedly in one process (the ablation runner trains arm after arm). SIGUSR1
-    or SIGTERM at any time makes the run save a checkpoint after the step in progress and
-    raise ``Preempted`` (exit code 75); every rank stops after the same step.
+    or SIGTERM at any time, or a spent ``preemption.time_budget``, makes the run save a
+    checkpoint after the step in progress and raise ``Preempted`` (exit code 75); every rank
+    stops after the same step.
 
     Returns:
         The summary dict written to summary.json (see ``pretrain.training.rundir``).
@@ -172,7 +173,7 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
             # Step loss = Σ loss over every micro batch of every rank / global sample size.
             # The stop flag rides along, so every rank stops after the same step.
             reduced = distributed.all_reduce_sum(torch.cat([
-                sums.cpu(), torch.tensor([float(bool(signals_received))], dtype=torch.float64)])).tolist()
+                sums.cpu(), torch.tensor([float(stop_requested(signals_received))], dtype=torch.float64)])).tolist()
             stop = reduced[-1] > 0
             losses = _step_losses(reduced[:-1], terms, global_size, criterion.weights)
             finite = all(math.isfinite(v) for v in losses.values())
