@@ -435,8 +435,7 @@ def test_time_budget_end_to_end_exits_75_and_the_rerun_matches_an_uninterrupted_
     budget runs out during the start-up or a run (where depends on the machine's speed; both
     paths stop as SIGTERM would), exit 75 and the continue line; the rerun finishes and its
     table equals an uninterrupted run's except for the wall times."""
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "DS_ACCELERATOR": "cpu"}
+    env = child_env(DS_ACCELERATOR="cpu")
     tiny = ["data.max_documents=30", "data.tokenizer.vocab_size=800", "data.max_seq_length=64",
             "model.max_position_embeddings=66", "model.hidden_size=32", "model.num_hidden_layers=1",
             "model.num_attention_heads=2", "model.intermediate_size=64", "train.global_batch_size=8",
