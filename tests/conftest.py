@@ -24,6 +24,10 @@ SLURM_SKIP_REASON = (
 )
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# The product's default is ../shared/data relative to the working directory; tests run
+# commands from temporary directories and copies of the repository, so they get the default
+# as an absolute path (next to this repository) unless the variable is set.
+os.environ.setdefault(DATA_ENV, str((REPO.parent / "shared" / "data").resolve()))
 
 # What torchrun sets for each worker, and what an in-process train() sets for its world of
 # one (whose MASTER_PORT stays listened on): a child process that inherited them would try
