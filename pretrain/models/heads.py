@@ -119,6 +119,10 @@ class FineTuneModel(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         token_type_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """``input_ids``, ``attention_mask``, ``token_type_ids``: ``[batch, seq]`` int64 (mask
+        1 = real token; None = all real / all segment 0). Returns float logits ``[batch,
+        num_labels]`` for the sequence head (``num_labels`` 1: the STS-B regression score) or
+        ``[batch, seq, num_labels]`` for the token head."""
         return self.head(self.encoder(input_ids, attention_mask, token_type_ids))
 
     def load_pretrained(self, pretrained: BertForPretraining, pooler: Optional[dict] = None) -> "FineTuneModel":

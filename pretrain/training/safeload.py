@@ -10,8 +10,8 @@ with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on fp32, bf16, LAM
 attributes — whose construction runs no code of the file's choosing. torch >= 2.6 (earlier
 weights-only unpicklers had a code-execution bug, CVE-2025-32434).
 
-DeepSpeed 0.19's own loader (``TorchCheckpointEngine.load``, and ``zero_to_fp32``) passes
-``weights_only=False``. ``secure_engine`` swaps the engine's checkpoint engine for
+DeepSpeed 0.19's own loader (``TorchCheckpointEngine.load``, and ``zero_to_fp32``) turns
+torch's weights-only mode off. ``secure_engine`` swaps the engine's checkpoint engine for
 one whose ``load`` is ``load_tensors``; ``module_loads_tensors_only(zero_to_fp32)`` points
 that one module's ``torch.load`` at ``load_tensors``; ``tensors_only()`` covers library code
 (transformers' import) by setting torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` for the block.
@@ -89,14 +89,15 @@ class _TorchWithSafeLoad:
 
     @staticmethod
     def load(f, map_location=None, mmap: bool = False, **_ignored: Any) -> Any:
-        # ``weights_only=False`` from the caller is among the ignored keywords: never honoured.
+        # A caller's request to turn weights-only mode off arrives among the ignored keywords
+        # and is never honoured: this load is always load_tensors.
         return load_tensors(f, mmap=mmap)
 
 
 @contextmanager
 def module_loads_tensors_only(module: Any) -> Iterator[None]:
     """Within the block, ``module``'s own ``torch.load`` calls (e.g. DeepSpeed's
-    ``zero_to_fp32``, which passes ``weights_only=False``) go through ``load_tensors``; the
+    ``zero_to_fp32``, which turns weights-only mode off) go through ``load_tensors``; the
     rest of the process is untouched. Raises UnsafeCheckpoint for a file holding anything
     but tensors and DeepSpeed's plain-data classes."""
     original = module.torch
