@@ -181,6 +181,8 @@ class _Recorder:
         summary = {"status": "done", "steps": cfg.train.max_steps, "tokens_seen": 1000, "epochs": 1.0, "wall_time_s": 6.0,
                    "final_eval": {k: ev[k] for k in ("mlm_loss", "perplexity", "mlm_accuracy")}}
         write_json_atomic(run / rundir.SUMMARY, summary)
+        (run / rundir.CHECKPOINTS).mkdir(exist_ok=True)
+        (run / rundir.CHECKPOINTS / "latest").write_text(f"step-{cfg.train.max_steps}")  # what fine-tuning loads
         return summary
 
 
@@ -539,6 +541,24 @@ def test_every_run_is_fine_tuned_after_pretraining_then_skipped_when_done(tmp_pa
     (runs / "toy" / "dynamic" / "finetune" / "stsb" / "scores.json").unlink()
     run_ablation(p, "smoke", over, runs_root=runs, results_dir=results)
     assert fake_finetune.calls == [("dynamic", "stsb", False)] and "finetune stsb: resuming" in capsys.readouterr().out
+
+
+def test_a_run_with_logs_but_no_checkpoint_is_refused_before_anything_trains(tmp_path: Path, recorder: _Recorder,
+                                                                            fake_finetune: _FakeFinetune):
+    # runs/ lost with its machine, the committed logs copied back: the finished run is skipped,
+    # but its pending fine-tuning has nothing to load, which must be said before the next arm trains
+    p = _ablation(tmp_path, extra=EVALUATE)
+    runs = tmp_path / "runs"
+    over = ["train.max_steps=20", "train.schedule.warmup_steps=2"]
+    run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
+    shutil.rmtree(runs / "toy" / "static" / rundir.CHECKPOINTS)
+    shutil.rmtree(runs / "toy" / "dynamic")
+    (runs / "toy" / "static" / "finetune" / "stsb" / "scores.json").unlink()
+    recorder.trains.clear()
+    fake_finetune.calls.clear()
+    with pytest.raises(UserError, match=r"evaluate stsb of static: .*static finished pretraining but has no checkpoint"):
+        run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
+    assert recorder.trains == [] and fake_finetune.calls == []
 
 
 def test_a_job_made_another_way_is_refused_before_anything_runs(tmp_path: Path, recorder: _Recorder,

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import OmegaConf
 
 from common.errors import UserError
+from pretrain.training import rundir
 
 # Without a fine-tuning preset named like the ablation's preset (``medium`` has none: its
 # models are BERT-Small-sized, which Turc et al. 2019 fine-tune like the ``small`` preset's),
@@ -166,9 +167,25 @@ def plan_evaluation(abl: Any, preset: str, cfgs: Dict[str, Any], runs_root: str 
                                       [(Path(r.run_dir), int(r.train.max_steps)) for r in runs],
                                       int(cfg.train.global_batch_size) * int(cfg.data.max_length))
                 check_job(stage)
+                if not random_init:
+                    _check_checkpoint(Path(rc.run_dir), stage, where)
                 out.append(stage)
             out += _probes(key, Path(rc.run_dir), ev.probes, random_init, str(runs_root))
     return out
+
+
+def _check_checkpoint(run: Path, stage: FinetuneStage, where: str) -> None:
+    """A run that finished pretraining but kept only its logs (e.g. restored from
+    ``results/runs`` on a new machine, whose ``runs/`` was lost) cannot be fine-tuned: say so
+    before any arm trains, not after hours of other arms. Raises UserError naming the run."""
+    summary = rundir.read_summary(run)
+    if not (summary and summary.get("status") == "done") or stage_state(stage) == "done":
+        return
+    ckpts = run / rundir.CHECKPOINTS
+    if not ((ckpts / "latest").is_file() or any(ckpts.glob("step-*"))):
+        raise UserError(f"{where}: {run} finished pretraining but has no checkpoint in {ckpts} (only its logs, "
+                        f"e.g. restored from results/runs); move {run} away to retrain it, or leave the task out "
+                        "of evaluate (`--no-evaluate` pretrains only)")
 
 
 def _probes(key: str, run: Path, probes: Any, random_init: bool, runs_root: str) -> List[ProbeStage]:
