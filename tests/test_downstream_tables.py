@@ -44,10 +44,10 @@ def _job(job: Path, task: str, per_seed: dict, other_lr: float = 0.0, rows: int 
     (job / "lr-0.0003" / "seed-1" / "metrics.jsonl").write_text("{}\n")
 
 
-def _ablation(tmp_path: Path, sst2: dict, control: dict | None = None, warn: bool = False) -> Path:
+def _ablation(tmp_path: Path, sst2: dict, control: dict | None = None, warn: bool = False, claims=CLAIMS) -> Path:
     """runs/ds: arms a, b × pretraining seeds 1, 2, each pretrained and fine-tuned on SST-2 and
-    STS-B; ``sst2``: arm → [[fine-tuning scores of seed 1's job], [seed 2's]]; ``control``:
-    task → scores of the random-init job on a/seed-1."""
+    STS-B (STS-B scores 0.5, 0.6, 0.7 in every job); ``sst2``: arm → [[fine-tuning scores of
+    seed 1's job], [seed 2's]]; ``control``: task → scores of the random-init job on a/seed-1."""
     runs = tmp_path / "runs"
     abl = runs / "ds"
     rec = {
@@ -56,7 +56,7 @@ def _ablation(tmp_path: Path, sst2: dict, control: dict | None = None, warn: boo
             "arms": {"a": {"data": {"masking": {"mode": "dynamic"}}}, "b": {"data": {"masking": {"mode": "static"}}}},
             "paper": {"source": "P", "columns": ["SQuAD 2.0 F1", "SST-2 acc", "MNLI-m acc"],
                       "rows": {"a": [80.0, 93.0, 84.0], "b": [79.0, 92.0, 84.5]}},
-            "claims": CLAIMS,
+            "claims": claims,
             "evaluate": {"tasks": ["sst2", "stsb"], "overrides": ["lrs=[3e-4,1e-4]"], "control": True},
         },
         "source": str(tmp_path / "gone.yaml"), "preset": "smoke", "overrides": [], "runs_root": "runs",
@@ -137,6 +137,67 @@ def test_claim_on_a_measured_column_is_judged_on_fine_tuned_scores(tmp_path: Pat
     runs = _ablation(tmp_path / "opp", {"a": [[0.70, 0.71], [0.72]], "b": [[0.90, 0.91], [0.92]]})
     rebuild_tables(runs, tmp_path / "opp" / "results")
     assert "| 2.00 | **opposite** |" in (tmp_path / "opp" / "results" / "smoke" / "ds.md").read_text()
+
+
+def test_glue_avg_is_the_mean_of_the_task_medians_with_their_envelope(tmp_path: Path):
+    runs = _ablation(tmp_path, {"a": [[0.90, 0.91, 0.92], [0.93, 0.94, 0.95]], "b": [[0.80, 0.81], [0.82, 0.83]]},
+                     control={"sst2": [0.50, 0.52, 0.56], "stsb": [0.1, 0.2]})
+    rebuild_tables(runs, tmp_path / "results")
+    rows = _csv(tmp_path / "results" / "smoke" / "ds.csv")
+    a, b, c = rows["a"], rows["b"], rows["random init (control)"]
+    # a: SST-2 92.5 (90–95, n 6), STS-B 60 (50–70, n 6) → 76.25, (90+50)/2 – (95+70)/2, n 6
+    assert [float(a[k]) for k in ("GLUE avg", "GLUE avg min", "GLUE avg max")] == pytest.approx([76.25, 70.0, 82.5])
+    assert a["GLUE avg n"] == "6"
+    # b: SST-2 81.5 (80–83, n 4) → the smallest n of the tasks
+    assert float(b["GLUE avg"]) == pytest.approx(70.75) and b["GLUE avg n"] == "4"
+    # control: SST-2 52 (50–56), STS-B 15 (10–20, n 2)
+    assert [float(c[k]) for k in ("GLUE avg", "GLUE avg min", "GLUE avg max")] == pytest.approx([33.5, 30.0, 38.0])
+    md = (tmp_path / "results" / "smoke" / "ds.md").read_text()
+    assert "| GLUE avg | `a` | +42.75 | 12.50 | yes |" in md  # 76.25 − 33.5; spreads 12.5 and 8.0
+    assert "GLUE avg: per row, the mean of the medians of SST-2 acc, STS-B Spearman" in md
+    assert "Not the papers' task set: theirs also averages CoLA, MRPC, QQP, MNLI-m, QNLI, RTE" in md
+    # a task without a score leaves the cell empty: the control's STS-B job has not run
+    runs = _ablation(tmp_path / "half", {"a": [[0.90], [0.93]], "b": [[0.80], [0.82]]}, control={"sst2": [0.5, 0.6]})
+    rebuild_tables(runs, tmp_path / "half" / "results")
+    c = _csv(tmp_path / "half" / "results" / "smoke" / "ds.csv")["random init (control)"]
+    assert float(c["SST-2 acc"]) == pytest.approx(55.0) and c["GLUE avg"] == c["GLUE avg n"] == ""
+    assert "| GLUE avg | `a` |" not in (tmp_path / "half" / "results" / "smoke" / "ds.md").read_text()
+
+
+def test_a_claim_is_judged_on_its_ours_column(tmp_path: Path):
+    claims = [{**CLAIMS[0], "text": "a beats b on GLUE", "ours_column": "GLUE avg"}, CLAIMS[0]]
+    runs = _ablation(tmp_path, {"a": [[0.90, 0.91, 0.92], [0.93, 0.94, 0.95]], "b": [[0.60, 0.61], [0.62, 0.63]]},
+                     claims=claims)
+    rebuild_tables(runs, tmp_path / "results")
+    md = (tmp_path / "results" / "smoke" / "ds.md").read_text()
+    # GLUE avg a 76.25 (70–82.5), b (61.5 + 60)/2 = 60.75 (55–66.5): +15.50 beyond the spread 12.50
+    assert ("| a beats b on GLUE | `a` − `b` | +1.00 SST-2 acc (`a` better) | +15.50 GLUE avg, fine-tuned (`a` better) "
+            "| 12.50 | **agrees** |") in md
+    # the same paper column without ours_column stays on our column of its name
+    assert "| +31.00 SST-2 acc, fine-tuned (`a` better) | 5.00 | **agrees** |" in md
+    assert "**agrees**; by fine-tuned GLUE avg |" in (tmp_path / "results" / "README.md").read_text()
+
+
+def test_an_ours_column_the_evaluate_section_does_not_give_fails_at_load(tmp_path: Path):
+    from pretrain.ablations.spec import load_ablation
+
+    abl = {"name": "x", "title": "X", "base": "b.yaml", "arms": {"a": {}, "b": {}},
+           "paper": {"source": "Q", "columns": ["GLUE"], "rows": {"a": [80.0], "b": [79.0]}},
+           "evaluate": {"tasks": ["sst2", "mrpc"]},
+           "claims": [{"text": "t", "a": "a", "b": "b", "paper_column": "GLUE", "ours_column": "GLUE avg"}]}
+    p = tmp_path / "x.yaml"
+    p.write_text(OmegaConf.to_yaml(OmegaConf.create(abl)))
+    assert load_ablation(p).claims[0].ours_column == "GLUE avg"
+    abl["claims"][0]["ours_column"] = "GLUE average"
+    p.write_text(OmegaConf.to_yaml(OmegaConf.create(abl)))
+    with pytest.raises(UserError, match=r"x.yaml: claims\[0\].ours_column 'GLUE average' is not a column of ours; "
+                                        r"the evaluate section gives: SST-2 acc, MRPC F1, GLUE avg$"):
+        load_ablation(p)
+    # one GLUE task makes no average
+    abl["claims"][0]["ours_column"], abl["evaluate"]["tasks"] = "GLUE avg", ["sst2", "conll2003"]
+    p.write_text(OmegaConf.to_yaml(OmegaConf.create(abl)))
+    with pytest.raises(UserError, match=r"gives: SST-2 acc, CoNLL-2003 test F1$"):
+        load_ablation(p)
 
 
 def test_a_warning_that_masks_never_repeat_makes_the_downstream_verdict_inconclusive(tmp_path: Path):

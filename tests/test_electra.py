@@ -157,6 +157,23 @@ def test_ablation_puts_the_arms_at_equal_training_flops(preset, tmp_path):
         check_fair(cfgs, "train_flops")
 
 
+def test_ablation_fine_tunes_every_run_on_the_offline_glue_tasks_and_judges_claims_on_glue_avg(tmp_path):
+    """electra_vs_mlm's evaluate section plans at smoke (task data there, overrides valid) and
+    its claims are judged on "GLUE avg", the average of those tasks (Table 1's GLUE score)."""
+    from pretrain.ablations import stages
+    from pretrain.ablations.arm_results import downstream_columns
+    from pretrain.ablations.runner import plan_arms
+
+    abl, cfgs, rec, _ = plan_arms(REPO / "configs" / "ablation" / "electra_vs_mlm.yaml", "smoke", [], tmp_path, tmp_path)
+    plan = stages.plan_evaluation(abl, "smoke", cfgs, tmp_path)
+    tasks = ["sst2", "cola", "mrpc", "rte", "stsb"]
+    assert [(st.key, st.task, st.random_init) for st in plan if st.key == "mlm"] == [("mlm", t, False) for t in tasks]
+    assert len(plan) == 3 * 5 + 5 and sum(st.random_init for st in plan) == 5
+    (avg,) = [c for c in downstream_columns(rec) if c.averages]
+    assert avg.name == "GLUE avg" and avg.averages == tuple(tasks)
+    assert [c.ours_column for c in abl.claims] == ["GLUE avg", "GLUE avg"]
+
+
 # ---------------------------------------------------------------- Hugging Face export
 
 transformers = pytest.importorskip("transformers")

@@ -34,8 +34,9 @@ class ArmResult:
     accuracy_pct: held-out masked-token accuracy in percent.
     tokens_seen / epochs: training tokens consumed and passes over the training data.
     wall_min: training wall time in minutes (summed over resumed segments; finished arms only).
-    downstream: column name → the pooled fine-tuning scores of the arm's runs
-        (``pretrain.ablations.downstream``); also in ``seed_values`` under the column name.
+    downstream: our column name → the arm's Cell there (median, min–max and n of the
+        scores pooled over its runs, ``pretrain.ablations.downstream``), which the verdicts
+        on those columns read.
     """
 
     arm: str
@@ -113,12 +114,12 @@ def collect(abl_dir: Path, rec: AblationRecord) -> List[ArmResult]:
         runs.setdefault(arm, []).append(abl_dir / rel)
     for r in out:
         r.downstream = {c.name: downstream.cell(runs[r.arm], c) for c in cols}
-        r.seed_values = dict(r.seed_values or {}, **{n: c.values for n, c in r.downstream.items() if c.values})
     if abl.evaluate.control:
         first = abl_dir / seed_runs(abl)[0][2]
         # the control has no sentence probe (no random-init mode): its stages are the tasks and BLiMP
+        # (and GLUE avg, an average of those tasks)
         units = [*abl.evaluate.tasks, *(["blimp"] if abl.evaluate.probes.blimp else [])]
-        cells = {c.name: downstream.cell([first], c, random_init=True) for c in cols if c.task in units}
+        cells = {c.name: downstream.cell([first], c, random_init=True) for c in cols if c.task in units or c.averages}
         done = sum(1 for t in units if any(cells[c.name].n for c in cols if c.task == t))
         status = "done" if done == len(units) else ("not run" if not done else f"{done}/{len(units)} stages done")
         out.append(ArmResult(arm=CONTROL_ROW, status=status, downstream=cells))

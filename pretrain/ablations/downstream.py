@@ -16,7 +16,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from common.errors import UserError
 
@@ -37,6 +37,10 @@ TASK_COLUMNS: Dict[str, List[tuple]] = {
     "mnli": [("MNLI-m acc", "dev_accuracy"), ("MNLI-mm acc", "dev_mismatched_accuracy")],
     "conll2003": [("CoNLL-2003 test F1", "test_entity_f1"), ("CoNLL-2003 dev F1", "dev_entity_f1")],
 }
+# GLUE's tasks (Wang et al. 2019) without WNLI, which BERT Table 1 and ELECTRA leave out: two or
+# more of them in evaluate.tasks add the derived column GLUE_AVG (``columns``).
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
+GLUE_AVG = "GLUE avg"
 # probe → (column, key path in <run>/eval/<probe>.json). The sentence probe's columns are
 # ALBERT Table 5's intrinsic accuracies, on the sets every arm shares.
 PROBE_COLUMNS: Dict[str, List[tuple]] = {
@@ -50,18 +54,20 @@ UNAVAILABLE = {
     "MNLI-m": "MNLI's training set is not in ../shared/data (add `mnli` to evaluate.tasks with data.source=GLUE's download)",
     "QNLI": "QNLI's training set is not in ../shared/data (only its dev set; add `qnli` with data.source=GLUE's download)",
     "QQP": "QQP is not in ../shared/data (add `qqp` with data.source=GLUE's download)",
-    "Avg": "the paper's average includes SQuAD, MNLI and RACE, which we do not fine-tune here",
+    "Avg": "the paper's average includes SQuAD, MNLI and RACE, which this ablation does not fine-tune",
 }
 
 
 @dataclass(frozen=True)
 class Column:
     """One downstream column of ours: ``name`` (e.g. "SST-2 acc"), the task, and the metric
-    key of its scores.json (values there are fractions; the table shows percent)."""
+    key of its scores.json (values there are fractions; the table shows percent); or the
+    derived GLUE_AVG (task "glue", no metric) with ``averages``, the GLUE tasks it averages."""
 
     name: str
     task: str
     metric: str
+    averages: Tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -78,22 +84,36 @@ class Cell:
     low: Optional[float] = None
     high: Optional[float] = None
     n: int = 0
-    values: Optional[List[float]] = None
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Cell":
+        """The median, min and max of ``values``; an empty Cell for none."""
+        return cls(statistics.median(values), min(values), max(values), len(values)) if values else cls()
 
 
 def columns(ev, paper_columns: Sequence[str]) -> List[Column]:
     """Our columns for an ``evaluate`` section: per task, the candidates of TASK_COLUMNS whose
     name is a paper column (so ours sits beside the paper's), or the task's main one when the
-    paper has none of them; then every column of each probe asked for (PROBE_COLUMNS)."""
+    paper has none of them; GLUE_AVG when two or more tasks are GLUE's; then every column of
+    each probe asked for (PROBE_COLUMNS)."""
     out: List[Column] = []
     for t in ev.tasks:
         cands = TASK_COLUMNS[t]
         named = [c for c in cands if c[0] in paper_columns] or cands[:1]
         out += [Column(name, t, metric) for name, metric in named]
+    glue = tuple(t for t in ev.tasks if t in GLUE_TASKS)
+    if len(glue) >= 2:
+        out.append(Column(GLUE_AVG, "glue", "", glue))
     for probe, cols in PROBE_COLUMNS.items():
         if ev.probes[probe]:
             out += [Column(name, probe, key) for name, key in cols]
     return out
+
+
+def main_column(task: str) -> Column:
+    """A task's column of its main metric, the first of TASK_COLUMNS."""
+    name, metric = TASK_COLUMNS[task][0]
+    return Column(name, task, metric)
 
 
 def probe_value(run: Path, col: Column, random_init: bool = False) -> List[float]:
@@ -128,18 +148,46 @@ def job_scores(job: Path, metric: str) -> List[float]:
 
 
 def cell(runs: Sequence[Path], col: Column, random_init: bool = False) -> Cell:
-    """The pooled cell of ``col`` over the jobs of ``runs`` (pretraining run directories)."""
+    """The pooled cell of ``col`` over the jobs of ``runs`` (pretraining run directories);
+    for GLUE_AVG, ``glue_average`` of its tasks' main-metric cells."""
     from pretrain.downstream.runner import job_directory
 
+    if col.averages:
+        return glue_average([cell(runs, main_column(t), random_init) for t in col.averages])
     vals: List[float] = []
     for run in runs:
         if col.task in PROBE_COLUMNS:
             vals += probe_value(run, col, random_init)
         else:
             vals += job_scores(job_directory({"run_dir": run}, col.task, random_init, "runs"), col.metric)
-    if not vals:
+    return Cell.of(vals)
+
+
+def glue_average(cells: Sequence[Cell]) -> Cell:
+    """The GLUE score of one row: the mean over tasks of each task's median (ELECTRA, Clark et
+    al. 2020, §3.1 and Table 1: "the average score over all tasks" of medians over fine-tuning
+    runs; BERT, Devlin et al. 2019, Table 1's "Average"); min–max = the mean of the tasks'
+    minimums – the mean of their maximums, n = the smallest task's n. Empty unless every task
+    has a score: an average over fewer tasks would not compare with another row's."""
+    if not cells or any(c.median is None for c in cells):
         return Cell()
-    return Cell(statistics.median(vals), min(vals), max(vals), len(vals), vals)
+    return Cell(*(statistics.mean(getattr(c, f) for c in cells) for f in ("median", "low", "high")), min(c.n for c in cells))
+
+
+def glue_average_note(col: Column) -> str:
+    """What the table's GLUE_AVG column averages, and how its task set and metrics differ from
+    the papers' GLUE score (``glue_average``)."""
+    mains = [main_column(t) for t in col.averages]
+    missing = ", ".join(main_column(t).name.split()[0] for t in GLUE_TASKS if t not in col.averages)
+    f1 = " and ".join(c.name.split()[0] for c in mains if c.metric == "dev_f1")
+    return (f"{col.name}: per row, the mean of the medians of {', '.join(c.name for c in mains)} (each task's main "
+            "metric, as BERT Table 1 prints it), like the per-task average of BERT Table 1 and ELECTRA's GLUE score "
+            "(Clark et al. 2020, §3.1, Tables 1 and 5); min–max = the mean of those tasks' minimums – the mean of "
+            "their maximums, n = the smallest task's n; empty until every one of those tasks has a score. Not the "
+            "papers' task set: " + (f"theirs also averages {missing}, which this ablation does not fine-tune" if missing else
+                                    "the same tasks")
+            + (f"; ELECTRA scores {f1} by accuracy, not F1" if f1 else "")
+            + " — compare the ordering of the rows, not the values.")
 
 
 def paper_only_note(paper_columns: Sequence[str], ours: Sequence[Column]) -> List[str]:
@@ -213,6 +261,8 @@ def render_notes(rec, results, cols: Sequence[Column], settings: Optional[Dict[s
                   f"and one SOP set ({ev.probes.sentence_pairs} pairs each at most) built from the validation documents "
                   "and shared by every arm, masked-token accuracy on the same text; a model without a head for a task "
                   "answers with a seeded untrained one (chance); one value per pretraining run (`pretrain probe sentence`).", ""]
+    for c in cols:
+        lines += [glue_average_note(c), ""] if c.averages else []
     for note in paper_only_note(rec.ablation.paper.columns, cols):
         lines += [f"Paper only: {note}.", ""]
     if not ev.control:

@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
+from pretrain.ablations import downstream
 from pretrain.config import to_dict
 from pretrain.training import rundir
 
@@ -61,7 +62,12 @@ class ClaimConfig:
         arms must have a number there).
     paper_higher_is_better: False for columns such as perplexity (RoBERTa Table 3).
     metric: our held-out metric for the same comparison (``mlm_loss`` lower is better;
-        ``mlm_accuracy``, ``sentence_accuracy`` higher is better).
+        ``mlm_accuracy``, ``sentence_accuracy`` higher is better), used when no column of
+        ours judges the claim.
+    ours_column: the column of ours (a fine-tuning or probe column of the ``evaluate``
+        section, ``pretrain.ablations.downstream.columns``) that judges the claim when it is
+        not the paper's column of the same name, e.g. "GLUE avg" for ELECTRA Table 1's GLUE
+        score (Clark et al. 2020); None = ours of the paper's name, else ``metric``.
     """
 
     text: str = MISSING
@@ -70,6 +76,7 @@ class ClaimConfig:
     paper_column: str = MISSING
     paper_higher_is_better: bool = True
     metric: OurMetric = "mlm_loss"
+    ours_column: Optional[str] = None
 
 
 @dataclass
@@ -200,7 +207,8 @@ def load_ablation(path: str | Path) -> AblationConfig:
     a name that is not a portable directory name, an arm whose overrides are not a mapping
     or set ``name``/``run_dir``, a paper row that names no arm or whose length differs
     from ``paper.columns``, a repeated seed, a ``scale`` entry that names no arm or is not
-    positive, a claim naming an unknown arm or paper column, or a paper cell that is empty,
+    positive, a claim naming an unknown arm or paper column, a paper cell that is empty or
+    an ``ours_column`` that the ``evaluate`` section does not produce (naming those it does),
     an ``evaluate`` task that is not a fine-tuning task (or repeated), or a malformed
     ``evaluate.overrides`` entry (whether its keys exist is checked when the arms compose:
     ``pretrain.ablations.stages.plan_evaluation``).
@@ -252,6 +260,11 @@ def check_ablation(cfg: AblationConfig, where: str) -> None:
             if row is None or row[col] is None:
                 raise UserError(f"{where}: claims[{i}] compares {arm!r} on {c.paper_column!r}, but the paper row has no number there")
     _check_evaluate(cfg.evaluate, where)
+    ours = [col.name for col in downstream.columns(cfg.evaluate, cfg.paper.columns)]
+    for i, c in enumerate(cfg.claims):
+        if c.ours_column is not None and c.ours_column not in ours:
+            raise UserError(f"{where}: claims[{i}].ours_column {c.ours_column!r} is not a column of ours; the evaluate "
+                            f"section gives: {', '.join(ours) or 'none (add evaluate.tasks or probes)'}")
 
 
 def _check_evaluate(ev: EvaluateConfig, where: str) -> None:

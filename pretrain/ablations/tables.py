@@ -165,8 +165,8 @@ def render_markdown(
 def render_verdicts(verdicts: Sequence[Verdict]) -> List[str]:
     """The verdict section of a table page: one row per claim."""
     lines = [
-        "Verdicts (difference = first arm − second arm; ours on our fine-tuned column of the paper's name when we "
-        "measure one, else on the held-out metric named; median over seeds, "
+        "Verdicts (difference = first arm − second arm; ours on the column of ours the claim names, else on our "
+        "fine-tuned column of the paper's name when we measure one, else on the held-out metric named; median over seeds, "
         "spread = the larger max − min over seeds of the two arms; \"inconclusive\" when our difference "
         "is within the spread, when an arm has fewer than two finished seeds, or when a warning above says the runs cannot show the effect):",
         "",
@@ -222,7 +222,8 @@ def table_verdicts(rec: AblationRecord, results: List[ArmResult], warnings: Sequ
     abl = rec.ablation
     values = {r.arm: r.seed_values or {} for r in results}
     measured = {c.name: c.kind for c in downstream_columns(rec)}
-    return compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, values, bool(warnings), measured)
+    cells = {r.arm: r.downstream for r in results}
+    return compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, values, bool(warnings), measured, cells)
 
 
 def current_claims(rec: AblationRecord) -> AblationRecord:

@@ -2,11 +2,12 @@
 from the numbers of an ablation's table (``pretrain.ablations.tables``) and its runs' logs.
 
 A claim (``ClaimConfig`` in ``pretrain.ablations.spec``) compares two arms: the paper's
-difference ``a − b`` in one of its printed columns; ours in our fine-tuning column of the same
-name when the ablation measures one (``pretrain.ablations.downstream``: e.g. "SST-2 acc",
+difference ``a − b`` in one of its printed columns; ours in the claim's ``ours_column`` when it
+names one (e.g. "GLUE avg" for ELECTRA's "GLUE score"), else in our fine-tuning column of the
+same name when the ablation measures one (``pretrain.ablations.downstream``: e.g. "SST-2 acc",
 pooled over pretraining × fine-tuning seeds), else in the claim's held-out metric (MLM loss
-by default). Our difference is between the arms' medians; its noise is the larger max − min
-over the pooled seeds of the two arms. Verdict:
+by default). Our difference is between the arms' medians (cells, for our columns); its noise
+is the larger max − min of the two arms' cells (over the pooled seeds). Verdict:
 
 - ``agrees``: our difference is outside that spread and favours the same arm as the paper;
 - ``opposite``: outside the spread, favouring the other arm;
@@ -17,7 +18,6 @@ over the pooled seeds of the two arms. Verdict:
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import OmegaConf
 
 from pretrain.ablations.arm_results import METRIC_FIELDS
+from pretrain.ablations.downstream import Cell
 from pretrain.ablations.spec import LOWER_IS_BETTER, ClaimConfig, seed_runs
 from pretrain.training import rundir
 
@@ -87,28 +88,31 @@ def _favours(diff: float, lower_is_better: bool, claim: ClaimConfig) -> str:
 
 def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str], paper_rows: Dict[str, Any],
                      seed_values: Dict[str, Dict[str, List[float]]], warned: bool,
-                     measured: Optional[Dict[str, str]] = None) -> List[Verdict]:
+                     measured: Optional[Dict[str, str]] = None,
+                     cells: Optional[Dict[str, Dict[str, Cell]]] = None) -> List[Verdict]:
     """A Verdict per claim. ``seed_values``: arm → ArmResult field → one value per finished
-    seed (``mlm_loss``, ``accuracy_pct``, ``sentence_accuracy_pct``), and our fine-tuning
-    column name → every pooled score (percent, higher is better); ``warned``: the table
+    seed (``mlm_loss``, ``accuracy_pct``, ``sentence_accuracy_pct``); ``warned``: the table
     carries a warning that the runs cannot show the effect; ``measured``: our fine-tuning and
-    probe columns → "fine-tuned" / "zero-shot" (a claim whose ``paper_column`` is one of them
-    is judged on it, even before its jobs have run: then "not run yet")."""
-    measured = measured or {}
+    probe columns → "fine-tuned" / "zero-shot" (a claim whose ``ours_column``, or else
+    ``paper_column``, is one of them is judged on it, even before its jobs have run: then "not
+    run yet"); ``cells``: arm → our column → its Cell (percent, higher is better)."""
+    measured, cells = measured or {}, cells or {}
     out: List[Verdict] = []
     for c in claims:
         col = list(paper_columns).index(c.paper_column)
         paper = float(paper_rows[c.a][col]) - float(paper_rows[c.b][col])
-        ds = c.paper_column if c.paper_column in measured else None
-        field = ds or METRIC_FIELDS[c.metric]
+        ds = c.ours_column or (c.paper_column if c.paper_column in measured else None)
         lower = False if ds else LOWER_IS_BETTER[c.metric]
-        va = (seed_values.get(c.a) or {}).get(field) or []
-        vb = (seed_values.get(c.b) or {}).get(field) or []
-        if not va or not vb:
-            out.append(Verdict(c, paper, None, None, "inconclusive", "not run yet", ds, measured.get(ds, "fine-tuned")))
+        if ds:
+            xa, xb = ((cells.get(arm) or {}).get(ds) or Cell() for arm in (c.a, c.b))
+        else:
+            xa, xb = (Cell.of((seed_values.get(arm) or {}).get(METRIC_FIELDS[c.metric]) or []) for arm in (c.a, c.b))
+        kind = measured.get(ds, "fine-tuned")
+        if not xa.n or not xb.n:
+            out.append(Verdict(c, paper, None, None, "inconclusive", "not run yet", ds, kind))
             continue
-        ours = statistics.median(va) - statistics.median(vb)
-        spread = max(max(va) - min(va), max(vb) - min(vb)) if min(len(va), len(vb)) >= 2 else None
+        ours = xa.median - xb.median
+        spread = max(xa.high - xa.low, xb.high - xb.low) if min(xa.n, xb.n) >= 2 else None
         paper_a = (paper < 0) if not c.paper_higher_is_better else (paper > 0)
         ours_a = (ours < 0) if lower else (ours > 0)
         if paper == 0:
@@ -121,7 +125,7 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
             verdict, reason = "inconclusive", "within the spread over seeds"
         else:
             verdict, reason = ("agrees" if paper_a == ours_a else "opposite"), ""
-        out.append(Verdict(c, paper, ours, spread, verdict, reason, ds, measured.get(ds, "fine-tuned")))
+        out.append(Verdict(c, paper, ours, spread, verdict, reason, ds, kind))
     return out
 
 
