@@ -217,3 +217,22 @@ def test_the_regenerate_command_parses_back_to_the_same_options():
     a = build_parser().parse_args(shlex.split(cmd)[1:])
     assert (a.command, a.models, a.presets, a.repeats, a.warmup, a.threads, a.runs, a.run, a.out, a.no_int8) == \
         ("compare", ["bert", "albert"], ["small", "base"], 4, 0, 1, "my runs", ["bert=runs/x y"], "out/t", True)
+
+
+def test_a_task_with_several_jobs_scores_from_the_one_that_kept_its_weights(tmp_path):
+    # an ablation's bf16 job and a float32 keep_weights job of the same task: the score and
+    # its int8 change must come from one job, the one with weights to re-score
+    def job(name, score, keep):
+        d = tmp_path / "finetune" / name
+        d.mkdir(parents=True)
+        (d / "scores.json").write_text(json.dumps({"task": "sst2", "main_metric": "dev_accuracy", "score": score,
+                                                   "num_seeds": 3, "chosen_lr": 3e-4}))
+        (d / "finetune.yaml").write_text(f"keep_weights: {str(keep).lower()}\n")
+
+    job("sst2", 0.70, False)
+    job("sst2-fp32", 0.68, True)
+    job("sst2-random-init", 0.71, False)
+    picked = scores.read_jobs(tmp_path)["sst2"]
+    assert picked.job.name == "sst2-fp32" and picked.score == 0.68
+    (tmp_path / "finetune" / "sst2-fp32" / "finetune.yaml").write_text("keep_weights: false\n")
+    assert scores.read_jobs(tmp_path)["sst2"].job.name == "sst2"

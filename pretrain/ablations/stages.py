@@ -33,13 +33,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import OmegaConf
 
 from common.errors import UserError
+from pretrain.downstream.runner import FINETUNE_YAML
 from pretrain.training import rundir
 
 # Without a fine-tuning preset named like the ablation's preset (``medium`` has none: its
 # models are BERT-Small-sized, which Turc et al. 2019 fine-tune like the ``small`` preset's),
 # the stages use this one.
 FALLBACK_PRESET = "small"
-FINETUNE_YAML = "finetune.yaml"
 
 
 @dataclass

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from omegaconf import OmegaConf
+
 from common.errors import UserError
 
 # The shape keys a run must share with the measured model for its scores to be its.
@@ -113,17 +115,31 @@ def shape_mismatch(run: Path, cfg: Any) -> Optional[str]:
 
 def read_jobs(run: Path) -> Dict[str, JobScore]:
     """Every finished job under ``run/finetune/`` (its scores.json), by task; random-init
-    controls (``<task>-random-init``) are left out."""
+    controls (``<task>-random-init``) are left out. Where one task has several jobs (e.g. an
+    ablation's bf16 ``sst2`` and a float32 ``sst2-fp32`` made with ``--out`` and
+    ``keep_weights=true`` for the int8 row), the one whose weights were kept is used, so the
+    score and its int8 change come from the same job; else the one named after the task, else
+    the first by name."""
     from pretrain.downstream.runner import SCORES_JSON
 
-    out: Dict[str, JobScore] = {}
+    found: Dict[str, List[JobScore]] = {}
     for f in sorted((run / "finetune").glob(f"*/{SCORES_JSON}")):
         s = json.loads(f.read_text())
         if s.get("random_init") or f.parent.name.endswith("-random-init"):
             continue
         task = s.get("task", f.parent.name)
-        out[task] = JobScore(task, s["main_metric"], float(s["score"]), int(s["num_seeds"]), float(s["chosen_lr"]), f.parent)
-    return out
+        found.setdefault(task, []).append(
+            JobScore(task, s["main_metric"], float(s["score"]), int(s["num_seeds"]), float(s["chosen_lr"]), f.parent))
+    return {task: min(jobs, key=lambda j: (not _kept_weights(j), j.job.name != task, j.job.name))
+            for task, jobs in found.items()}
+
+
+def _kept_weights(job: JobScore) -> bool:
+    """The job's finetune.yaml asked for keep_weights (``pretrain.downstream.config``)."""
+    from pretrain.downstream.runner import FINETUNE_YAML
+
+    f = job.job / FINETUNE_YAML
+    return f.is_file() and bool(OmegaConf.load(f).get("keep_weights", False))
 
 
 def int8_rescore(job: JobScore) -> Int8Score | str:

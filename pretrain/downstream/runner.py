@@ -40,6 +40,7 @@ from pretrain.downstream.config import load_finetune_config
 from pretrain.downstream.task_data import count_train_rows, main_metric
 
 SCORES_JSON = "scores.json"
+FINETUNE_YAML = "finetune.yaml"  # the job's composed config, written first: its identity
 SCORES_MD = "scores.md"
 
 
@@ -207,7 +208,7 @@ def finetune(
         check_run(r, int(os.environ.get("WORLD_SIZE", "1")), FinetuningTask)
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "finetune.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(out / FINETUNE_YAML, OmegaConf.to_yaml(cfg, resolve=True))
     per_run: Dict[float, Dict[int, Dict[str, float]]] = {}
     for r in runs:
         run = Path(r.run_dir)
