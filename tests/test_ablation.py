@@ -653,6 +653,13 @@ def test_probe_stages_follow_each_run_and_blimp_of_another_limit_is_refused(tmp_
     p = _ablation(tmp_path, extra=extra.replace("blimp_limit: 5", "blimp_limit: 6"))
     with pytest.raises(UserError, match=r"static/eval/blimp.json: BLiMP scored with limit 5, .*blimp_limit is 6"):
         run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
+    # a probe still to run on a finished run whose checkpoint is gone: refused before anything runs
+    (runs / "toy" / "static" / "eval" / "blimp.json").unlink()
+    shutil.rmtree(runs / "toy" / "static" / rundir.CHECKPOINTS)
+    p = _ablation(tmp_path, extra=extra)
+    with pytest.raises(UserError, match=r"evaluate.probes.blimp of static: .*static finished pretraining but has no checkpoint"):
+        run_ablation(p, "smoke", over, runs_root=runs, results_dir=tmp_path / "results")
+    assert probed == []
 
 
 def test_real_tokens_budget_raises_the_short_row_arms_batch(tmp_path: Path, monkeypatch):

@@ -170,14 +170,18 @@ def plan_evaluation(abl: Any, preset: str, cfgs: Dict[str, Any], runs_root: str 
                 if not random_init:
                     _check_checkpoint(Path(rc.run_dir), stage, where)
                 out.append(stage)
-            out += _probes(key, Path(rc.run_dir), ev.probes, random_init, str(runs_root))
+            for probe in _probes(key, Path(rc.run_dir), ev.probes, random_init, str(runs_root)):
+                if not random_init:
+                    _check_checkpoint(Path(rc.run_dir), probe, f"ablation {abl.name}, evaluate.probes.{probe.probe} of {key}")
+                out.append(probe)
     return out
 
 
-def _check_checkpoint(run: Path, stage: FinetuneStage, where: str) -> None:
+def _check_checkpoint(run: Path, stage: Any, where: str) -> None:
     """A run that finished pretraining but kept only its logs (e.g. restored from
-    ``results/runs`` on a new machine, whose ``runs/`` was lost) cannot be fine-tuned: say so
-    before any arm trains, not after hours of other arms. Raises UserError naming the run."""
+    ``results/runs`` on a new machine, whose ``runs/`` was lost) cannot be fine-tuned or
+    probed: say so before any arm trains, not after hours of other arms. ``stage``: a
+    FinetuneStage or ProbeStage of ``run``. Raises UserError naming the run."""
     summary = rundir.read_summary(run)
     if not (summary and summary.get("status") == "done") or stage_state(stage) == "done":
         return
@@ -185,7 +189,7 @@ def _check_checkpoint(run: Path, stage: FinetuneStage, where: str) -> None:
     if not ((ckpts / "latest").is_file() or any(ckpts.glob("step-*"))):
         raise UserError(f"{where}: {run} finished pretraining but has no checkpoint in {ckpts} (only its logs, "
                         f"e.g. restored from results/runs); move {run} away to retrain it, or leave the task out "
-                        "of evaluate (`--no-evaluate` pretrains only)")
+                        "or probe out of evaluate (`--no-evaluate` pretrains only)")
 
 
 def _probes(key: str, run: Path, probes: Any, random_init: bool, runs_root: str) -> List[ProbeStage]:
