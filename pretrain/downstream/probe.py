@@ -102,8 +102,9 @@ def run_sentence(models: Sequence[str], corpus: Optional[str] = None, validation
         write_json_atomic(d / "sentence.json", rec)
         rows.append(rec)
     print(f"held-out sets: {sets_path} ({len(sets['nsp'])} NSP, {len(sets['sop'])} SOP pairs from {corpus})")
-    print(f"{'model':<40} {'trained':<8} {'MLM':>6} {'NSP':>6} {'SOP':>6}")
+    w = max([len("model")] + [len(r["model"]) for r in rows])  # whole names: a cut one may not say which run
+    print(f"{'model':<{w}} {'trained':<8} {'MLM':>6} {'NSP':>6} {'SOP':>6}")
     for r in rows:
-        print(f"{r['model'][-40:]:<40} {r['sentence_objective']:<8} {100 * r['mlm']['accuracy']:6.1f} "
+        print(f"{r['model']:<{w}} {r['sentence_objective']:<8} {100 * r['mlm']['accuracy']:6.1f} "
               f"{100 * r['nsp']['accuracy']:6.1f} {100 * r['sop']['accuracy']:6.1f}")
     return rows
