@@ -243,9 +243,7 @@ def arm_state(run: Path) -> str:
     summary = rundir.read_summary(run)
     if summary and summary.get("status") == "done":
         return "done"
-    ckpts = run / rundir.CHECKPOINTS
-    # A step-* directory without `latest` counts too: the trainer resumes from the newest intact one.
-    if (ckpts / "latest").is_file() or any(ckpts.glob("step-*")):
+    if rundir.has_checkpoint(run):
         return "partial"
     return "new"
 

@@ -185,11 +185,10 @@ def _check_checkpoint(run: Path, stage: Any, where: str) -> None:
     summary = rundir.read_summary(run)
     if not (summary and summary.get("status") == "done") or stage_state(stage) == "done":
         return
-    ckpts = run / rundir.CHECKPOINTS
-    if not ((ckpts / "latest").is_file() or any(ckpts.glob("step-*"))):
-        raise UserError(f"{where}: {run} finished pretraining but has no checkpoint in {ckpts} (only its logs, "
-                        f"e.g. restored from results/runs); move {run} away to retrain it, or leave the task out "
-                        "or probe out of evaluate (`--no-evaluate` pretrains only)")
+    if not rundir.has_checkpoint(run):
+        raise UserError(f"{where}: {run} finished pretraining but has no checkpoint in "
+                        f"{run / rundir.CHECKPOINTS} (only its logs, e.g. restored from results/runs); move {run} "
+                        "away to retrain it, or drop this stage from evaluate (`--no-evaluate` pretrains only)")
 
 
 def _probes(key: str, run: Path, probes: Any, random_init: bool, runs_root: str) -> List[ProbeStage]:

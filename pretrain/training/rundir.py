@@ -69,6 +69,14 @@ def read_summary(run: Path) -> Optional[Dict[str, Any]]:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
+def has_checkpoint(run: Path) -> bool:
+    """``checkpoints/latest`` or a ``checkpoints/step-*`` directory is there: something the
+    trainer resumes from (the newest intact one, ``pretrain.training.checkpoint``) and
+    fine-tuning and probes load. Existence only; integrity is checked when it is read."""
+    ckpts = run / CHECKPOINTS
+    return (ckpts / "latest").is_file() or any(ckpts.glob("step-*"))
+
+
 def iter_runs(root: Path) -> Iterator[Path]:
     """Every directory below ``root`` holding a config.yaml."""
     for cfg in sorted(Path(root).rglob(CONFIG)):
