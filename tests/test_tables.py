@@ -163,6 +163,17 @@ def test_corrupt_record_is_a_user_error(tmp_path: Path):
         rebuild_tables(tmp_path / "runs", tmp_path / "results")
 
 
+@pytest.mark.parametrize("damage", ['{"status": "done", "steps"', "[1, 2]"])
+def test_damaged_summary_is_a_one_line_error_and_writes_no_table(fabricated: Path, capsys, damage):
+    (fabricated / "runs" / "toy" / "a" / rundir.SUMMARY).write_text(damage)
+    args = ["tables", "--runs", str(fabricated / "runs"), "--results", str(fabricated / "results")]
+    assert pretrain_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {fabricated / 'runs' / 'toy' / 'a' / rundir.SUMMARY} is damaged") and err.count("\n") == 1
+    assert "delete it and rerun" in err
+    assert not (fabricated / "results").exists()
+
+
 # ------------------------------------------------------------------ seeds, verdicts, warnings, summary
 
 

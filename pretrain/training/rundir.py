@@ -64,9 +64,26 @@ def read_metrics(run: Path, kind: Optional[str] = None) -> List[Dict[str, Any]]:
 
 
 def read_summary(run: Path) -> Optional[Dict[str, Any]]:
-    """``run/summary.json`` or None if the run has not finished."""
+    """``run/summary.json`` or None if the run has not finished.
+
+    Raises:
+        UserError: a summary.json that is not a JSON object (damaged: it is written once,
+            atomically, so a reader never meets a half-written one from the trainer).
+    """
+    from common.errors import UserError
+
     f = Path(run) / SUMMARY
-    return json.loads(f.read_text()) if f.is_file() else None
+    if not f.is_file():
+        return None
+    try:
+        summary = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise UserError(f"{f} is damaged ({e}); delete it and rerun the run, which resumes from its last checkpoint "
+                        "and writes it again") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{f} is damaged (a JSON {type(summary).__name__}, not an object); delete it and rerun the run, "
+                        "which resumes from its last checkpoint and writes it again")
+    return summary
 
 
 def has_checkpoint(run: Path) -> bool:
