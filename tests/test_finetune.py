@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,34 @@ def test_bad_finetune_input_is_one_line_before_training(tiny_run, tmp_path, caps
     assert "data.max_length=100 exceeds the model's 64 positions" in capsys.readouterr().err
     assert main(["finetune", str(tmp_path / "nothing"), "--task", "sst2"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+
+
+@pytest.mark.parametrize("damage, msg", [
+    (lambda d: (d / "config.json").write_text('{"model_type": "bert",'), r"config.json is not valid JSON \(.*\); restore"),
+    (lambda d: (d / "config.json").write_text("[1, 2]"), r"config.json has no model_type; .* bert, roberta, albert"),
+    (lambda d: (d / "config.json").write_text('{"model_type": "gpt2"}'), r"config.json has model_type 'gpt2'; "),
+    (lambda d: (d / "model.safetensors").unlink(), r"hf has no weights file \(model.safetensors or pytorch_model.bin"),
+    (lambda d: _truncate(d / "model.safetensors"), r"cannot load the weights in .*hf \(.*\); the file is damaged"),
+])
+def test_damaged_hf_directory_is_one_line(tiny_run, tmp_path, capsys, damage, msg):
+    import shutil
+
+    from pretrain.cli import main
+
+    _, hf, _ = tiny_run
+    d = tmp_path / "hf"
+    shutil.copytree(hf, d)
+    damage(d)
+    assert main(["finetune", str(d), "--task", "sst2", "--preset", "smoke", "--out", str(tmp_path / "job")]) == 2
+    err = capsys.readouterr().err
+    assert re.match(f"error: .*{msg}", err) and err.count("\n") == 1, err
+    assert main(["probe", "blimp", str(d), "--limit", "1", "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert re.match(f"error: .*{msg}", err) and err.count("\n") == 1, err
 
 
 @pytest.mark.usefixtures("one_thread")

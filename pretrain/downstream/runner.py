@@ -47,14 +47,13 @@ SCORES_MD = "scores.md"
 def pretrained_identity(path: str | Path) -> Dict[str, Any]:
     """``{"family", "name", "run_dir"}`` of a pretrained model without loading weights: the
     family picks the default recipe, the name and run directory the default job directory."""
-    from pretrain.downstream.source import is_hf_dir
+    from pretrain.downstream.source import hf_family, is_hf_dir
 
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p} does not exist; pass a run directory, a checkpoint directory or a Hugging Face model directory")
     if is_hf_dir(p):
-        model_type = json.loads((p / "config.json").read_text()).get("model_type")
-        return {"family": model_type, "name": p.resolve().name, "run_dir": None}
+        return {"family": hf_family(p), "name": p.resolve().name, "run_dir": None}
     from pretrain.training.checkpoint import _resolve_checkpoint, read_client_state
 
     ckpt = _resolve_checkpoint(p)

@@ -15,6 +15,7 @@ evaluation table (what pretraining bought at this scale).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -48,14 +49,39 @@ def is_hf_dir(path: Path) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
+def hf_family(directory: str | Path) -> str:
+    """The ``model_type`` of a Hugging Face directory's config.json, read without
+    transformers (it picks the recipe and job directory before anything loads).
+
+    Raises:
+        UserError: config.json that is not a JSON object, has no ``model_type``, or names a
+            family other than those evaluation reads (``FAMILY_TOKENIZER``: bert, roberta,
+            albert).
+    """
+    from pretrain.downstream.encode import FAMILY_TOKENIZER
+
+    f = Path(directory) / "config.json"
+    try:
+        config = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise UserError(f"{f} is not valid JSON ({e}); restore the model directory's config.json "
+                        "(or export the checkpoint again)") from None
+    family = config.get("model_type") if isinstance(config, dict) else None
+    if family not in FAMILY_TOKENIZER:
+        said = f"model_type {family!r}" if family is not None else "no model_type"
+        raise UserError(f"{f} has {said}; fine-tuning and the probes read Hugging Face "
+                        f"{', '.join(FAMILY_TOKENIZER)} models")
+    return family
+
+
 def load_pretrained(path: str | Path, tokenizer: Optional[str | Path] = None, random_init: bool = False, seed: int = 0) -> Pretrained:
     """Load ``path`` (module docstring). ``tokenizer``: a tokenizer.json overriding the one
     found with the model. ``random_init``: build the same shape from BERT's initialisation
     (seeded by ``seed``) instead of loading weights.
 
     Raises:
-        UserError: nothing loadable at ``path`` (no checkpoint, no config.json), weights
-            that do not fit, or no tokenizer found.
+        UserError: nothing loadable at ``path`` (no checkpoint, no config.json), a
+            config.json ``hf_family`` refuses, weights that do not fit, or no tokenizer found.
     """
     p = Path(path)
     if not p.exists():
@@ -64,6 +90,7 @@ def load_pretrained(path: str | Path, tokenizer: Optional[str | Path] = None, ra
         from pretrain.downstream.encode import FAMILY_TOKENIZER, tokenizer_for_hf_dir
         from pretrain.models.hf import from_hf
 
+        hf_family(p)  # a family evaluation reads, before transformers sees the directory
         model_cfg, model = from_hf(p)
         sentence = model.sentence
         info = load_tokenizer(tokenizer, FAMILY_TOKENIZER[model_cfg.family]) if tokenizer else tokenizer_for_hf_dir(p, model_cfg.family)

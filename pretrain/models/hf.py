@@ -52,6 +52,8 @@ IMPORT_CLASSES: Dict[str, Tuple[str, str]] = {
     "AlbertForMaskedLM": ("albert", "none"),
     "DistilBertForMaskedLM": ("distilbert", "none"),
 }
+# What transformers' from_pretrained reads weights from, single-file or sharded (an index).
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 SENTENCE_KEY = "sentence_objective"  # extra config.json field written by export_hf
 _ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "relu": "relu"}
 
@@ -450,8 +452,8 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
         UserError: not a model directory, weights that are not only tensors (a pickled
             ``.bin`` naming code: ``safeload.UnsafeCheckpoint``, nothing of it run), another
             architecture, a layout ours cannot hold
-            (ALBERT with E = H and a non-identity projection, grouped layers, ...), or
-            missing weights.
+            (ALBERT with E = H and a non-identity projection, grouped layers, ...), missing
+            weights, or a weights file that does not load (truncated, half copied).
     """
     tf = _transformers()
     d = Path(directory)
@@ -465,9 +467,21 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
     arch = config.architectures[0]
     from pretrain.training.safeload import tensors_only
 
+    from safetensors import SafetensorError
+
+    if not any((d / f).is_file() for f in WEIGHT_FILES):
+        raise UserError(f"{d} has no weights file ({' or '.join(WEIGHT_FILES)}); copy the model's weights into it "
+                        "(or export the checkpoint again)")
     # Weights-only: a pytorch_model.bin is a pickle and may hold code (safetensors cannot).
-    with tensors_only(what=d):
-        hf_model, info = getattr(tf, arch).from_pretrained(d, output_loading_info=True, weights_only=True)
+    try:
+        with tensors_only(what=d):
+            hf_model, info = getattr(tf, arch).from_pretrained(d, output_loading_info=True, weights_only=True)
+    except UserError:
+        raise
+    except (OSError, RuntimeError, EOFError, ValueError, SafetensorError) as e:
+        # A truncated or half-copied weights file: torch's and safetensors' own words, one line.
+        raise UserError(f"cannot load the weights in {d} ({_first_line(e)}); the file is damaged: copy it again "
+                        "(or export the checkpoint again)") from None
     # The decoder is tied to the word embeddings (DistilBERT's ``vocab_projector``).
     absent = [k for k in info.get("missing_keys", ()) if not k.endswith(("decoder.weight", "decoder.bias", "vocab_projector.weight"))]
     if absent:
