@@ -271,6 +271,40 @@ def test_truncated_checkpoint_export_names_the_intact_one(tmp_path: Path, base_r
     assert cli.main(["export", str(run / "checkpoints" / checkpoint.tag(6)), "--format", "hf", str(tmp_path / "hf")]) == 0
 
 
+def test_export_refuses_a_file_a_foreign_directory_and_the_run_and_never_half_writes(tmp_path: Path, base_run: Path,
+                                                                                       capsys, monkeypatch):
+    def export(out: Path, ckpt: Path = base_run) -> int:
+        return cli.main(["export", str(ckpt), "--format", "hf", str(out)])
+
+    (tmp_path / "afile").write_text("x")
+    assert export(tmp_path / "afile") == 2
+    assert one_line_error(capsys) == f"error: export directory {tmp_path}/afile exists and is a file; pass a new directory"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    assert export(tmp_path / "notes") == 2
+    assert "holds other files and is not an earlier export" in one_line_error(capsys)
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["a.txt"]
+    for out in (base_run / "hf", base_run / "checkpoints" / checkpoint.tag(8) / "hf"):
+        assert export(out) == 2
+        assert one_line_error(capsys) == (f"error: export directory {out} is inside the run directory {base_run}; "
+                                          f"write it elsewhere, e.g. hf/{base_run.name}")
+        assert not out.exists()
+    out = tmp_path / "hf"
+    assert export(out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    import transformers
+
+    def half_then_full(self, d, **kw):
+        (Path(d) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", half_then_full)
+    assert export(out) == 2
+    assert one_line_error(capsys).startswith(f"error: no space left on the device of {tmp_path}")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier export, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "hf", "notes"]  # no .hf.partial left
+
+
 def test_all_checkpoints_damaged_refuses_and_keeps_everything(tmp_path: Path, data: Path, base_run: Path):
     run = copy_run(base_run, tmp_path / "run")
     for d in checkpoint.list_checkpoints(run):

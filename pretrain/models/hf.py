@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from common.configfile import merge_into
+from common.diskspace import disk_full_is_user_error
 from common.errors import UserError
 from pretrain.models.encoder import (
     BertForPretraining,
@@ -286,11 +288,46 @@ def export_hf(
         raise UserError(f"{class_name} does not take these weights (missing {untied[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    if tok is not None:
-        tok.save_pretrained(out)
+    # Written beside OUT first, then moved in: an export that fails (a full disk) leaves no
+    # half-written directory that would load as a model.
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with disk_full_is_user_error(out.parent):
+            tmp.mkdir(parents=True)
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tok is not None:
+                tok.save_pretrained(tmp)
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_export_dir(out: str | Path) -> None:
+    """OUT may be new, an empty directory, or an earlier export (it has config.json, or
+    discriminator/config.json for ELECTRA), which is replaced. Raises UserError for a file, or a directory with other files
+    (they would be deleted or mixed with the export's)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export directory {out} exists and is a file; pass a new directory")
+    earlier = (out / "config.json").is_file() or (out / "discriminator" / "config.json").is_file()  # ELECTRA: two parts
+    if out.is_dir() and any(out.iterdir()) and not earlier:
+        raise UserError(f"export directory {out} holds other files and is not an earlier export (no config.json); "
+                        "pass a new or empty directory")
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move directory ``new`` to ``out``, replacing an empty ``out`` or an earlier export."""
+    check_export_dir(out)
+    if out.is_dir():
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        new.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(out)
 
 
 def export_run(cfg, state_dict: Dict[str, torch.Tensor], out: str | Path, tokenizer_path: Optional[str | Path], drop_sentence_head: bool = False) -> Path:
@@ -308,9 +345,21 @@ def export_run(cfg, state_dict: Dict[str, torch.Tensor], out: str | Path, tokeni
 def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer_path: Optional[str | Path] = None, drop_sentence_head: bool = False) -> Path:
     """Export a training checkpoint (a run directory, its checkpoints/ or one step-*
     directory) with the tokenizer of the run's shards (``find_run_tokenizer``) unless
-    ``tokenizer_path`` is given. Raises UserError as ``export_hf``."""
+    ``tokenizer_path`` is given. Raises UserError as ``export_hf``, and for an ``out`` that
+    ``check_export_dir`` refuses or that lies inside the run directory."""
     from pretrain.training.checkpoint import load_model_state
+    from pretrain.training.rundir import CHECKPOINTS
 
+    check_export_dir(out)
+    p = Path(ckpt)
+    # The directory CKPT belongs to: the run of a run, checkpoints/ or checkpoints/step-* path.
+    run = p if (p / CHECKPOINTS).is_dir() else p.parent if p.name == CHECKPOINTS else (
+        p.parent.parent if p.parent.name == CHECKPOINTS else p)
+    where = Path(out).resolve()
+    if where == run.resolve() or run.resolve() in where.parents:
+        # The run directory is the trainer's: a config.json there would make the run read as
+        # a Hugging Face directory, and pretrain tables / collect walk everything below it.
+        raise UserError(f"export directory {out} is inside the run directory {run}; write it elsewhere, e.g. hf/{run.name}")
     cfg, state = load_model_state(ckpt)
     tok = Path(tokenizer_path) if tokenizer_path else find_run_tokenizer(Path(ckpt), cfg)
     return export_run(cfg, state, out, tok, drop_sentence_head)
