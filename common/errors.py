@@ -69,3 +69,16 @@ def _tell_torchrun(message: str) -> None:
             json.dump(data, f)
     except OSError:
         pass  # the report then says "To enable traceback see ..."; the exit code still tells
+
+
+def not_utf8(path) -> UserError:
+    """The UserError for a text file that does not decode as UTF-8, naming its first bad
+    line and byte (a reader's ``UnicodeDecodeError`` only knows an offset into a buffer)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return UserError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                 "convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8")
+    return UserError(f"{path}: not UTF-8 text; convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8")

@@ -89,6 +89,37 @@ def test_conll_reader_skips_docstart_and_keeps_iob1_tags(conll_dir, tmp_path):
         conll.load_sentences("dev", tmp_path)
 
 
+def test_stsb_score_outside_0_to_5_is_refused_before_training(tmp_path):
+    d = tmp_path / "STS-B"
+    d.mkdir()
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    row = "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane.\tAn air plane.\t{}\n"
+    for score in ("nan", "inf", "7.5", "-1"):
+        (d / "dev.tsv").write_text(head + row.format("5.000") + row.format(score))
+        with pytest.raises(UserError, match=rf"dev.tsv row 2: score '{score}' is outside STS-B's 0 to 5; fix or drop"):
+            glue.load_examples("stsb", "dev", d)
+
+
+def test_text_that_is_not_utf8_names_file_and_line(tmp_path):
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    (d / "dev.tsv").write_bytes(b"sentence\tlabel\ngood\t1\ncaf\xe9 au lait\t1\n")
+    with pytest.raises(UserError, match=r"SST-2/dev.tsv:3: not UTF-8 text \(byte 0xe9 at column 4\); convert .* iconv"):
+        glue.load_examples("sst2", "dev", tmp_path)
+    (tmp_path / "eng.testa").write_bytes(b"EU NNP B-NP I-ORG\n\nCaf\xe9 NNP I-NP I-LOC\n")
+    with pytest.raises(UserError, match=r"eng.testa:3: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        conll.load_sentences("dev", tmp_path)
+
+
+def test_conll_line_with_a_lost_or_extra_column_is_named(tmp_path):
+    """A lost POS column leaves the chunk tag last; an extra column a word: neither is the NER tag."""
+    for line, n in (("EU B-NP O", 3), ("lamb NN I-NP O extra", 5)):
+        (tmp_path / "eng.testa").write_text(f"-DOCSTART- -X- -X- O\n\nGerman JJ I-NP I-MISC\n{line}\n")
+        with pytest.raises(UserError, match=rf"eng.testa:4: {n} space-separated columns, but line 3 has 4 "
+                                            rf"\(CoNLL-2003: WORD POS CHUNK TAG\); got '{line}'"):
+            conll.load_sentences("dev", tmp_path)
+
+
 def test_pair_layouts_and_longest_first_truncation(tokenizers):
     wp, bpe = tokenizers["wordpiece"], tokenizers["bpe"]
     (ids, types), = encode_pairs(wp, ["a charming journey"], ["bleak and desperate"], 64)

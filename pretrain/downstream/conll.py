@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from common.errors import UserError
+from common.errors import UserError, not_utf8
 from pretrain.downstream.glue import HF_PREFIX, default_root
 
 # Classifier order: the Hugging Face conll2003 dataset's ``ner_tags`` names, so hub tag ids
@@ -51,8 +51,9 @@ def split_file(split: str, source: Optional[str | Path] = None) -> Path:
 
 
 def read_conll(path: Path) -> List[NerSentence]:
-    """Sentences of a CoNLL-2003 file. UserError for a line without a tag column or a tag
-    outside ``LABELS``, naming file and line."""
+    """Sentences of a CoNLL-2003 file. UserError naming file and line for a line without a
+    tag column, with another number of columns than the file's first token line, or with a
+    tag outside ``LABELS``; or for a file that is not UTF-8."""
     out: List[NerSentence] = []
     words: List[str] = []
     tags: List[str] = []
@@ -63,21 +64,32 @@ def read_conll(path: Path) -> List[NerSentence]:
             words.clear()
             tags.clear()
 
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                close()
-                continue
-            if fields[0] == DOCSTART:
-                close()
-                continue
-            if len(fields) < 2:
-                raise UserError(f"{path}:{n}: expected 'WORD ... TAG', got {line.strip()!r}")
-            if fields[-1] not in LABELS:
-                raise UserError(f"{path}:{n}: tag {fields[-1]!r} is not one of {', '.join(LABELS)}")
-            words.append(fields[0])
-            tags.append(fields[-1])
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    width = first = None  # every token line has as many columns as the first one
+    for n, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            close()
+            continue
+        if fields[0] == DOCSTART:
+            close()
+            continue
+        if len(fields) < 2:
+            raise UserError(f"{path}:{n}: expected 'WORD ... TAG', got {line.strip()!r}")
+        if width is None:
+            width, first = len(fields), n
+        elif len(fields) != width:
+            # a lost or extra column: its last field is not the tag, whatever it looks like
+            raise UserError(f"{path}:{n}: {len(fields)} space-separated columns, but line {first} has {width} "
+                            f"(CoNLL-2003: WORD POS CHUNK TAG); got {line.strip()!r}")
+        if fields[-1] not in LABELS:
+            raise UserError(f"{path}:{n}: tag {fields[-1]!r} is not one of {', '.join(LABELS)}")
+        words.append(fields[0])
+        tags.append(fields[-1])
     close()
     if not out:
         raise UserError(f"{path}: no sentences")

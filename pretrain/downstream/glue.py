@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from common.errors import UserError
+from common.errors import UserError, not_utf8
 
 HF_PREFIX = "hf:"
+STSB_MAX = 5.0  # STS-B scores similarity from 0 (unrelated) to 5 (equivalent), Cer et al. 2017
 DATA_ENV = "BERT_RECIPES_DATA"
 
 
@@ -162,7 +163,15 @@ def split_files(task: GlueTask, split: str, root: str | Path) -> List[Path]:
 
 def read_tsv(path: Path, columns: Optional[Sequence[str]] = None) -> List[Dict[str, str]]:
     """Rows of a GLUE TSV file as dicts keyed by the header (or by ``columns`` for a
-    header-less file). UserError for a row with another number of fields, naming the line."""
+    header-less file). UserError for a row with another number of fields, naming the line,
+    or for a file that is not UTF-8."""
+    try:
+        return _read_tsv(path, columns)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _read_tsv(path: Path, columns: Optional[Sequence[str]]) -> List[Dict[str, str]]:
     csv.field_size_limit(sys.maxsize)
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -189,6 +198,8 @@ def _example(task: GlueTask, row: Dict[str, str], where: str) -> PairExample:
             label: Union[int, float] = float(raw)
         except ValueError:
             raise UserError(f"{where}: score {raw!r} is not a number") from None
+        if not 0.0 <= label <= STSB_MAX:  # also refuses nan and inf, which would end training as a "non-finite loss"
+            raise UserError(f"{where}: score {raw!r} is outside STS-B's 0 to {STSB_MAX:g}; fix or drop the row")
     else:
         if raw not in task.labels:
             raise UserError(f"{where}: label {raw!r} is not one of {', '.join(task.labels)}")
@@ -208,8 +219,9 @@ def load_examples(task: GlueTask | str, split: str, source: Optional[str | Path]
     Returns:
         ``PairExample`` list in file order.
     Raises:
-        UserError: unknown task or split, missing files, malformed rows, unknown labels,
-            or a hub dataset that cannot be loaded.
+        UserError: unknown task or split, missing files, malformed rows, unknown labels, an
+            STS-B score outside [0, 5], a file that is not UTF-8, or a hub dataset that
+            cannot be loaded.
     """
     t = get_task(task) if isinstance(task, str) else task
     src = str(source) if source is not None else str(default_root() / "glue")
