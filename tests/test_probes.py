@@ -39,6 +39,24 @@ def test_blimp_pairs_limit_per_phenomenon(data_dir):
         blimp.load_pairs(data_dir / "blimp", phenomena=["nope"])
 
 
+@pytest.mark.parametrize("content, msg", [
+    ("", r"adjunct_island.jsonl: no minimal pairs; restore the file .* or leave the phenomenon out with --phenomena"),
+    ('{"sentence_good": 5, "sentence_bad": "b", "field": "syntax"}\n',
+     r"adjunct_island.jsonl:1: not a BLiMP record \(strings sentence_good, sentence_bad, field\)"),
+    ('{"sentence_good": "a", "sentence_bad": "b", "field": 1}\n', r"adjunct_island.jsonl:1: not a BLiMP record"),
+    (b'{"sentence_good": "caf\xe9", "sentence_bad": "b", "field": "syntax"}\n',
+     r"adjunct_island.jsonl:1: not UTF-8 text \(byte 0xe9 at column 23\)"),
+])
+def test_damaged_blimp_file_is_one_line(data_dir, tmp_path, content, msg):
+    import shutil
+
+    shutil.copy(data_dir / "blimp" / "data" / "anaphor_gender_agreement.jsonl", tmp_path)
+    f = tmp_path / "adjunct_island.jsonl"
+    f.write_bytes(content) if isinstance(content, bytes) else f.write_text(content)
+    with pytest.raises(UserError, match=msg):
+        blimp.load_pairs(tmp_path, limit=3)
+
+
 def test_pll_is_the_sum_of_masked_token_log_probabilities(tiny, monkeypatch):
     model, info = tiny
     sentences = ["Many girls insulted themselves.", "Who should Derek hug after shocking Richard?"]

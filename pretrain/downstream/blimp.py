@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common.errors import UserError
+from common.errors import UserError, not_utf8
 from data_prep.tokenizer import TokenizerInfo
 from pretrain.models.encoder import BertForPretraining
 
 SENTENCES_PER_CHUNK = 4096
+RECORD_KEYS = ("sentence_good", "sentence_bad", "field")  # what a pair needs of a BLiMP jsonl record
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def phenomenon_files(root: str | Path) -> List[Path]:
 def load_pairs(root: str | Path, limit: Optional[int] = None, phenomena: Optional[Sequence[str]] = None) -> List[MinimalPair]:
     """Minimal pairs of every phenomenon (or only ``phenomena``, by file stem), the first
     ``limit`` of each (file order = pairID order). UserError for a line that is not a BLiMP
-    record or an unknown phenomenon name."""
+    record, a file with no pairs or not UTF-8, or an unknown phenomenon name."""
     files = phenomenon_files(root)
     if phenomena:
         known = {f.stem: f for f in files}
@@ -69,18 +70,29 @@ def load_pairs(root: str | Path, limit: Optional[int] = None, phenomena: Optiona
         files = [known[p] for p in phenomena]
     out: List[MinimalPair] = []
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if limit is not None and n > limit:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                    field = r["field"].replace("/", "_").replace("-", "_")
-                    out.append(MinimalPair(f.stem, field, r["sentence_good"], r["sentence_bad"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserError(f"{f}:{n}: not a BLiMP record (sentence_good, sentence_bad, field)") from None
+        try:
+            with open(f, encoding="utf-8") as fh:
+                lines = fh.readlines() if limit is None else [line for _, line in zip(range(limit), fh)]
+        except UnicodeDecodeError:
+            raise not_utf8(f) from None
+        before = len(out)
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                texts = [r[k] for k in RECORD_KEYS]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                texts = None
+            if texts is None or not all(isinstance(t, str) for t in texts):
+                raise UserError(f"{f}:{n}: not a BLiMP record (strings {', '.join(RECORD_KEYS)}); restore the file "
+                                "from BLiMP's download")
+            good, bad, field = texts
+            out.append(MinimalPair(f.stem, field.replace("/", "_").replace("-", "_"), good, bad))
+        if len(out) == before:
+            # an empty phenomenon would drop out of the table and the overall score unnoticed
+            raise UserError(f"{f}: no minimal pairs; restore the file from BLiMP's download, or leave the phenomenon "
+                            "out with --phenomena")
     return out
 
 
