@@ -104,6 +104,32 @@ def test_held_out_sentence_sets_come_from_validation_documents(tmp_path):
     assert again == sets  # read back from the cache, identical
 
 
+def test_damaged_sentence_set_cache_is_built_again(tmp_path, capsys):
+    sets = sentence_probe.load_or_build(tmp_path, "pydoc", 0.1, max_words=48, max_pairs=30)
+    for f, cut in (("meta.json", 10), ("sop.jsonl", 50)):
+        text = (tmp_path / f).read_text()
+        (tmp_path / f).write_text(text[:cut])
+        assert sentence_probe.load_or_build(tmp_path, "pydoc", 0.1, max_words=48, max_pairs=30) == sets
+        assert f"held-out sets in {tmp_path} are damaged (JSONDecodeError" in capsys.readouterr().out
+        assert (tmp_path / f).read_text() == text  # written whole again
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--pairs", "0"], "--pairs 0 must be >= 1"),
+    (["--max-length", "2"], r"--max-length 2 must be >= 8: a pair is \[CLS\] A \[SEP\] B \[SEP\]"),
+    (["--corpus", "pydoc", "--validation-fraction", "1.5"], r"--validation-fraction 1.5 must be in \(0, 1\)"),
+])
+def test_sentence_probe_options_out_of_range_are_one_line(tmp_path, capsys, args, msg):
+    import re
+
+    from pretrain.cli import main
+
+    assert main(["probe", "sentence", str(tmp_path / "model"), "--runs", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert re.match(f"error: {msg}", err) and err.count("\n") == 1, err
+    assert not (tmp_path / "probe").exists()
+
+
 def test_sentence_probe_scores_every_task_with_any_head(tiny, tmp_path):
     model, info = tiny
     sets = sentence_probe.load_or_build(tmp_path, "pydoc", 0.1, max_words=40, max_pairs=40)

@@ -34,6 +34,9 @@ def eval_directory(model: str, runs_root: str | Path, random_init: bool = False)
     return Path(runs_root) / "probe" / f"{ident['name']}{suffix}"
 
 
+MIN_PAIR_LENGTH = 8  # tokens of a probe pair: room for both segments beside the three special tokens
+
+
 def _positions(pre) -> int:
     return pre.model_cfg.max_position_embeddings - pre.model_cfg.position_offset
 
@@ -69,7 +72,8 @@ def run_sentence(models: Sequence[str], corpus: Optional[str] = None, validation
 
     ``corpus`` / ``validation_fraction`` default to the first of our checkpoints' data
     config (the corpus the arms were pretrained on); for Hugging Face models alone they are
-    required. Raises UserError when no corpus is known.
+    required. Raises UserError when no corpus is known, or for ``pairs`` < 1,
+    ``max_length`` < ``MIN_PAIR_LENGTH`` or a ``validation_fraction`` outside (0, 1).
     """
     from pretrain.downstream import sentence_probe
     from pretrain.downstream.runner import pretrained_identity
@@ -77,6 +81,13 @@ def run_sentence(models: Sequence[str], corpus: Optional[str] = None, validation
 
     if not models:
         raise UserError("pass at least one model")
+    if pairs < 1:
+        raise UserError(f"--pairs {pairs} must be >= 1")
+    if max_length < MIN_PAIR_LENGTH:
+        raise UserError(f"--max-length {max_length} must be >= {MIN_PAIR_LENGTH}: a pair is [CLS] A [SEP] B [SEP]")
+    if validation_fraction is not None and not 0.0 < validation_fraction < 1.0:
+        raise UserError(f"--validation-fraction {validation_fraction} must be in (0, 1), as the pretraining data's "
+                        "data.validation_fraction")
     if corpus is None or validation_fraction is None:
         from pretrain.training.checkpoint import _resolve_checkpoint, read_client_state
 

@@ -111,16 +111,22 @@ def build_pairs(
 
 def load_or_build(out_dir: Path, corpus: str, validation_fraction: float, **kw) -> Dict[str, List[TextPair]]:
     """Both sets, read from ``out_dir/{nsp,sop}.jsonl`` when they were built with the same
-    arguments (``meta.json``), else built and written there (atomically)."""
+    arguments (``meta.json``), else (or when those files do not parse) built and written
+    there (atomically)."""
     out_dir = Path(out_dir)
     meta = {"version": SET_VERSION, "corpus": str(corpus), "validation_fraction": validation_fraction, **kw}
     meta_file = out_dir / "meta.json"
     sets: Dict[str, List[TextPair]] = {}
-    if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
-        for task in PROBE_TASKS:
-            lines = (out_dir / f"{task}.jsonl").read_text().splitlines()
-            sets[task] = [TextPair(**json.loads(x)) for x in lines]
-        return sets
+    try:
+        if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
+            for task in PROBE_TASKS:
+                lines = (out_dir / f"{task}.jsonl").read_text().splitlines()
+                sets[task] = [TextPair(**json.loads(x)) for x in lines]
+            return sets
+    except (OSError, ValueError, TypeError) as e:
+        # A cache: damaged (cut short, edited), it is built again from the corpus, identically.
+        print(f"held-out sets in {out_dir} are damaged ({type(e).__name__}: {e}); building them again")
+        sets = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     for task in PROBE_TASKS:
         sets[task] = build_pairs(corpus, task, validation_fraction, **kw)
