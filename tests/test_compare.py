@@ -132,6 +132,23 @@ def test_scores_come_from_finished_jobs_of_a_run_of_the_same_shape(tmp_path):
     assert "has model.hidden_size=256, this shape 128" in _section(md, "Downstream scores")
 
 
+@pytest.mark.parametrize("damage, why", [('{"task": "sst2", "score"', "JSONDecodeError"),
+                                         ('{"task": "sst2"}', "no main_metric, score, num_seeds, chosen_lr")])
+def test_damaged_scores_json_is_one_line_naming_it(tmp_path, capsys, damage, why):
+    from pretrain.cli import main
+
+    cfg = shapes.compose("bert", "smoke", REPO / "configs").cfg
+    run = _fake_run(tmp_path / "runs", cfg, {"sst2": 0.8125})
+    (run / "finetune" / "sst2" / "scores.json").write_text(damage)
+    assert main(["compare", "--models", "bert", "--presets", "smoke", "--repeats", "1", "--warmup", "0",
+                 "--run", f"bert={run}", "--out", str(tmp_path / "cmp"), "--no-int8"]) == 2
+    err = capsys.readouterr().err
+    err = err[err.index("error: "):]  # after the measuring progress bar
+    assert err.startswith(f"error: {run}/finetune/sst2/scores.json: not a scores.json of `pretrain finetune` ({why}")
+    assert err.endswith("; rerun the job\n") and err.count("\n") == 1
+    assert not list(tmp_path.glob("cmp*"))
+
+
 def test_write_is_atomic_and_keeps_the_old_pair_when_rendering_fails(tmp_path, monkeypatch):
     md, cs = tmp_path / "t.md", tmp_path / "t.csv"
     md.write_text("old md")

@@ -134,13 +134,13 @@ def probe_value(run: Path, col: Column, random_init: bool = False) -> List[float
 def job_scores(job: Path, metric: str) -> List[float]:
     """Every per-seed score (percent) of ``metric`` at the job's chosen lr; [] while the job
     has no scores.json. UserError for a scores.json that does not parse."""
-    from pretrain.downstream.runner import SCORES_JSON, lr_tag
+    from pretrain.downstream.runner import SCORES_JSON, lr_tag, read_scores
 
     f = job / SCORES_JSON
     if not f.is_file():
         return []
+    s = read_scores(f)
     try:
-        s = json.loads(f.read_text())
         per_seed = s["per_lr"][lr_tag(float(s["chosen_lr"]))]["scores"]
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{f}: not a scores.json of `pretrain finetune` ({type(e).__name__}: {e}); rerun the job") from None

@@ -119,12 +119,12 @@ def read_jobs(run: Path) -> Dict[str, JobScore]:
     ablation's bf16 ``sst2`` and a float32 ``sst2-fp32`` made with ``--out`` and
     ``keep_weights=true`` for the int8 row), the one whose weights were kept is used, so the
     score and its int8 change come from the same job; else the one named after the task, else
-    the first by name."""
-    from pretrain.downstream.runner import SCORES_JSON
+    the first by name. UserError for a damaged scores.json (``read_scores``)."""
+    from pretrain.downstream.runner import SCORES_JSON, read_scores
 
     found: Dict[str, List[JobScore]] = {}
     for f in sorted((run / "finetune").glob(f"*/{SCORES_JSON}")):
-        s = json.loads(f.read_text())
+        s = read_scores(f)
         if s.get("random_init") or f.parent.name.endswith("-random-init"):
             continue
         task = s.get("task", f.parent.name)

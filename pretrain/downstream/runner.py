@@ -42,6 +42,26 @@ from pretrain.downstream.task_data import count_train_rows, main_metric
 SCORES_JSON = "scores.json"
 FINETUNE_YAML = "finetune.yaml"  # the job's composed config, written first: its identity
 SCORES_MD = "scores.md"
+# What readers of a scores.json rely on (``read_scores``).
+SCORES_KEYS = ("main_metric", "score", "num_seeds", "chosen_lr")
+
+
+def read_scores(f: str | Path) -> Dict[str, Any]:
+    """A job's scores.json as ``finetune`` writes it (``summarize`` plus task, pretrained ...).
+
+    Raises:
+        UserError: a file that does not parse, is not an object, or lacks a key the readers
+            (``pretrain tables``, ``pretrain compare``) use, naming the file and the fix.
+    """
+    f = Path(f)
+    try:
+        s = json.loads(f.read_text(encoding="utf-8"))
+        missing = [k for k in SCORES_KEYS if k not in s]
+    except (ValueError, TypeError) as e:  # JSONDecodeError, UnicodeDecodeError; TypeError: not an object
+        raise UserError(f"{f}: not a scores.json of `pretrain finetune` ({type(e).__name__}: {e}); rerun the job") from None
+    if missing or not isinstance(s, dict):
+        raise UserError(f"{f}: not a scores.json of `pretrain finetune` (no {', '.join(missing)}); rerun the job")
+    return s
 
 
 def pretrained_identity(path: str | Path) -> Dict[str, Any]:
