@@ -222,6 +222,21 @@ def test_damaged_hf_directory_is_one_line(tiny_run, tmp_path, capsys, damage, ms
     assert re.match(f"error: .*{msg}", err) and err.count("\n") == 1, err
 
 
+def test_damaged_summary_of_a_seed_run_is_one_line_on_rerun(tiny_run, tmp_path, capsys):
+    from pretrain.cli import main
+
+    run, _, _ = tiny_run
+    seed_run = tmp_path / "job" / "lr-0.0003" / "seed-1"
+    seed_run.mkdir(parents=True)
+    (seed_run / "summary.json").write_text('{"status": "done", "final_eval": {"dev_acc')  # cut short
+    args = ["finetune", str(run), "--task", "sst2", "--preset", "smoke", "--seeds", "1", "lrs=[3e-4]", "--out", str(tmp_path / "job")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {seed_run / 'summary.json'} is damaged (") and err.count("\n") == 1, err
+    assert err.endswith("delete it and rerun: the run resumes (or starts again) and writes it anew\n")
+    assert not (tmp_path / "job" / "scores.json").exists()
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_random_init_control_has_its_own_job_directory(tiny_run):
     from pretrain.downstream.runner import finetune

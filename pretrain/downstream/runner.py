@@ -202,7 +202,7 @@ def finetune(
     """
     from pretrain.tasks.finetuning import FinetuningTask
     from pretrain.training.loop import train
-    from pretrain.training.rundir import SUMMARY
+    from pretrain.training.rundir import read_summary
 
     ident = pretrained_identity(pretrained)
     base = {"pretrained": str(pretrained), "task": task, "random_init": bool(random_init)}
@@ -231,9 +231,9 @@ def finetune(
     per_run: Dict[float, Dict[int, Dict[str, float]]] = {}
     for r in runs:
         run = Path(r.run_dir)
-        summary_file = run / SUMMARY
-        done = summary_file.is_file() and json.loads(summary_file.read_text()).get("status") == "done"
-        summary = json.loads(summary_file.read_text()) if done else train(r, resume=True, task=FinetuningTask)
+        before = read_summary(run)  # UserError for a damaged one
+        done = before is not None and before.get("status") == "done"
+        summary = before if done else train(r, resume=True, task=FinetuningTask)
         if not cfg.keep_weights and main_rank:
             shutil.rmtree(run / "checkpoints", ignore_errors=True)  # train() returned after its last barrier
         scores = summary["final_eval"]

@@ -78,11 +78,11 @@ def read_summary(run: Path) -> Optional[Dict[str, Any]]:
     try:
         summary = json.loads(f.read_text(encoding="utf-8"))
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise UserError(f"{f} is damaged ({e}); delete it and rerun the run, which resumes from its last checkpoint "
-                        "and writes it again") from None
+        raise UserError(f"{f} is damaged ({e}); delete it and rerun: the run resumes (or starts "
+                        "again) and writes it anew") from None
     if not isinstance(summary, dict):
-        raise UserError(f"{f} is damaged (a JSON {type(summary).__name__}, not an object); delete it and rerun the run, "
-                        "which resumes from its last checkpoint and writes it again")
+        raise UserError(f"{f} is damaged (a JSON {type(summary).__name__}, not an object); delete it and rerun: the run "
+                        "resumes (or starts again) and writes it anew")
     return summary
 
 
