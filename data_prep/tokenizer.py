@@ -385,7 +385,8 @@ def load_tokenizer(path: str | Path, kind: str) -> TokenizerInfo:
         try:
             tok = Tokenizer.from_file(str(p))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise UserError(f"cannot load tokenizer {p}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot load tokenizer {p} ({str(e).splitlines()[0]}); pass a tokenizer.json of the "
+                            "tokenizers library, such as the one data-prep writes beside the shards") from None
     ids = {}
     for role, token in roles.items():
         i = tok.token_to_id(token)

@@ -222,6 +222,22 @@ def test_damaged_hf_directory_is_one_line(tiny_run, tmp_path, capsys, damage, ms
     assert re.match(f"error: .*{msg}", err) and err.count("\n") == 1, err
 
 
+def test_tokenizer_flag_names_itself_and_what_a_tokenizer_file_is(tiny_run, tmp_path, capsys):
+    from pretrain.cli import main
+
+    run, _, _ = tiny_run
+    job = ["--task", "sst2", "--preset", "smoke", "--out", str(tmp_path / "job")]
+    assert main(["finetune", str(run), *job, "--tokenizer", str(tmp_path / "nope.json")]) == 2
+    assert capsys.readouterr().err == (f"error: --tokenizer {tmp_path / 'nope.json'}: no such file; pass the "
+                                       "tokenizer.json the model was trained with\n")
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')  # a file, but not a tokenizer
+    assert main(["probe", "blimp", str(run), "--limit", "1", "--tokenizer", str(tmp_path / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot load tokenizer {tmp_path / 'config.json'} (") and err.count("\n") == 1
+    assert err.endswith("); pass a tokenizer.json of the tokenizers library, such as the one data-prep writes beside "
+                        "the shards\n")
+
+
 def test_damaged_summary_of_a_seed_run_is_one_line_on_rerun(tiny_run, tmp_path, capsys):
     from pretrain.cli import main
 

@@ -86,6 +86,9 @@ def load_pretrained(path: str | Path, tokenizer: Optional[str | Path] = None, ra
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p} does not exist; pass a run directory, a checkpoint directory or a Hugging Face model directory")
+    if tokenizer and not str(tokenizer).startswith("hf:") and not Path(tokenizer).is_file():
+        # named by its flag: load_tokenizer's own message speaks of a run config's tokenizer.path
+        raise UserError(f"--tokenizer {tokenizer}: no such file; pass the tokenizer.json the model was trained with")
     if is_hf_dir(p):
         from pretrain.downstream.encode import FAMILY_TOKENIZER, tokenizer_for_hf_dir
         from pretrain.models.hf import from_hf
