@@ -174,6 +174,19 @@ def test_damaged_summary_is_a_one_line_error_and_writes_no_table(fabricated: Pat
     assert not (fabricated / "results").exists()
 
 
+@pytest.mark.parametrize("line, n", [("garbage{", 2), ("[1, 2]", 2), ("5", 5)])
+def test_damaged_metrics_line_is_named_unless_it_is_a_cut_last_line(fabricated: Path, capsys, line, n):
+    f = fabricated / "runs" / "toy" / "a" / rundir.METRICS
+    lines = f.read_text().splitlines()
+    lines.insert(n - 1, line)
+    f.write_text("\n".join(lines) + "\n")
+    args = ["tables", "--runs", str(fabricated / "runs"), "--results", str(fabricated / "results")]
+    assert pretrain_main(args) == 2
+    assert capsys.readouterr().err == (f"error: {f}:{n}: not a JSON object ({line!r}); the trainer writes one per line: "
+                                       "restore the file, or delete that line\n")
+    assert not [p for p in (fabricated / "results").rglob("*") if p.is_file()]  # no table without its plot
+
+
 # ------------------------------------------------------------------ seeds, verdicts, warnings, summary
 
 

@@ -209,10 +209,14 @@ def write_ablation_table(abl_dir: str | Path, results_dir: str | Path, runs_root
     out.mkdir(parents=True, exist_ok=True)
     settings = downstream.job_settings(abl_dir, rec)
     warnings = warnings + downstream.settings_warning(settings)
-    write_text_atomic(md, render_markdown(rec, results, str(runs_root), str(results_dir), verdicts, warnings, settings))
-    write_text_atomic(csv_path, render_csv(rec, results))
+    text = render_markdown(rec, results, str(runs_root), str(results_dir), verdicts, warnings, settings)
+    rows = render_csv(rec, results)
     runs = {rel: abl_dir / rel for _arm, _seed, rel in seed_runs(rec.ablation)}
+    # The plot reads every run's metrics.jsonl: a damaged one stops it before the table and
+    # CSV are written, so the three files never disagree.
     png = plot_loss_curves(runs, png_path, rec.ablation.title)
+    write_text_atomic(md, text)
+    write_text_atomic(csv_path, rows)
     return [md, csv_path, png]
 
 

@@ -48,16 +48,29 @@ LOCK = ".lock"
 
 def read_metrics(run: Path, kind: Optional[str] = None) -> List[Dict[str, Any]]:
     """Lines of ``run/metrics.jsonl`` (only ``kind`` if given). A truncated last line — a
-    run killed mid-write — is skipped."""
+    run killed mid-write — is skipped.
+
+    Raises:
+        UserError: any other line that is not a JSON object, naming it (the trainer cuts a
+            half-written line when it resumes, so one inside the file is damage).
+    """
+    from common.errors import UserError
+
     f = Path(run) / METRICS
     if not f.is_file():
         return []
     out = []
-    for line in f.read_text().splitlines():
+    lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+    for n, line in enumerate(lines, start=1):
         try:
             rec = json.loads(line)
         except ValueError:
-            continue
+            if n == len(lines) or not line.strip():
+                continue
+            rec = None
+        if not isinstance(rec, dict):
+            raise UserError(f"{f}:{n}: not a JSON object ({line[:40]!r}); the trainer writes one per line: restore the "
+                            "file, or delete that line")
         if kind is None or rec.get("kind") == kind:
             out.append(rec)
     return out
