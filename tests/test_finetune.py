@@ -238,6 +238,19 @@ def test_tokenizer_flag_names_itself_and_what_a_tokenizer_file_is(tiny_run, tmp_
                         "the shards\n")
 
 
+def test_out_that_is_a_file_is_one_line_before_any_work(tiny_run, tmp_path, capsys):
+    from pretrain.cli import main
+
+    run, _, _ = tiny_run
+    f = tmp_path / "taken"
+    f.write_text("mine")
+    assert main(["finetune", str(run), "--task", "sst2", "--preset", "smoke", "--out", str(f)]) == 2
+    assert capsys.readouterr().err == f"error: job directory {f} is a file; pass --out a directory (new, or a job's to resume it)\n"
+    assert main(["probe", "blimp", str(run), "--limit", "1", "--out", str(f)]) == 2
+    assert capsys.readouterr().err == f"error: output directory {f} is a file; pass --out a directory for blimp.json\n"
+    assert f.read_text() == "mine"
+
+
 def test_damaged_summary_of_a_seed_run_is_one_line_on_rerun(tiny_run, tmp_path, capsys):
     from pretrain.cli import main
 

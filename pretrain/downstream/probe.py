@@ -50,11 +50,13 @@ def run_blimp(model: str, limit: Optional[int] = None, phenomena: Optional[Seque
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit} must be >= 1")
+    d = Path(out) if out else eval_directory(model, runs_root, random_init)
+    if d.exists() and not d.is_dir():
+        raise UserError(f"output directory {d} is a file; pass --out a directory for blimp.json")
     pairs = load_pairs(blimp_dir or default_root() / "blimp", limit, phenomena)
     pre = load_pretrained(model, tokenizer, random_init)
     table = score_blimp(pre.model, pre.tokenizer, pairs, _positions(pre), batch_rows, progress=True)
     table.update(model=pre.where, random_init=random_init, limit=limit)
-    d = Path(out) if out else eval_directory(model, runs_root, random_init)
     d.mkdir(parents=True, exist_ok=True)
     write_json_atomic(d / "blimp.json", table)
     for field, acc in table["fields"].items():

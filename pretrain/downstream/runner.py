@@ -214,6 +214,8 @@ def finetune(
             raise UserError(f"--seeds {seeds} must be >= 1")
         cfg.seeds = list(range(1, seeds + 1))
     out = Path(out) if out else job_directory(ident, task, random_init, runs_root)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"job directory {out} is a file; pass --out a directory (new, or a job's to resume it)")
     n_train = count_train_rows(task, cfg.data.source, cfg.data.max_train_rows)
     runs = run_configs(cfg, out, n_train)
     from pretrain.training.checks import (
