@@ -149,6 +149,14 @@ def test_damaged_scores_json_is_one_line_naming_it(tmp_path, capsys, damage, why
     assert not list(tmp_path.glob("cmp*"))
 
 
+def test_damaged_finetune_yaml_of_a_job_is_one_line(tmp_path):
+    cfg = shapes.compose("bert", "smoke", REPO / "configs").cfg
+    run = _fake_run(tmp_path / "runs", cfg, {"sst2": 0.8125})
+    (run / "finetune" / "sst2" / "finetune.yaml").write_text("keep_weights: [\n")
+    with pytest.raises(UserError, match=rf"^{run}/finetune/sst2/finetune.yaml:2:1: YAML syntax error"):
+        scores.read_jobs(run)
+
+
 def test_write_is_atomic_and_keeps_the_old_pair_when_rendering_fails(tmp_path, monkeypatch):
     md, cs = tmp_path / "t.md", tmp_path / "t.csv"
     md.write_text("old md")

@@ -187,6 +187,14 @@ def test_damaged_metrics_line_is_named_unless_it_is_a_cut_last_line(fabricated: 
     assert not [p for p in (fabricated / "results").rglob("*") if p.is_file()]  # no table without its plot
 
 
+def test_damaged_config_of_an_unfinished_run_is_one_line(fabricated: Path, capsys):
+    f = fabricated / "runs" / "toy" / "b" / rundir.CONFIG  # b has no summary: its max_steps come from here
+    f.write_text("train: {max_steps: [\n")
+    assert pretrain_main(["tables", "--runs", str(fabricated / "runs"), "--results", str(fabricated / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {f}:") and "YAML syntax error" in err and err.count("\n") == 1, err
+
+
 # ------------------------------------------------------------------ seeds, verdicts, warnings, summary
 
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
+from common.configfile import read_yaml
 from pretrain.ablations import downstream
 from pretrain.ablations.downstream import CONTROL_ROW, Cell, Column
 from pretrain.ablations.plots import last_per_step
@@ -154,7 +155,7 @@ def _max_steps(run: Path) -> Optional[int]:
     f = run / rundir.CONFIG
     if not f.is_file():
         return None
-    v = OmegaConf.select(OmegaConf.load(f), "train.max_steps")
+    v = OmegaConf.select(read_yaml(f), "train.max_steps")
     return int(v) if v is not None else None
 
 

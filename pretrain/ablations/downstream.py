@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from common.configfile import read_yaml
 from common.errors import UserError
 
 CONTROL_ROW = "random init (control)"
@@ -306,7 +307,7 @@ def job_settings(abl_dir: Path, rec) -> Dict[str, List[str]]:
         f = job_directory({"run_dir": Path(abl_dir) / rel}, task, random_init, "runs") / "finetune.yaml"
         if not f.is_file():
             continue
-        cfg = OmegaConf.load(f)
+        cfg = read_yaml(f)
         words = []
         for key, name in SETTINGS:
             v = OmegaConf.select(cfg, key)

@@ -348,7 +348,7 @@ def _scaled_keys(run: Path) -> List[str]:
     f = run / rundir.CONFIG
     if not f.is_file():
         return []
-    cfg = OmegaConf.load(f)
+    cfg = read_yaml(f)
     return [f"{k}={_scalar(OmegaConf.select(cfg, k))}" for k in _SCALED]
 
 

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
+from common.configfile import read_yaml
 from common.errors import UserError
 from pretrain.downstream.runner import FINETUNE_YAML
 from pretrain.training import rundir
@@ -244,7 +245,7 @@ def check_job(stage: FinetuneStage) -> None:
             raise UserError(f"{stage.job / SCORES_JSON} has no {FINETUNE_YAML} beside it, so how it was made is unknown; "
                             f"move {stage.job} away and rerun")
         return
-    have = _flat(OmegaConf.to_container(OmegaConf.load(f), resolve=True))
+    have = _flat(OmegaConf.to_container(read_yaml(f), resolve=True))
     want = _flat(OmegaConf.to_container(stage.cfg, resolve=True))
     diff = []
     for k, v in sorted(have.items()):

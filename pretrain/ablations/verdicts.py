@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from common.configfile import read_yaml
 from pretrain.ablations.arm_results import METRIC_FIELDS
 from pretrain.ablations.downstream import Cell
 from pretrain.ablations.spec import LOWER_IS_BETTER, ClaimConfig, seed_runs
@@ -155,7 +156,7 @@ def mask_reuse_warnings(abl_dir: Path, abl: Any) -> List[str]:
     for arm, _seed, rel in seed_runs(abl):
         cfg_file = abl_dir / rel / rundir.CONFIG
         if cfg_file.is_file():
-            runs.append((arm, rel, OmegaConf.load(cfg_file)))
+            runs.append((arm, rel, read_yaml(cfg_file)))
     modes = {str(OmegaConf.select(c, "data.masking.mode")) for _, _, c in runs}
     if not {"static", "dynamic"} <= modes:
         return []

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from omegaconf import OmegaConf
-
+from common.configfile import read_yaml
 from common.errors import UserError
 
 # The shape keys a run must share with the measured model for its scores to be its.
@@ -100,7 +99,6 @@ def run_for(shape: Any, runs_root: Optional[Path], explicit: Mapping[str, Path])
 def shape_mismatch(run: Path, cfg: Any) -> Optional[str]:
     """Why ``run``'s scores are not those of ModelConfig ``cfg``: no config.yaml, or the
     first shape key that differs; None when the shapes agree."""
-    from common.configfile import read_yaml
     from pretrain.training.rundir import CONFIG
 
     f = run / CONFIG
@@ -139,7 +137,7 @@ def _kept_weights(job: JobScore) -> bool:
     from pretrain.downstream.runner import FINETUNE_YAML
 
     f = job.job / FINETUNE_YAML
-    return f.is_file() and bool(OmegaConf.load(f).get("keep_weights", False))
+    return f.is_file() and bool(read_yaml(f).get("keep_weights", False))
 
 
 def int8_rescore(job: JobScore) -> Int8Score | str:
