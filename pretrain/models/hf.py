@@ -510,8 +510,10 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
         raise UserError(f"{d} is not a Hugging Face model directory (no config.json)")
     try:
         config = tf.AutoConfig.from_pretrained(d)
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"cannot read {d / 'config.json'}: {_first_line(e)}") from None
+    except Exception as e:  # anything transformers refuses in the file (bad JSON, a value of the wrong type ...)
+        # one line, the field and its reason: huggingface_hub's validation puts them on two
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"cannot read {d / 'config.json'}: {why}; restore the model directory's config.json") from None
     cfg, sentence = model_config_from_hf(config)
     arch = config.architectures[0]
     from pretrain.training.safeload import tensors_only
@@ -528,8 +530,12 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
     except UserError:
         raise
     except (OSError, RuntimeError, EOFError, ValueError, SafetensorError) as e:
-        # A truncated or half-copied weights file: torch's and safetensors' own words, one line.
-        raise UserError(f"cannot load the weights in {d} ({_first_line(e)}); the file is damaged: copy it again "
+        # torch's, safetensors' or transformers' own words, one line, and which of the two it is
+        why = _first_line(e)
+        if "mismatch" in why.lower():
+            raise UserError(f"the weights in {d} do not fit the shapes its config.json gives ({why}); restore the "
+                            "config.json that came with them (or export the checkpoint again)") from None
+        raise UserError(f"cannot load the weights in {d} ({why}); the file is damaged: copy it again "
                         "(or export the checkpoint again)") from None
     # The decoder is tied to the word embeddings (DistilBERT's ``vocab_projector``).
     absent = [k for k in info.get("missing_keys", ()) if not k.endswith(("decoder.weight", "decoder.bias", "vocab_projector.weight"))]
