@@ -240,7 +240,7 @@ def _add_export(sub) -> None:
                 "(task=electra) gives OUT/discriminator (ElectraForPreTraining) and\n"
                 "OUT/generator (ElectraForMaskedLM).")
     x.add_argument("checkpoint", help="run directory, its checkpoints/ or one checkpoints/step-* directory")
-    x.add_argument("out", help="output directory (created)")
+    x.add_argument("out", help="output directory: new, empty, or an earlier export (replaced); not inside the run")
     x.add_argument("--format", choices=["hf"], required=True, help="hf: a Hugging Face transformers model directory")
     x.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json to ship (default: the one of the run's shards)")
     x.add_argument("--drop-sentence-head", action="store_true",
