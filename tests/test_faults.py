@@ -305,6 +305,17 @@ def test_export_refuses_a_file_a_foreign_directory_and_the_run_and_never_half_wr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "hf", "notes"]  # no .hf.partial left
 
 
+def test_damaged_summary_of_the_run_is_one_line_for_export_and_finetune(tmp_path: Path, base_run: Path, capsys):
+    run = copy_run(base_run, tmp_path / "run")
+    (run / rundir.SUMMARY).write_text('{"data_dir": "sha')  # cut short: where the tokenizer is was in it
+    want = f"error: {run}/{rundir.SUMMARY} is damaged ("
+    assert cli.main(["export", str(run), "--format", "hf", str(tmp_path / "hf")]) == 2
+    assert one_line_error(capsys).startswith(want)
+    assert cli.main(["finetune", str(run), "--task", "sst2", "--preset", "smoke", "--out", str(tmp_path / "job")]) == 2
+    assert one_line_error(capsys).startswith(want)
+    assert not (tmp_path / "hf").exists()
+
+
 def test_all_checkpoints_damaged_refuses_and_keeps_everything(tmp_path: Path, data: Path, base_run: Path):
     run = copy_run(base_run, tmp_path / "run")
     for d in checkpoint.list_checkpoints(run):

@@ -18,7 +18,6 @@ anything is written. The objective a head was trained for is stored in config.js
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -306,8 +305,8 @@ def export_hf(
 
 def check_export_dir(out: str | Path) -> None:
     """OUT may be new, an empty directory, or an earlier export (it has config.json, or
-    discriminator/config.json for ELECTRA), which is replaced. Raises UserError for a file, or a directory with other files
-    (they would be deleted or mixed with the export's)."""
+    discriminator/config.json for ELECTRA), which is replaced. Raises UserError for a file,
+    or a directory with other files (they would be deleted or mixed with the export's)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"export directory {out} exists and is a file; pass a new directory")
@@ -371,13 +370,12 @@ def find_run_tokenizer(ckpt: Path, cfg) -> Path:
     Raises UserError naming the places tried."""
     from data_prep.config import resolve_output_dir
     from data_prep.shards import TOKENIZER_FILE
-    from pretrain.training.rundir import SUMMARY
+    from pretrain.training.rundir import SUMMARY, read_summary
 
     tried = []
     for run in [ckpt, *ckpt.resolve().parents][:4]:
-        summary = run / SUMMARY
-        if summary.is_file():
-            data_dir = json.loads(summary.read_text()).get("data_dir")
+        if (run / SUMMARY).is_file():
+            data_dir = read_summary(run).get("data_dir")  # UserError for a damaged one
             if data_dir:
                 tried.append(Path(data_dir) / TOKENIZER_FILE)
             break
