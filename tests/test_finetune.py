@@ -409,9 +409,11 @@ def test_blimp_probe_stage_runs_for_real_and_is_then_done(tiny_run):
     (run / "eval" / "blimp.json").write_text(json.dumps({"overall": 0.5, "limit": 2}))
     with pytest.raises(UserError, match=r"eval/blimp.json: BLiMP scored with limit 2, .*blimp_limit is 1"):
         stages.plan_evaluation(abl, "smoke", {"a": rc})
-    (run / "eval" / "blimp.json").unlink()
+    (run / "eval" / "blimp.json").write_text('{"overall": 0.5, "li')  # cut short: probed again, not a traceback
     (st,) = stages.plan_evaluation(abl, "smoke", {"a": rc})
     assert stages.stage_state(st) == "new" and st.out == run / "eval" / "blimp.json"
+    (run / "eval" / "blimp.json").unlink()
+    assert stages.stage_state(st) == "new"
     stages.run_stage(st, "smoke", [])
     table = json.loads(st.out.read_text())
     assert stages.stage_state(st) == "done" and table["limit"] == 1 and len(table["phenomena"]) == 67

@@ -208,14 +208,21 @@ def _probes(key: str, run: Path, probes: Any, random_init: bool, runs_root: str)
 
 def probe_state(stage: ProbeStage) -> str:
     """``done`` when the probe's JSON is there (for BLiMP: with the same ``limit``), else
-    ``new`` (a probe is one short pass, rerun from the start). UserError naming the file when
-    its BLiMP limit differs."""
+    ``new`` (a probe is one short pass, rerun from the start; so is a JSON that does not
+    parse, which the rerun rewrites whole). UserError naming the file when its BLiMP limit
+    differs."""
     import json
 
     if not stage.out.is_file():
         return "new"
+    try:
+        table = json.loads(stage.out.read_text(encoding="utf-8"))
+    except ValueError:
+        return "new"
+    if not isinstance(table, dict):
+        return "new"
     if stage.probe == "blimp":
-        have = json.loads(stage.out.read_text()).get("limit")
+        have = table.get("limit")
         if have != stage.limit:
             raise UserError(f"{stage.out}: BLiMP scored with limit {have}, this ablation's evaluate.probes.blimp_limit is "
                             f"{stage.limit}; move the file away or make blimp_limit match it")

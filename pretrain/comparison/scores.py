@@ -17,7 +17,6 @@ job. The float32 re-score is checked against the job's own final score.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +152,7 @@ def int8_rescore(job: JobScore) -> Int8Score | str:
     from pretrain.training import safeload
     from pretrain.training.checkpoint import MODEL_STATES, _resolve_checkpoint, read_client_state
     from pretrain.training.distributed import World
-    from pretrain.training.rundir import CHECKPOINTS, SUMMARY
+    from pretrain.training.rundir import CHECKPOINTS, read_summary
 
     seeds = sorted(d for d in (job.job / lr_tag(job.lr)).glob("seed-*") if d.is_dir())
     if not seeds or not all((d / CHECKPOINTS).is_dir() for d in seeds):
@@ -173,6 +172,6 @@ def int8_rescore(job: JobScore) -> Int8Score | str:
             int8 = task.evaluate(quantize_int8(model), world)[job.metric]
         out.fp32.append(fp32)
         out.int8.append(int8)
-        final = json.loads((d / SUMMARY).read_text())["final_eval"][job.metric]
+        final = read_summary(d)["final_eval"][job.metric]
         out.fp32_matches_job &= abs(final - fp32) <= 1e-6
     return out
