@@ -245,6 +245,12 @@ def test_tables_regenerate_byte_for_byte_from_the_collected_log_subset(tmp_path:
         collect_logs(committed, committed)
     with pytest.raises(UserError, match="nothing to collect"):
         collect_logs(tmp_path / "sub", committed)
+    # a source inside the directory a collect replaces would be deleted by it: refused, kept
+    inner = committed / "ds" / "old-runs"
+    shutil.copytree(runs, inner)
+    with pytest.raises(UserError, match=rf"--collect {inner} lies inside {committed / 'ds'}, which collecting replaces"):
+        collect_logs(inner, committed)
+    assert (inner / "ds" / rundir.ABLATION).is_file()
 
 
 def test_probe_columns_sit_beside_albert_table_5_and_judge_its_claims(tmp_path: Path):

@@ -49,13 +49,20 @@ def collect_logs(src_root: str | Path, dst_root: str | Path) -> List[Path]:
     """Copy the log subset (``log_files``) of every ``src_root/*/ablation.yaml`` into
     ``dst_root/<ablation>/``, replacing that directory as a whole (copied to a temporary name
     first, then renamed), so it holds exactly the source's subset. Returns the copied files.
-    Raises UserError when ``src_root`` has no ablation or is ``dst_root`` itself."""
+    Raises UserError when ``src_root`` has no ablation, is ``dst_root`` itself, or lies
+    inside a ``dst_root/<ablation>`` that would be replaced (nothing is copied then)."""
     src_root, dst_root = Path(src_root), Path(dst_root)
     if src_root.resolve() == dst_root.resolve():
         raise UserError(f"--collect {src_root} is the --runs directory itself; collect from another runs directory")
     found = sorted(src_root.glob(f"*/{rundir.ABLATION}"))
     if not found:
         raise UserError(f"nothing to collect: no {src_root / '*' / rundir.ABLATION}; pass the runs directory of `pretrain ablate`")
+    for f in found:
+        # DST/<name> is replaced as a whole: if the source lies inside it, that would delete it
+        dst = (dst_root / f.parent.name).resolve()
+        if dst == f.parent.resolve() or dst in f.parent.resolve().parents:
+            raise UserError(f"--collect {src_root} lies inside {dst_root / f.parent.name}, which collecting replaces; "
+                            "collect into a --runs directory outside the source")
     written: List[Path] = []
     for f in found:
         name = f.parent.name
