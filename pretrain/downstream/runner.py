@@ -56,10 +56,10 @@ def read_scores(f: str | Path) -> Dict[str, Any]:
     f = Path(f)
     try:
         s = json.loads(f.read_text(encoding="utf-8"))
-        missing = [k for k in SCORES_KEYS if k not in s]
-    except (ValueError, TypeError) as e:  # JSONDecodeError, UnicodeDecodeError; TypeError: not an object
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise UserError(f"{f}: not a scores.json of `pretrain finetune` ({type(e).__name__}: {e}); rerun the job") from None
-    if missing or not isinstance(s, dict):
+    missing = [k for k in SCORES_KEYS if k not in s] if isinstance(s, dict) else list(SCORES_KEYS)
+    if missing:
         raise UserError(f"{f}: not a scores.json of `pretrain finetune` (no {', '.join(missing)}); rerun the job")
     return s
 
