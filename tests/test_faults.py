@@ -303,6 +303,12 @@ def test_export_refuses_a_file_a_foreign_directory_and_the_run_and_never_half_wr
     assert one_line_error(capsys).startswith(f"error: no space left on the device of {tmp_path}")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier export, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "hf", "notes"]  # no .hf.partial left
+    # a model directory with a config.json and files of its own is not ours to replace
+    monkeypatch.undo()
+    (out / "README.md").write_text("my notes")
+    assert export(out) == 2
+    assert "holds files this export does not write (README.md)" in one_line_error(capsys)
+    assert (out / "README.md").read_text() == "my notes" and (out / "config.json").is_file()
 
 
 def test_damaged_summary_of_the_run_is_one_line_for_export_and_finetune(tmp_path: Path, base_run: Path, capsys):

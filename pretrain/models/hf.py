@@ -317,9 +317,15 @@ def check_export_dir(out: str | Path) -> None:
 
 
 def _replace_dir(new: Path, out: Path) -> None:
-    """Move directory ``new`` to ``out``, replacing an empty ``out`` or an earlier export."""
+    """Move directory ``new`` to ``out``, replacing an empty ``out`` or an earlier export:
+    only when every entry of ``out`` is one the new export writes too, so a model directory
+    holding anything else (a README, training files) is never deleted. Raises UserError."""
     check_export_dir(out)
     if out.is_dir():
+        foreign = sorted({p.name for p in out.iterdir()} - {p.name for p in new.iterdir()})
+        if foreign:
+            raise UserError(f"export directory {out} holds files this export does not write ({', '.join(foreign[:3])}); "
+                            "pass a new or empty directory")
         old = out.parent / f".{out.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
