@@ -471,6 +471,8 @@ def test_a_pretrained_run_stays_in_the_arrays_until_its_fine_tuning_is_done(fake
     assert main(["submit", str(abl), "--preset", "smoke", *SMALL]) == 0
     static = Path("runs/roberta_masking/static")
     (static / "summary.json").write_text(json.dumps({"status": "done"}))
+    (static / "checkpoints").mkdir(parents=True, exist_ok=True)  # a finished run keeps its last checkpoint
+    (static / "checkpoints" / "latest").write_text("step-0000008")
     capsys.readouterr()
     # pretrained, not fine-tuned: still in both arrays (its training task exits at once), control too
     scripts = _dry_run(capsys, str(abl), "--preset", "smoke", *SMALL)
