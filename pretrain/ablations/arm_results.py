@@ -62,8 +62,8 @@ METRIC_FIELDS = {"mlm_loss": "mlm_loss", "mlm_accuracy": "accuracy_pct", "senten
 
 def collect_arm(arm: str, run: Path) -> ArmResult:
     """Read one arm's result from its run directory (see rundir.py for the files)."""
-    summary = rundir.read_summary(run)
-    if summary and summary.get("status") == "done":
+    summary = rundir.finished_summary(run)
+    if summary:
         ev = summary.get("final_eval") or {}
         return ArmResult(
             arm=arm,

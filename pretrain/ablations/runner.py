@@ -240,8 +240,7 @@ def prepare_data(cfgs: Dict[str, RunConfig]) -> Dict[str, Path]:
 def arm_state(run: Path) -> str:
     """``done`` (summary.json says so), ``partial`` (``checkpoints/latest`` or a
     ``checkpoints/step-*`` directory: something the trainer may resume from) or ``new``."""
-    summary = rundir.read_summary(run)
-    if summary and summary.get("status") == "done":
+    if rundir.finished_summary(run):
         return "done"
     if rundir.has_checkpoint(run):
         return "partial"

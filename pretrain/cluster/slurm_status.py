@@ -195,8 +195,7 @@ def _resolve_target(target: Path, runs_root: Path) -> Path:
 
 
 def _finished(run: Path) -> bool:
-    s = rundir.read_summary(run)
-    return bool(s and s.get("status") == "done")
+    return rundir.finished_summary(run) is not None
 
 
 def _helper(name: str, job_id: str) -> RunStatus:

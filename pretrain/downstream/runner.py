@@ -202,7 +202,7 @@ def finetune(
     """
     from pretrain.tasks.finetuning import FinetuningTask
     from pretrain.training.loop import train
-    from pretrain.training.rundir import read_summary
+    from pretrain.training.rundir import finished_summary
 
     ident = pretrained_identity(pretrained)
     base = {"pretrained": str(pretrained), "task": task, "random_init": bool(random_init)}
@@ -233,8 +233,8 @@ def finetune(
     per_run: Dict[float, Dict[int, Dict[str, float]]] = {}
     for r in runs:
         run = Path(r.run_dir)
-        before = read_summary(run)  # UserError for a damaged one
-        done = before is not None and before.get("status") == "done"
+        before = finished_summary(run)  # UserError for a damaged one
+        done = before is not None
         summary = before if done else train(r, resume=True, task=FinetuningTask)
         if not cfg.keep_weights and main_rank:
             shutil.rmtree(run / "checkpoints", ignore_errors=True)  # train() returned after its last barrier

@@ -99,6 +99,13 @@ def read_summary(run: Path) -> Optional[Dict[str, Any]]:
     return summary
 
 
+def finished_summary(run: Path) -> Optional[Dict[str, Any]]:
+    """``run/summary.json`` when it says the run finished (``status: done``, written by the
+    trainer after its last step), else None. Raises UserError as ``read_summary``."""
+    summary = read_summary(run)
+    return summary if summary is not None and summary.get("status") == "done" else None
+
+
 def has_checkpoint(run: Path) -> bool:
     """``checkpoints/latest`` or a ``checkpoints/step-*`` directory is there: something the
     trainer resumes from (the newest intact one, ``pretrain.training.checkpoint``) and
