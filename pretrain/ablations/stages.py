@@ -168,27 +168,25 @@ def plan_evaluation(abl: Any, preset: str, cfgs: Dict[str, Any], runs_root: str 
                                       [(Path(r.run_dir), int(r.train.max_steps)) for r in runs],
                                       int(cfg.train.global_batch_size) * int(cfg.data.max_length))
                 check_job(stage)
-                if not random_init:
-                    _check_checkpoint(Path(rc.run_dir), stage, where)
                 out.append(stage)
-            for probe in _probes(key, Path(rc.run_dir), ev.probes, random_init, str(runs_root)):
-                if not random_init:
-                    _check_checkpoint(Path(rc.run_dir), probe, f"ablation {abl.name}, evaluate.probes.{probe.probe} of {key}")
-                out.append(probe)
+            out += _probes(key, Path(rc.run_dir), ev.probes, random_init, str(runs_root))
+        _check_checkpoint(abl.name, Path(rc.run_dir), [s for s in out if s.key == key and not s.random_init])
     return out
 
 
-def _check_checkpoint(run: Path, stage: Any, where: str) -> None:
+def _check_checkpoint(ablation: str, run: Path, stages: Sequence[Any]) -> None:
     """A run that finished pretraining but kept only its logs (e.g. restored from
     ``results/runs`` on a new machine, whose ``runs/`` was lost) cannot be fine-tuned or
-    probed: say so before any arm trains, not after hours of other arms. ``stage``: a
-    FinetuneStage or ProbeStage of ``run``. Raises UserError naming the run."""
-    summary = rundir.read_summary(run)
-    if not (summary and summary.get("status") == "done") or stage_state(stage) == "done":
+    probed: say so before any arm trains, not after hours of other arms. ``stages``: the
+    run's own FinetuneStages and ProbeStages (not the control's). Raises UserError naming the
+    first stage still to run and the run."""
+    if not stages or rundir.has_checkpoint(run) or rundir.finished_summary(run) is None:
         return
-    if not rundir.has_checkpoint(run):
-        raise UserError(f"{where}: {run} finished pretraining but has no checkpoint in "
-                        f"{run / rundir.CHECKPOINTS} (only its logs, e.g. restored from results/runs); move {run} "
+    pending = next((s for s in stages if stage_state(s) != "done"), None)
+    if pending is not None:
+        what = f"evaluate.probes.{pending.probe}" if isinstance(pending, ProbeStage) else f"evaluate {pending.task}"
+        raise UserError(f"ablation {ablation}, {what} of {pending.key}: {run} finished pretraining but has no checkpoint "
+                        f"in {run / rundir.CHECKPOINTS} (only its logs, e.g. restored from results/runs); move {run} "
                         "away to retrain it, or drop this stage from evaluate (`--no-evaluate` pretrains only)")
 
 
