@@ -353,13 +353,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer_path: Optiona
     ``tokenizer_path`` is given. Raises UserError as ``export_hf``, and for an ``out`` that
     ``check_export_dir`` refuses or that lies inside the run directory."""
     from pretrain.training.checkpoint import load_model_state
-    from pretrain.training.rundir import CHECKPOINTS
+    from pretrain.training.rundir import run_of
 
     check_export_dir(out)
-    p = Path(ckpt)
-    # The directory CKPT belongs to: the run of a run, checkpoints/ or checkpoints/step-* path.
-    run = p if (p / CHECKPOINTS).is_dir() else p.parent if p.name == CHECKPOINTS else (
-        p.parent.parent if p.parent.name == CHECKPOINTS else p)
+    run = run_of(Path(ckpt))
     where = Path(out).resolve()
     if where == run.resolve() or run.resolve() in where.parents:
         # The run directory is the trainer's: a config.json there would make the run read as

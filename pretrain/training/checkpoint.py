@@ -46,10 +46,8 @@ from common.diskspace import disk_full_error, is_disk_full
 from common.errors import UserError
 from pretrain.training import manifest, safeload
 from pretrain.training.distributed import World, all_reduce_sum, barrier, broadcast_object
-from pretrain.training.rundir import CHECKPOINTS, METRICS, SUMMARY
+from pretrain.training.rundir import CHECKPOINTS, LATEST, METRICS, PREFIX, SUMMARY, run_of
 
-LATEST = "latest"
-PREFIX = "step-"
 STATE = "trainer_state.json"
 MODEL_STATES = "mp_rank_00_model_states.pt"
 # Bytes per parameter of a first checkpoint, for the space a full disk lacks: fp32 weights
@@ -425,7 +423,7 @@ def _resolve_checkpoint(path: Path) -> Path:
         if why is not None:
             raise UserError(f"checkpoint {path} is damaged: {why}")
         return path
-    run = path.parent if path.name == CHECKPOINTS and not (path / CHECKPOINTS).is_dir() else path
+    run = run_of(path)
     lines: List[str] = []
     ckpt, problems = newest_intact(run, say=lines.append)
     if ckpt is None:

@@ -41,6 +41,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+LATEST = "latest"  # checkpoints/latest names the newest checkpoint (``pretrain.training.checkpoint``)
+PREFIX = "step-"  # checkpoints/step-NNNNNNN, one directory per saved step
 TENSORBOARD = "tb"
 ABLATION = "ablation.yaml"
 LOCK = ".lock"
@@ -111,7 +113,19 @@ def has_checkpoint(run: Path) -> bool:
     trainer resumes from (the newest intact one, ``pretrain.training.checkpoint``) and
     fine-tuning and probes load. Existence only; integrity is checked when it is read."""
     ckpts = run / CHECKPOINTS
-    return (ckpts / "latest").is_file() or any(ckpts.glob("step-*"))
+    return (ckpts / LATEST).is_file() or any(ckpts.glob(f"{PREFIX}*"))
+
+
+def run_of(path: Path) -> Path:
+    """The run directory a run, ``checkpoints/`` or ``checkpoints/step-*`` path belongs to
+    (any other path: itself), from the path alone (nothing is read but whether ``path/checkpoints`` exists: a run may
+    itself be named "checkpoints")."""
+    p = Path(path)
+    if (p / CHECKPOINTS).is_dir():
+        return p
+    if p.name == CHECKPOINTS:
+        return p.parent
+    return p.parent.parent if p.parent.name == CHECKPOINTS and p.name.startswith(PREFIX) else p
 
 
 def iter_runs(root: Path) -> Iterator[Path]:
