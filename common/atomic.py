@@ -4,6 +4,7 @@ removes its temporary file and leaves the target as it was."""
 
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,3 +39,16 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON to ``path``, atomically (see
     ``write_text_atomic``)."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Move the finished directory ``new`` to ``out`` (same file system). An existing ``out``
+    is renamed aside to ``<out>.old`` first and deleted after, so ``out`` is never a mix of
+    the two: a reader sees the old directory or the new one."""
+    new, out = Path(new), Path(out)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)  # left by a replace that was killed midway
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)

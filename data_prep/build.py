@@ -75,6 +75,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from common.atomic import replace_dir
 from common.errors import UserError
 from common.lock import DirLock
 from common.schema import LABEL_COLUMNS, PAIR_FORMATS
@@ -217,7 +218,7 @@ def _build_locked(out: Path, cfg: DataConfig, fp: str, force: bool) -> Optional[
             raise
         shutil.rmtree(tmp / PROGRESS_DIR)
         shards.write_manifest(tmp, manifest)
-        _install(tmp, out)
+        replace_dir(tmp, out)  # an old out (--force) is never mixed with the new build
     return manifest
 
 
@@ -287,20 +288,6 @@ def _exclusive(out: Path) -> Iterator[None]:
     # the directory complete. The lock file is deleted when the build ends, however it ends.
     with DirLock(out.with_name(f".{out.name}.lock"), f"the build of {out}", wait=True):
         yield
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an old ``out`` (--force) is moved aside first
-    and deleted after, so ``out`` is never a mix of two builds."""
-    old = None
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:

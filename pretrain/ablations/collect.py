@@ -14,11 +14,11 @@ behind (their per-seed scores are in ``scores.json``).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import List
 
+from common.atomic import replace_dir
 from common.errors import UserError
 from pretrain.ablations.spec import load_record, seed_runs
 from pretrain.training import rundir
@@ -72,10 +72,5 @@ def collect_logs(src_root: str | Path, dst_root: str | Path) -> List[Path]:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f.parent / rel, tmp / rel)
             written.append(dst / rel)
-        old = dst_root / f".{name}.collect-old"
-        shutil.rmtree(old, ignore_errors=True)
-        if dst.exists():
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, dst)
     return written

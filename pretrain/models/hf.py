@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from common.atomic import replace_dir
 from common.configfile import merge_into
 from common.diskspace import disk_full_is_user_error
 from common.errors import UserError
@@ -326,13 +327,7 @@ def _replace_dir(new: Path, out: Path) -> None:
         if foreign:
             raise UserError(f"export directory {out} holds files this export does not write ({', '.join(foreign[:3])}); "
                             "pass a new or empty directory")
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        new.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(out)
+    replace_dir(new, out)
 
 
 def export_run(cfg, state_dict: Dict[str, torch.Tensor], out: str | Path, tokenizer_path: Optional[str | Path], drop_sentence_head: bool = False) -> Path:
