@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 # Run files are written through a temporary name and a rename (a full disk: one line).
 from common.atomic import write_json_atomic  # noqa: F401  (re-exported for the trainer)
+from common.errors import UserError
 from common.lock import DirLock
 
 CONFIG = "config.yaml"
@@ -56,8 +57,6 @@ def read_metrics(run: Path, kind: Optional[str] = None) -> List[Dict[str, Any]]:
         UserError: any other line that is not a JSON object, naming it (the trainer cuts a
             half-written line when it resumes, so one inside the file is damage).
     """
-    from common.errors import UserError
-
     f = Path(run) / METRICS
     if not f.is_file():
         return []
@@ -85,8 +84,6 @@ def read_summary(run: Path) -> Optional[Dict[str, Any]]:
         UserError: a summary.json that is not a JSON object (damaged: it is written once,
             atomically, so a reader never meets a half-written one from the trainer).
     """
-    from common.errors import UserError
-
     f = Path(run) / SUMMARY
     if not f.is_file():
         return None
@@ -144,7 +141,6 @@ def locked(run: Path) -> Iterator[None]:
     Raises:
         UserError: another live process (``host ... pid ...``) holds the lock.
     """
-    from common.errors import UserError
     from pretrain.training import distributed
 
     world = distributed.init()
