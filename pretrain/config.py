@@ -332,6 +332,44 @@ def resolve_preset(preset: str, config_path: Optional[Path]) -> Path:
     return f
 
 
+# A preset's learning rate may depend on the optimizer the composed run uses: LAMB scales
+# each layer's step by its weight norm (You et al. 2020, Algorithm 2, the trust ratio), so
+# the peak lr that trains a small model with Adam barely moves it with LAMB
+# (docs/ablations.md, "ALBERT's LAMB at the small preset").
+PRESET_LR_KEY = "lr_by_optimizer"
+
+
+def read_preset(preset: str, config_path: Optional[Path]) -> tuple[DictConfig, Dict[str, float]]:
+    """Load ``--preset NAME`` (``resolve_preset``): (its RunConfig keys, its peak learning
+    rate per optimizer name).
+
+    A preset gives its learning rate either as ``train.optimizer.lr`` (every optimizer) or
+    as ``lr_by_optimizer: {adamw: LR, lamb: LR}`` (``load_run_config`` picks the entry of
+    the optimizer the composed run uses), not both. Raises UserError naming the preset file
+    for a missing file, an unknown optimizer name, a non-positive or non-numeric lr, or both
+    forms at once."""
+    f = resolve_preset(preset, config_path)
+    raw = read_composed(f)
+    table = raw.pop(PRESET_LR_KEY, None) if PRESET_LR_KEY in raw else None
+    if table is None:
+        return raw, {}
+    names = get_args(OptimizerName)
+    if not OmegaConf.is_dict(table) or not table:
+        raise UserError(f"{f}: {PRESET_LR_KEY} must map optimizer names ({', '.join(names)}) to learning rates")
+    if OmegaConf.select(raw, "train.optimizer.lr") is not None:
+        raise UserError(
+            f"{f}: sets both train.optimizer.lr and {PRESET_LR_KEY}; keep one (the table applies per optimizer)"
+        )
+    lrs: Dict[str, float] = {}
+    for name, lr in table.items():
+        if name not in names:
+            raise UserError(f"{f}: {PRESET_LR_KEY}.{name}: unknown optimizer; valid names: {', '.join(names)}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise UserError(f"{f}: {PRESET_LR_KEY}.{name}={lr!r} must be a learning rate > 0")
+        lrs[str(name)] = float(lr)
+    return raw, lrs
+
+
 def read_composed(path: str | Path, _seen: Optional[set] = None) -> DictConfig:
     """Load a YAML file and expand its ``include`` mapping (``section: path`` or a list of
     whole-file paths), recursively. Raises UserError on missing files or include cycles."""
@@ -363,17 +401,29 @@ def load_run_config(
     layers: Sequence[Any] = (),
 ) -> RunConfig:
     """Compose a RunConfig: defaults < ``path`` (with includes) < preset < ``layers`` (e.g.
-    an ablation arm) < ``overrides`` (``key=value`` strings). Validated; raises UserError."""
+    an ablation arm) < ``overrides`` (``key=value`` strings). A preset's ``lr_by_optimizer``
+    sets ``train.optimizer.lr`` for the optimizer the composed run uses, unless a layer or
+    override above the preset sets the lr (``read_preset``). Validated; raises UserError."""
     cfg_path = Path(path) if path else None
     parts: List[Any] = []
     if cfg_path is not None:
         parts.append(read_composed(cfg_path))
+    preset_lrs: Dict[str, float] = {}
     if preset:
-        parts.append(read_composed(resolve_preset(preset, cfg_path)))
-    parts.extend(layers)
-    parts.append(parse_overrides(overrides))
+        preset_part, preset_lrs = read_preset(preset, cfg_path)
+        parts.append(preset_part)
+    above = [*layers, parse_overrides(overrides)]  # what outranks the preset
+    parts.extend(above)
     where = str(cfg_path) if cfg_path else "run config"
     cfg = merge_into(RunConfig, *parts, where=where)
+    if preset_lrs and all(OmegaConf.select(OmegaConf.create(p), "train.optimizer.lr") is None for p in above):
+        name = cfg.train.optimizer.name
+        if name not in preset_lrs:
+            raise UserError(
+                f"preset {preset!r} gives no learning rate for optimizer {name!r} ({PRESET_LR_KEY}: "
+                f"{', '.join(preset_lrs)}); add {PRESET_LR_KEY}.{name} to the preset or pass train.optimizer.lr=LR"
+            )
+        cfg.train.optimizer.lr = preset_lrs[name]
     check_run_name(cfg.name, where)
     check_data_config(cfg.data)
     if cfg.task == "distillation" or cfg.distillation is not None:

@@ -56,6 +56,43 @@ def test_bad_keys_and_values_are_one_line_errors(override, expected):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("preset", ["smoke", "small", "medium"])
+def test_preset_lr_follows_the_composed_optimizer(preset):
+    albert = REPO / "configs" / "recipe" / "albert.yaml"
+    table = yaml.safe_load((REPO / "configs" / "preset" / f"{preset}.yaml").read_text())["lr_by_optimizer"]
+    assert table["lamb"] > table["adamw"]  # LAMB's trust ratio: a step relative to |w| (configs/preset/small.yaml)
+    assert load_run_config(RECIPE, preset).train.optimizer.lr == table["adamw"]
+    assert load_run_config(albert, preset).train.optimizer.lr == table["lamb"]
+    # an arm that switches the optimizer gets that optimizer's lr; an lr above the preset wins
+    lamb_arm = {"train": {"optimizer": {"name": "lamb"}}}
+    assert load_run_config(RECIPE, preset, layers=[lamb_arm]).train.optimizer.lr == table["lamb"]
+    assert load_run_config(albert, preset, ["train.optimizer.lr=3e-3"]).train.optimizer.lr == 3e-3
+    assert load_run_config(albert, preset, layers=[{"train": {"optimizer": {"lr": 2e-3}}}]).train.optimizer.lr == 2e-3
+    # without a preset the recipe's own (paper) lr stays
+    assert load_run_config(albert).train.optimizer.lr == 0.00176
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("lr_by_optimizer: {adam: 1.0e-3}", r"lr_by_optimizer.adam: unknown optimizer; valid names: adamw, lamb"),
+        ("lr_by_optimizer: {adamw: -1.0}", r"lr_by_optimizer.adamw=-1.0 must be a learning rate > 0"),
+        ("lr_by_optimizer: {adamw: fast}", r"lr_by_optimizer.adamw='fast' must be a learning rate > 0"),
+        ("lr_by_optimizer: 1.0e-3", r"lr_by_optimizer must map optimizer names"),
+        ("train: {optimizer: {lr: 1.0e-3}}\nlr_by_optimizer: {adamw: 1.0e-3}", r"sets both train.optimizer.lr and"),
+        ("lr_by_optimizer: {adamw: 1.0e-3}",
+         r"preset '.*p.yaml' gives no learning rate for optimizer 'lamb' \(lr_by_optimizer: adamw\); add "
+         r"lr_by_optimizer.lamb to the preset or pass train.optimizer.lr=LR"),
+    ],
+)
+def test_bad_preset_lr_table_is_a_one_line_error(tmp_path, text, expected):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(text + "\n")
+    with pytest.raises(UserError, match=expected) as e:
+        load_run_config(REPO / "configs" / "recipe" / "albert.yaml", str(preset))
+    assert "\n" not in str(e.value)
+
+
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(UserError, match="available: .*smoke"):
         load_run_config(RECIPE, "nosuchpreset")

@@ -85,11 +85,11 @@ def _distilbert_config(path: Path, teacher_path: Path, preset: Optional[str]):
     """(student ModelConfig, run name): the student ``resolve_distillation`` writes from a
     teacher of ``teacher_path``'s shape at ``preset`` (module docstring)."""
     from common.configfile import merge_into
-    from pretrain.config import RunConfig, load_run_config, read_composed, resolve_preset
+    from pretrain.config import RunConfig, load_run_config, read_composed, read_preset
     from pretrain.models.distil import check_distillation_config, select_layers, student_model_config
 
     teacher_model = resolved_model(load_run_config(teacher_path, preset), teacher_path)
-    parts = [read_composed(path)] + ([read_composed(resolve_preset(preset, path))] if preset else [])
+    parts = [read_composed(path)] + ([read_preset(preset, path)[0]] if preset else [])
     raw = merge_into(RunConfig, *parts, where=str(path))
     d = raw.distillation
     if d is None:
