@@ -225,10 +225,23 @@ def test_int8_rescore_evaluates_the_kept_weights_on_the_jobs_split(tiny_job):
     assert r.metric == "dev_accuracy" and len(r.fp32) == len(r.int8) == 1
     assert r.fp32_matches_job and r.fp32_median == pytest.approx(job.score, abs=1e-9)
     assert 0.0 <= r.int8_median <= 1.0 and (48 * r.int8_median) == pytest.approx(round(48 * r.int8_median))
-    # without the kept checkpoints there is nothing to re-score
+    # the weights gone (a committed log), the re-score comes from the job's int8.json record
     import shutil
 
     shutil.rmtree(job.job / "lr-0.003" / "seed-1" / "checkpoints")
+    again = scores.int8_rescore(job)
+    assert (again.fp32, again.int8, again.fp32_matches_job) == (r.fp32, r.int8, True)
+    record = job.job / scores.INT8_JSON
+    good = record.read_text()
+    for damage, expected in [("{", "unreadable int8 record"), ('{"task": "sst2"}', "unreadable int8 record"),
+                             (good.replace('"lr": 0.003', '"lr": 0.001'), "made for sst2/dev_accuracy at lr 0.001"),
+                             (json.dumps({**json.loads(good), "int8": []}), "1 float32 and 0 int8 scores")]:
+        record.write_text(damage)
+        with pytest.raises(UserError, match=expected) as e:
+            scores.int8_rescore(job)
+        assert str(record) in str(e.value) and "\n" not in str(e.value)
+    # without the record either there is nothing to re-score
+    record.unlink()
     assert scores.int8_rescore(job).startswith("not run: ") and "keep_weights=true" in scores.int8_rescore(job)
 
 

@@ -6,6 +6,7 @@ directory into the committed ``results/runs/`` (``pretrain tables --collect SRC 
     <ablation>/ablation.yaml                                 the record of `pretrain ablate`
     <ablation>/<run>/{config.yaml,metrics.jsonl,summary.json}     each pretraining run
     <ablation>/<run>/finetune/<job>/{finetune.yaml,scores.json,scores.md}   each fine-tuning job
+    <ablation>/<run>/finetune/<job>/int8.json       its int8 re-score, if `pretrain compare` made one
     <ablation>/<run>/eval[-random-init]/{blimp.json,sentence.json}          each probe
 
 Checkpoints, TensorBoard logs, Slurm logs and the fine-tuning jobs' ``lr-*/seed-*`` runs stay
@@ -21,10 +22,11 @@ from typing import List
 from common.atomic import replace_dir
 from common.errors import UserError
 from pretrain.ablations.spec import load_record, seed_runs
+from pretrain.comparison.scores import INT8_JSON
 from pretrain.training import rundir
 
 RUN_FILES = (rundir.CONFIG, rundir.METRICS, rundir.SUMMARY)
-JOB_FILES = ("finetune.yaml", "scores.json", "scores.md")
+JOB_FILES = ("finetune.yaml", "scores.json", "scores.md", INT8_JSON)
 PROBE_FILES = ("blimp.json", "sentence.json")
 
 

@@ -12,7 +12,9 @@ The int8 score change re-scores a job's fine-tuned weights, so it needs a job ru
 at the job's chosen learning rate, the final checkpoint is loaded (weights-only) into the
 fine-tuning model, the task's evaluation split is scored with it as float32 and again after
 ``quantize_int8``, through ``FinetuningTask.evaluate`` — the same rows and metric as the
-job. The float32 re-score is checked against the job's own final score.
+job. The float32 re-score is checked against the job's own final score. The per-seed scores
+are written to ``<job>/int8.json`` (``INT8_JSON``), a log like ``scores.json``: a job whose
+weights are gone (a committed log in ``results/runs``) gives its int8 row from that record.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from common.atomic import write_json_atomic
 from common.configfile import read_yaml
 from common.errors import UserError
+
+INT8_JSON = "int8.json"
 
 # The shape keys a run must share with the measured model for its scores to be its.
 SHAPE_KEYS = ("family", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -156,6 +161,8 @@ def int8_rescore(job: JobScore) -> Int8Score | str:
 
     seeds = sorted(d for d in (job.job / lr_tag(job.lr)).glob("seed-*") if d.is_dir())
     if not seeds or not all((d / CHECKPOINTS).is_dir() for d in seeds):
+        if (job.job / INT8_JSON).is_file():
+            return read_int8(job)
         return f"not run: {job.job} kept no weights (fine-tune with keep_weights=true)"
     world = World(rank=0, size=1, local_rank=0, local_size=1)
     out = Int8Score(job.task, job.metric)
@@ -174,4 +181,30 @@ def int8_rescore(job: JobScore) -> Int8Score | str:
         out.int8.append(int8)
         final = read_summary(d)["final_eval"][job.metric]
         out.fp32_matches_job &= abs(final - fp32) <= 1e-6
+    write_json_atomic(job.job / INT8_JSON, {"task": out.task, "metric": out.metric, "lr": job.lr,
+                                            "seeds": [d.name for d in seeds], "fp32": out.fp32, "int8": out.int8,
+                                            "fp32_matches_job": out.fp32_matches_job})
     return out
+
+
+def read_int8(job: JobScore) -> Int8Score:
+    """The ``Int8Score`` that ``int8_rescore`` recorded in ``job/int8.json``. Raises UserError
+    (one line, naming the file) when it is unreadable, lacks a key, holds no or unequal
+    numbers of scores, or was made for another task, metric or learning rate than ``job``'s
+    scores.json chose (the job was redone since: re-run with its weights kept)."""
+    import json
+
+    f = job.job / INT8_JSON
+    try:
+        rec = json.loads(f.read_text(encoding="utf-8"))
+        fp32, int8 = [float(x) for x in rec["fp32"]], [float(x) for x in rec["int8"]]
+        task, metric, lr, same = str(rec["task"]), str(rec["metric"]), float(rec["lr"]), bool(rec["fp32_matches_job"])
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{f}: unreadable int8 record ({type(e).__name__}: {e}); delete it and re-run "
+                        "`pretrain compare` on the job with its kept weights") from None
+    if not fp32 or len(fp32) != len(int8):
+        raise UserError(f"{f}: {len(fp32)} float32 and {len(int8)} int8 scores; expected the same number, at least one")
+    if (task, metric, lr) != (job.task, job.metric, job.lr):
+        raise UserError(f"{f}: made for {task}/{metric} at lr {lr}, but the job's scores.json chose {job.task}/"
+                        f"{job.metric} at lr {job.lr}; delete it and re-run `pretrain compare` with the job's weights")
+    return Int8Score(task, metric, fp32, int8, same)
