@@ -158,7 +158,8 @@ def _add_ablate(sub) -> None:
                 "RESULTS/<preset>/<ablation>.{md,csv,png}; runs go to RUNS/<ablation>/<arm>/.")
     a.add_argument("ablation", help="ablation YAML, e.g. configs/ablation/roberta_masking.yaml")
     a.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="overrides of every arm's run config, e.g. data.corpus=PATH")
+                   help="overrides of every arm's run config, e.g. data.corpus=PATH; keys starting evaluate. "
+                        "change the ablation's evaluate: section instead, e.g. evaluate.probes.blimp=true")
     a.add_argument("--preset", required=True, help="scale preset every arm runs at (smoke, small, or a YAML path)")
     a.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                    help="pretrain only: skip the evaluate: section's fine-tuning stages (their table columns stay empty)")
@@ -301,7 +302,7 @@ def _add_submit(sub) -> None:
                 "ablation, tables. Scripts and logs go to <run_dir>/slurm/ or RUNS/<ablation>/slurm/.\n"
                 "Job options default to the site file's `job:` section (slurm/site.yaml or --site).")
     s.add_argument("target", help="run config or ablation YAML")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run config (every arm's)")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run config (every arm's); for an ablation, keys starting evaluate. change its evaluate: section")
     s.add_argument("--preset", help="scale preset (required for an ablation)")
     s.add_argument("--nodes", type=int, help="nodes per run; srun starts one launcher per node (default 1)")
     s.add_argument("--gpus-per-node", type=int, help="GPUs per node, one training process each (default 0: a CPU job)")

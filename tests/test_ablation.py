@@ -70,6 +70,20 @@ def test_repo_ablation_loads_and_arms_differ_only_in_masking(tmp_path: Path):
         check_fair(bad)
 
 
+def test_evaluate_overrides_change_the_evaluate_section_and_bad_ones_are_one_line_errors(tmp_path: Path):
+    runs = tmp_path / "runs"
+    abl, _ = compose_arms(MASKING, "smoke", [], runs, ["evaluate.probes.blimp=true", "evaluate.probes.blimp_limit=5"])
+    assert abl.evaluate.probes.blimp and abl.evaluate.probes.blimp_limit == 5
+    assert list(abl.evaluate.tasks) == list(load_ablation(MASKING).evaluate.tasks)  # the rest as the file has it
+    for bad, expected in [("evaluate.probes.blimpp=true", r"valid keys under evaluate.probes: blimp, blimp_limit"),
+                          ("evaluate.probes.blimp_limit=0", r"blimp_limit=0 must be >= 1"),
+                          ("evaluate.tasks=[sst2,nope]", r"evaluate.tasks has 'nope', not a fine-tuning task"),
+                          ("evaluate.probes=", r"evaluate")]:
+        with pytest.raises(UserError, match=expected) as e:
+            compose_arms(MASKING, "smoke", [], runs, [bad])
+        assert "\n" not in str(e.value) and "roberta_masking.yaml" in str(e.value)
+
+
 def test_batch_size_arms_scale_batch_steps_and_lr_at_equal_tokens(tmp_path: Path):
     """RoBERTa Table 3: 8B for S/8 steps, 32B for S/32, lr ×7 and ×10 of the preset's."""
     path = REPO / "configs" / "ablation" / "roberta_batch_size.yaml"
@@ -267,6 +281,18 @@ def test_runner_builds_once_per_data_config_trains_resumes_and_skips(tmp_path: P
     # a rerun with other overrides would skip arms trained differently: refused
     with pytest.raises(UserError, match=r"records different arms, preset or overrides"):
         run_ablation(p, "smoke", ["train.max_steps=30", "train.schedule.warmup_steps=2"], runs_root=runs, results_dir=results)
+    # evaluate.* overrides change the evaluation stages, not what an arm trains: accepted over
+    # the finished arms, recorded apart from the run overrides and in the rerun command
+    from pretrain.ablations.runner import plan_arms
+    from pretrain.ablations.spec import ablate_command
+
+    abl, cfgs, rec2, _ = plan_arms(p, "smoke", ["train.max_steps=20", "evaluate.probes.blimp=true",
+                                              "train.schedule.warmup_steps=2"], runs, results)
+    assert abl.evaluate.probes.blimp and list(rec2.overrides) == ["train.max_steps=20", "train.schedule.warmup_steps=2"]
+    assert list(rec2.evaluate_overrides) == ["evaluate.probes.blimp=true"]
+    assert cfgs["static"].train.max_steps == 20
+    assert ablate_command(rec2).endswith("train.schedule.warmup_steps=2 evaluate.probes.blimp=true --runs "
+                                         f"{runs} --results {results}")
 
 
 def test_time_budget_stops_the_run_in_progress_and_a_rerun_finishes(tmp_path: Path, recorder: _Recorder, capsys):

@@ -38,11 +38,13 @@ from pretrain.ablations.spec import (  # noqa: F401 (AblationRecord, arm_command
     AblationConfig,
     AblationRecord,
     ablate_command,
+    apply_evaluate_overrides,
     arm_command,
     base_path,
     load_ablation,
     load_record,
     seed_runs,
+    split_evaluate_overrides,
 )
 from pretrain.ablations import stages
 from pretrain.ablations.tables import write_ablation_table
@@ -51,10 +53,12 @@ from pretrain.training import rundir
 
 
 def compose_arms(
-    path: str | Path, preset: str, overrides: Sequence[str], runs_root: str | Path
+    path: str | Path, preset: str, overrides: Sequence[str], runs_root: str | Path,
+    evaluate_overrides: Sequence[str] = (),
 ) -> Tuple[AblationConfig, Dict[str, RunConfig]]:
-    """Load the ablation and compose every run's RunConfig: base < preset < arm < ``overrides``
-    (< ``train.seed=S`` per seed of ``seeds``, < the arm's ``scale``).
+    """Load the ablation (its evaluate section with ``evaluate_overrides`` merged in:
+    ``spec.apply_evaluate_overrides``) and compose every run's RunConfig: base < preset < arm
+    < ``overrides`` (< ``train.seed=S`` per seed of ``seeds``, < the arm's ``scale``).
 
     Keys of the returned mapping are the runs' paths under ``runs_root/<ablation>``: the arm
     name, or ``<arm>/seed-<S>`` when the ablation lists ``seeds``; each run is named
@@ -62,7 +66,7 @@ def compose_arms(
     override of ``name``/``run_dir`` (the runner chooses those), or a scaled arm whose
     ``train.max_steps`` is not divisible by its batch multiple.
     """
-    abl = load_ablation(path)
+    abl = apply_evaluate_overrides(load_ablation(path), evaluate_overrides, str(path))
     base = base_path(path, abl.base)
     if not base.is_file():
         raise UserError(f"{path}: base run config {abl.base!r} not found (looked for {base})")
@@ -261,13 +265,15 @@ def plan_arms(
     budgets or seeds, or a runs directory that recorded another experiment (finished arms are
     skipped on a rerun, so a rerun must be the same experiment).
     """
-    abl, cfgs = compose_arms(path, preset, overrides, runs_root)
+    overrides, evaluate_overrides = split_evaluate_overrides(overrides)
+    abl, cfgs = compose_arms(path, preset, overrides, runs_root, evaluate_overrides)
     if abl.budget == "real_tokens":  # RoBERTa §4.2: needs the arms' data built (pretrain.ablations.budget)
         equalize_real_tokens(cfgs)
     check_fair(cfgs, abl.budget)
     rec = OmegaConf.structured(AblationRecord)
     rec.ablation = abl
     rec.source, rec.preset, rec.overrides = str(path), preset, list(overrides)
+    rec.evaluate_overrides = list(evaluate_overrides)
     if abl.budget == "train_flops":
         rec.arm_steps = {arm: int(c.train.max_steps) for arm, c in list(cfgs.items())[1:]}
     if abl.budget == "real_tokens":

@@ -13,7 +13,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -198,6 +198,8 @@ class AblationRecord:
     arm_batch: Dict[str, int] = field(default_factory=dict)
     # the fine-tuning preset the evaluation stages used (EvaluateConfig.preset resolved)
     finetune_preset: Optional[str] = None
+    # the command's evaluate.* overrides, already merged into ``ablation.evaluate``
+    evaluate_overrides: List[str] = field(default_factory=list)
 
 
 def load_ablation(path: str | Path) -> AblationConfig:
@@ -285,6 +287,31 @@ def _check_evaluate(ev: EvaluateConfig, where: str) -> None:
         raise UserError(f"{where}: evaluate.probes.sentence_pairs={ev.probes.sentence_pairs} must be >= 1")
 
 
+EVALUATE_PREFIX = "evaluate."
+
+
+def split_evaluate_overrides(overrides: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``key=value`` overrides of ``pretrain ablate``/``submit`` → (those of every arm's run
+    config, those of the ablation's ``evaluate`` section: keys starting ``evaluate.``)."""
+    run = [o for o in overrides if not o.strip().startswith(EVALUATE_PREFIX)]
+    return run, [o for o in overrides if o.strip().startswith(EVALUATE_PREFIX)]
+
+
+def apply_evaluate_overrides(abl: AblationConfig, overrides: Sequence[str], where: str) -> AblationConfig:
+    """``abl`` with ``evaluate.*`` overrides merged into its evaluate section (e.g.
+    ``evaluate.probes.blimp=true evaluate.probes.blimp_limit=100``: add BLiMP to the stages of
+    a run at one scale without editing the ablation file). They add or change evaluation
+    stages, never what an arm trains, so a rerun with other ones reuses the finished
+    pretraining. Raises UserError (one line) for a malformed pair, an unknown key (naming the
+    valid ones), a bad value, or a result ``load_ablation`` would refuse."""
+    if not overrides:
+        return abl
+    layer = parse_overrides(list(overrides))
+    merged = merge_into(AblationConfig, abl, layer, where=f"{where} with {' '.join(overrides)}")
+    check_ablation(merged, where=f"{where} with {' '.join(overrides)}")
+    return merged
+
+
 def seed_runs(abl: AblationConfig) -> List[tuple]:
     """``(arm, seed or None, run path relative to runs/<name>)`` for every run of the ablation:
     ``arm`` alone without ``seeds``, ``arm/seed-S`` per seed with them."""
@@ -308,7 +335,7 @@ def base_path(source: str | Path, base: str) -> Path:
 
 def ablate_command(rec: AblationRecord) -> str:
     """The shell command that (re)runs an ablation as recorded."""
-    parts = ["pretrain", "ablate", rec.source, "--preset", rec.preset, *rec.overrides]
+    parts = ["pretrain", "ablate", rec.source, "--preset", rec.preset, *rec.overrides, *rec.evaluate_overrides]
     if rec.runs_root != "runs":
         parts += ["--runs", rec.runs_root]
     if rec.results_dir != "results":

@@ -98,7 +98,7 @@ def render_markdown(
         headers += [c.name, f"{c.name} min–max (n)"] + ([c.name + PAPER_SUFFIX] if _in_paper(rec, c) else [])
     headers += [p + PAPER_SUFFIX for p in rest]
     lines = [f"# {abl.title}", ""]
-    over = " ".join(f"`{o}`" for o in rec.overrides) or "none"
+    over = " ".join(f"`{o}`" for o in [*rec.overrides, *rec.evaluate_overrides]) or "none"
     seeds = f"; pretraining seeds {', '.join(str(s) for s in abl.seeds)} (our columns: median over seeds)" if abl.seeds else ""
     lines += [f"Preset `{rec.preset}`; command-line overrides: {over}{seeds}.", ""]
     for w in warnings:
