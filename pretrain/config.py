@@ -332,42 +332,62 @@ def resolve_preset(preset: str, config_path: Optional[Path]) -> Path:
     return f
 
 
-# A preset's learning rate may depend on the optimizer the composed run uses: LAMB scales
-# each layer's step by its weight norm (You et al. 2020, Algorithm 2, the trust ratio), so
-# the peak lr that trains a small model with Adam barely moves it with LAMB
-# (docs/ablations.md, "ALBERT's LAMB at the small preset").
-PRESET_LR_KEY = "lr_by_optimizer"
+# A preset's learning rate may depend on what the composed run trains: LAMB scales each
+# layer's step by its weight norm (You et al. 2020, Algorithm 2, the trust ratio), so the peak
+# lr that trains a small model with Adam barely moves it with LAMB; ELECTRA's discriminator
+# collapses to the base rate at the lr masked LM trains at (docs/ablations.md, "Learning rates
+# at the small preset"). A table per task, then per optimizer; the task's entry wins.
+PRESET_LR_TABLES = {"lr_by_task": TaskName, "lr_by_optimizer": OptimizerName}
 
 
-def read_preset(preset: str, config_path: Optional[Path]) -> tuple[DictConfig, Dict[str, float]]:
+def read_preset(preset: str, config_path: Optional[Path]) -> tuple[DictConfig, Dict[str, Dict[str, float]]]:
     """Load ``--preset NAME`` (``resolve_preset``): (its RunConfig keys, its peak learning
-    rate per optimizer name).
+    rates: ``{"lr_by_task": {task: lr}, "lr_by_optimizer": {optimizer: lr}}``, each possibly
+    empty).
 
-    A preset gives its learning rate either as ``train.optimizer.lr`` (every optimizer) or
-    as ``lr_by_optimizer: {adamw: LR, lamb: LR}`` (``load_run_config`` picks the entry of
-    the optimizer the composed run uses), not both. Raises UserError naming the preset file
-    for a missing file, an unknown optimizer name, a non-positive or non-numeric lr, or both
-    forms at once."""
+    A preset gives its learning rate either as ``train.optimizer.lr`` (every run) or as the
+    tables ``lr_by_task: {electra: LR}`` and ``lr_by_optimizer: {adamw: LR, lamb: LR}``
+    (``load_run_config`` takes the entry of the composed run's ``task``, else of its
+    ``train.optimizer.name``), not both. Raises UserError naming the preset file for a
+    missing file, a table that is not a mapping, an unknown task or optimizer name, a
+    non-positive or non-numeric lr, or both forms at once."""
     f = resolve_preset(preset, config_path)
     raw = read_composed(f)
-    table = raw.pop(PRESET_LR_KEY, None) if PRESET_LR_KEY in raw else None
-    if table is None:
-        return raw, {}
-    names = get_args(OptimizerName)
-    if not OmegaConf.is_dict(table) or not table:
-        raise UserError(f"{f}: {PRESET_LR_KEY} must map optimizer names ({', '.join(names)}) to learning rates")
-    if OmegaConf.select(raw, "train.optimizer.lr") is not None:
+    tables: Dict[str, Dict[str, float]] = {}
+    for key, kind in PRESET_LR_TABLES.items():
+        table = raw.pop(key) if key in raw else None
+        if table is None:
+            continue
+        names = get_args(kind)
+        if not OmegaConf.is_dict(table) or not table:
+            raise UserError(f"{f}: {key} must map names ({', '.join(names)}) to learning rates")
+        lrs: Dict[str, float] = {}
+        for name, lr in table.items():
+            if name not in names:
+                raise UserError(f"{f}: {key}.{name}: unknown name; valid names: {', '.join(names)}")
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+                raise UserError(f"{f}: {key}.{name}={lr!r} must be a learning rate > 0")
+            lrs[str(name)] = float(lr)
+        tables[key] = lrs
+    if tables and OmegaConf.select(raw, "train.optimizer.lr") is not None:
+        raise UserError(f"{f}: sets both train.optimizer.lr and {' and '.join(tables)}; keep one")
+    return raw, tables
+
+
+def _preset_lr(preset: str, tables: Dict[str, Dict[str, float]], cfg: Any) -> float:
+    """The preset's lr for composed run config ``cfg`` (``read_preset``). UserError when
+    neither table names its task or optimizer."""
+    by_task, by_opt = tables.get("lr_by_task", {}), tables.get("lr_by_optimizer", {})
+    if cfg.task in by_task:
+        return by_task[cfg.task]
+    name = cfg.train.optimizer.name
+    if name not in by_opt:
         raise UserError(
-            f"{f}: sets both train.optimizer.lr and {PRESET_LR_KEY}; keep one (the table applies per optimizer)"
+            f"preset {preset!r} gives no learning rate for task {cfg.task!r} or optimizer {name!r} (lr_by_task: "
+            f"{', '.join(by_task) or 'none'}; lr_by_optimizer: {', '.join(by_opt) or 'none'}); add "
+            f"lr_by_optimizer.{name} to the preset or pass train.optimizer.lr=LR"
         )
-    lrs: Dict[str, float] = {}
-    for name, lr in table.items():
-        if name not in names:
-            raise UserError(f"{f}: {PRESET_LR_KEY}.{name}: unknown optimizer; valid names: {', '.join(names)}")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise UserError(f"{f}: {PRESET_LR_KEY}.{name}={lr!r} must be a learning rate > 0")
-        lrs[str(name)] = float(lr)
-    return raw, lrs
+    return by_opt[name]
 
 
 def read_composed(path: str | Path, _seen: Optional[set] = None) -> DictConfig:
@@ -401,14 +421,15 @@ def load_run_config(
     layers: Sequence[Any] = (),
 ) -> RunConfig:
     """Compose a RunConfig: defaults < ``path`` (with includes) < preset < ``layers`` (e.g.
-    an ablation arm) < ``overrides`` (``key=value`` strings). A preset's ``lr_by_optimizer``
-    sets ``train.optimizer.lr`` for the optimizer the composed run uses, unless a layer or
-    override above the preset sets the lr (``read_preset``). Validated; raises UserError."""
+    an ablation arm) < ``overrides`` (``key=value`` strings). A preset's ``lr_by_task`` /
+    ``lr_by_optimizer`` set ``train.optimizer.lr`` for the task and optimizer of the composed
+    run, unless a layer or override above the preset sets the lr (``read_preset``).
+    Validated; raises UserError."""
     cfg_path = Path(path) if path else None
     parts: List[Any] = []
     if cfg_path is not None:
         parts.append(read_composed(cfg_path))
-    preset_lrs: Dict[str, float] = {}
+    preset_lrs: Dict[str, Dict[str, float]] = {}
     if preset:
         preset_part, preset_lrs = read_preset(preset, cfg_path)
         parts.append(preset_part)
@@ -417,13 +438,7 @@ def load_run_config(
     where = str(cfg_path) if cfg_path else "run config"
     cfg = merge_into(RunConfig, *parts, where=where)
     if preset_lrs and all(OmegaConf.select(OmegaConf.create(p), "train.optimizer.lr") is None for p in above):
-        name = cfg.train.optimizer.name
-        if name not in preset_lrs:
-            raise UserError(
-                f"preset {preset!r} gives no learning rate for optimizer {name!r} ({PRESET_LR_KEY}: "
-                f"{', '.join(preset_lrs)}); add {PRESET_LR_KEY}.{name} to the preset or pass train.optimizer.lr=LR"
-            )
-        cfg.train.optimizer.lr = preset_lrs[name]
+        cfg.train.optimizer.lr = _preset_lr(preset, preset_lrs, cfg)
     check_run_name(cfg.name, where)
     check_data_config(cfg.data)
     if cfg.task == "distillation" or cfg.distillation is not None:

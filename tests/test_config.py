@@ -57,15 +57,22 @@ def test_bad_keys_and_values_are_one_line_errors(override, expected):
 
 
 @pytest.mark.parametrize("preset", ["smoke", "small", "medium"])
-def test_preset_lr_follows_the_composed_optimizer(preset):
-    albert = REPO / "configs" / "recipe" / "albert.yaml"
-    table = yaml.safe_load((REPO / "configs" / "preset" / f"{preset}.yaml").read_text())["lr_by_optimizer"]
-    assert table["lamb"] > table["adamw"]  # LAMB's trust ratio: a step relative to |w| (configs/preset/small.yaml)
-    assert load_run_config(RECIPE, preset).train.optimizer.lr == table["adamw"]
-    assert load_run_config(albert, preset).train.optimizer.lr == table["lamb"]
-    # an arm that switches the optimizer gets that optimizer's lr; an lr above the preset wins
+def test_preset_lr_follows_the_composed_task_then_optimizer(preset):
+    recipes = REPO / "configs" / "recipe"
+    doc = yaml.safe_load((REPO / "configs" / "preset" / f"{preset}.yaml").read_text())
+    by_opt, by_task = doc["lr_by_optimizer"], doc["lr_by_task"]
+    # LAMB's trust ratio: a step relative to |w|; ELECTRA's discriminator collapses at Adam's
+    # masked-LM lr (configs/preset/small.yaml)
+    assert by_opt["lamb"] > by_opt["adamw"] > by_task["electra"]
+    assert load_run_config(RECIPE, preset).train.optimizer.lr == by_opt["adamw"]
+    assert load_run_config(recipes / "albert.yaml", preset).train.optimizer.lr == by_opt["lamb"]
+    assert load_run_config(recipes / "electra.yaml", preset).train.optimizer.lr == by_task["electra"]
+    # an arm that switches the task or the optimizer gets that one's lr; an lr above the preset wins
+    assert load_run_config(recipes / "electra.yaml", preset, layers=[{"task": "pretraining"}]).train.optimizer.lr == \
+        by_opt["adamw"]
     lamb_arm = {"train": {"optimizer": {"name": "lamb"}}}
-    assert load_run_config(RECIPE, preset, layers=[lamb_arm]).train.optimizer.lr == table["lamb"]
+    assert load_run_config(RECIPE, preset, layers=[lamb_arm]).train.optimizer.lr == by_opt["lamb"]
+    albert = recipes / "albert.yaml"
     assert load_run_config(albert, preset, ["train.optimizer.lr=3e-3"]).train.optimizer.lr == 3e-3
     assert load_run_config(albert, preset, layers=[{"train": {"optimizer": {"lr": 2e-3}}}]).train.optimizer.lr == 2e-3
     # without a preset the recipe's own (paper) lr stays
@@ -75,14 +82,16 @@ def test_preset_lr_follows_the_composed_optimizer(preset):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("lr_by_optimizer: {adam: 1.0e-3}", r"lr_by_optimizer.adam: unknown optimizer; valid names: adamw, lamb"),
+        ("lr_by_optimizer: {adam: 1.0e-3}", r"lr_by_optimizer.adam: unknown name; valid names: adamw, lamb"),
+        ("lr_by_task: {mlm: 1.0e-3}", r"lr_by_task.mlm: unknown name; valid names: pretraining, distillation, electra"),
         ("lr_by_optimizer: {adamw: -1.0}", r"lr_by_optimizer.adamw=-1.0 must be a learning rate > 0"),
         ("lr_by_optimizer: {adamw: fast}", r"lr_by_optimizer.adamw='fast' must be a learning rate > 0"),
-        ("lr_by_optimizer: 1.0e-3", r"lr_by_optimizer must map optimizer names"),
-        ("train: {optimizer: {lr: 1.0e-3}}\nlr_by_optimizer: {adamw: 1.0e-3}", r"sets both train.optimizer.lr and"),
-        ("lr_by_optimizer: {adamw: 1.0e-3}",
-         r"preset '.*p.yaml' gives no learning rate for optimizer 'lamb' \(lr_by_optimizer: adamw\); add "
-         r"lr_by_optimizer.lamb to the preset or pass train.optimizer.lr=LR"),
+        ("lr_by_optimizer: 1.0e-3", r"lr_by_optimizer must map names \(adamw, lamb\) to learning rates"),
+        ("train: {optimizer: {lr: 1.0e-3}}\nlr_by_optimizer: {adamw: 1.0e-3}",
+         r"sets both train.optimizer.lr and lr_by_optimizer; keep one"),
+        ("lr_by_task: {electra: 1.0e-3}\nlr_by_optimizer: {adamw: 1.0e-3}",
+         r"preset '.*p.yaml' gives no learning rate for task 'pretraining' or optimizer 'lamb' \(lr_by_task: electra; "
+         r"lr_by_optimizer: adamw\); add lr_by_optimizer.lamb to the preset or pass train.optimizer.lr=LR"),
     ],
 )
 def test_bad_preset_lr_table_is_a_one_line_error(tmp_path, text, expected):

@@ -69,6 +69,8 @@ def test_recipe_follows_the_family_and_layers_merge_in_order():
     assert list(alb.lrs) == [1e-5] and alb.train.global_batch_size == 16
     alb = load_finetune_config("albert", "smoke", ["lrs=[1e-3]"], base)
     assert list(alb.lrs) == [1e-3] and alb.train.global_batch_size == 16 and alb.data.max_train_rows == 256
+    # a DistilBERT student is fine-tuned with its teacher's recipe (configs/finetune/distilbert.yaml)
+    assert load_finetune_config("distilbert", None, [], base) == bert
     with pytest.raises(UserError, match="unknown key 'epoch'; valid keys: classifier_dropout"):
         load_finetune_config("bert", None, ["epoch=3"], base)
     with pytest.raises(UserError, match="task"):

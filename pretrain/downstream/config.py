@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from common.configfile import merge_into, parse_overrides, read_yaml
 from common.errors import UserError
-from pretrain.config import TrainConfig, find_configs_root
+from pretrain.config import TrainConfig, find_configs_root, read_composed
 
 TaskName = Literal["sst2", "cola", "mrpc", "qqp", "stsb", "qnli", "rte", "mnli", "conll2003"]
 TASK_NAMES = get_args(TaskName)
@@ -117,10 +117,10 @@ def resolve(kind: str, name: str) -> Path:
 
 def load_finetune_config(recipe: str, preset: Optional[str] = None, overrides: Sequence[str] = (), base: Optional[dict] = None) -> FinetuneConfig:
     """Compose a FinetuneConfig: defaults < ``base`` (e.g. pretrained, task from the
-    command line) < recipe < the recipe's ``per_task`` entry for the task < preset <
+    command line) < recipe (its ``include: [FILE]`` first) < the recipe's ``per_task`` entry for the task < preset <
     overrides. Validated (``check_finetune_config``); raises UserError."""
     where = f"fine-tuning config ({recipe})"
-    head = [OmegaConf.create(base or {}), read_yaml(resolve("recipe", recipe))]
+    head = [OmegaConf.create(base or {}), read_composed(resolve("recipe", recipe))]  # a recipe may include another
     tail = [read_yaml(resolve("preset", preset))] if preset else []
     tail.append(parse_overrides(overrides))
     first = merge_into(FinetuneConfig, *head, *tail, where=where)
