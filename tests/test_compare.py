@@ -126,6 +126,16 @@ def test_scores_come_from_finished_jobs_of_a_run_of_the_same_shape(tmp_path):
     int8 = _section(md, "Dynamic int8: score change")
     assert "kept no weights (fine-tune with keep_weights=true)" in int8
     assert "no finished job" not in int8.split("| smoke | BERT |")[1].splitlines()[0]
+    assert "Random-init control" not in md and rows[0]["sst2_control_score"] == ""
+    # the run's random-init control job is shown beside its score (and is not taken for its score)
+    job = run / "finetune" / "sst2-random-init"
+    job.mkdir()
+    (job / "scores.json").write_text(json.dumps({"task": "sst2", "main_metric": "dev_accuracy", "score": 0.875,
+                                                 "num_seeds": 3, "chosen_lr": 3e-4, "random_init": True}))
+    (job / "finetune.yaml").write_text("train:\n  precision: bf16\n")
+    md, rows = _table(tmp_path, "--runs", str(tmp_path / "runs"))
+    assert "| smoke | BERT | sst2 (dev_accuracy) | 81.25 (?, lr 0.0001) | 87.50 (bf16, lr 0.0003) | -6.25 |" in md
+    assert float(rows[0]["sst2_score"]) == 0.8125 and float(rows[0]["sst2_control_score"]) == 0.875
     # a run of another shape is not this shape's
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("hidden_size: 128", "hidden_size: 256"))
     md, _ = _table(tmp_path, "--run", f"bert={run}")

@@ -35,7 +35,8 @@ class Row:
     CPU timings: ``cpu_b1_ms`` (ms per sequence at batch 1), ``cpu_b32`` (sequences/s at
     batch 32), each a median over ``cpu_b1_runs`` / ``cpu_b32_runs`` (seconds per call);
     ``gpu_*`` the same on CUDA when available. ``scores``: task → ``JobScore``; ``int8_scores``: task →
-    ``Int8Score`` or the reason it is missing; ``score_note``: why no scores were read.
+    ``Int8Score`` or the reason it is missing; ``score_note``: why no scores were read;
+    ``controls``: task → ``JobScore`` of the run's random-init control job.
     """
 
     group: str
@@ -56,6 +57,7 @@ class Row:
     scores: Dict[str, Any] = field(default_factory=dict)
     int8_scores: Dict[str, Union[Any, str]] = field(default_factory=dict)
     score_note: str = ""
+    controls: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -229,6 +231,25 @@ def _scores_section(rows: Sequence[Row]) -> List[str]:
                 shares.append(f"{t} {100 * r.scores[t].score / ref.scores[t].score:.1f}%")
         out.append(f"| {r.group} | {r.label} | " + " | ".join(_score_cell(r, t) for t in tasks) +
                    f" | {', '.join(shares) or '—'} | {r.score_note} |")
+    return out + _controls_section(fp32)
+
+
+def _controls_section(fp32: Sequence[Row]) -> List[str]:
+    """The random-init controls of the runs whose scores are shown: a share of BERT's score
+    means little where the control is ahead of both (pretraining bought nothing yet)."""
+    pairs = [(r, t, c) for r in fp32 for t, c in sorted(r.controls.items()) if t in r.scores]
+    if not pairs:
+        return []
+    out = ["", "Random-init control: the same run's shape and tokenizer fine-tuned from random weights "
+           "(`<run>/finetune/<task>-random-init/`, the control stage of `pretrain ablate` or `pretrain finetune "
+           "--random-init`). Where the control is ahead, pretraining has not paid off at this scale and a share of "
+           "BERT's score says little about language understanding.", "",
+           "| shapes | model | task | model | control | model − control |", "|---|---|---|---|---|---|"]
+    for r, t, c in pairs:
+        m = r.scores[t]
+        out.append(f"| {r.group} | {r.label} | {t} ({m.metric}) | {100 * m.score:.2f} ({m.precision or '?'}, "
+                   f"lr {m.lr:g}) | {100 * c.score:.2f} ({c.precision or '?'}, lr {c.lr:g}) | "
+                   f"{100 * (m.score - c.score):+.2f} |")
     return out
 
 
@@ -330,10 +351,12 @@ CSV_FIELDS = ["group", "model", "variant", "L", "H", "A", "FFN", "E", "vocab", "
 
 
 def csv_text(rows: Sequence[Row], ctx: Context) -> str:
-    """One CSV line per row, full precision; score columns ``<task>_score`` (0-1) and, for
-    int8 rows, ``<task>_int8_change``; an empty cell = not measured / not run."""
+    """One CSV line per row, full precision; score columns ``<task>_score`` (0-1),
+    ``<task>_control_score`` (the run's random-init control, 0-1) and, for int8 rows,
+    ``<task>_int8_change``; an empty cell = not measured / not run."""
     tasks = sorted({t for r in rows for t in list(r.scores) + list(r.int8_scores)})
-    fields = CSV_FIELDS + [f"{t}_score" for t in tasks] + [f"{t}_int8_change" for t in tasks]
+    fields = (CSV_FIELDS + [f"{t}_score" for t in tasks] + [f"{t}_control_score" for t in tasks]
+              + [f"{t}_int8_change" for t in tasks])
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
@@ -354,6 +377,8 @@ def csv_text(rows: Sequence[Row], ctx: Context) -> str:
         for t in tasks:
             score = r.scores.get(t)
             rec[f"{t}_score"] = score.score if score is not None and r.variant == "fp32" else ""
+            control = r.controls.get(t)
+            rec[f"{t}_control_score"] = control.score if control is not None and score is not None else ""
             i8 = r.int8_scores.get(t)
             rec[f"{t}_int8_change"] = (i8.int8_median - i8.fp32_median) if i8 is not None and not isinstance(i8, str) else ""
         w.writerow(rec)

@@ -121,18 +121,19 @@ def _time_group(entries: List[_Entry], repeats: int, warmup: int, bar) -> List[f
 
 
 def _scores_of(s: shapes.Shape, runs_root: Optional[str], explicit: Dict[str, Path]):
-    """(jobs by task, note): the finished fine-tuning jobs of ``s``'s run, or why none."""
+    """(jobs by task, random-init controls by task, note): the finished fine-tuning jobs of
+    ``s``'s run, or why none."""
     run = scores.run_for(s, Path(runs_root) if runs_root else None, explicit)
     if run is None:
-        return {}, "no runs given (--runs / --run)"
+        return {}, {}, "no runs given (--runs / --run)"
     why = scores.shape_mismatch(run, s.cfg)
     if why:
-        return {}, why
+        return {}, {}, why
     jobs = scores.read_jobs(run)
-    return jobs, "" if jobs else f"no finished job in {run}/finetune/"
+    return jobs, scores.read_controls(run), "" if jobs else f"no finished job in {run}/finetune/"
 
 
-def _row(e: _Entry, jobs: Dict[str, scores.JobScore], note: str) -> report.Row:
+def _row(e: _Entry, jobs: Dict[str, scores.JobScore], controls: Dict[str, scores.JobScore], note: str) -> report.Row:
     s = e.shape
     c1, c32 = e.timers[("cpu", 1)].timing, e.timers[("cpu", BATCH)].timing
     g1, g32 = e.timers.get(("cuda", 1)), e.timers.get(("cuda", BATCH))
@@ -140,7 +141,7 @@ def _row(e: _Entry, jobs: Dict[str, scores.JobScore], note: str) -> report.Row:
     return report.Row(s.group, s.model, s.label, e.variant, _shape_dict(s), e.counts["total"], e.counts["non_embedding"],
                       e.disk_bytes, e.disk_format, c1.ms_per_sequence, c32.sequences_per_s, c1.runs, c32.runs,
                       g1.timing.ms_per_sequence if g1 else None, g32.timing.sequences_per_s if g32 else None,
-                      jobs if e.variant == "fp32" else {}, int8_scores, note)
+                      jobs if e.variant == "fp32" else {}, int8_scores, note, controls if e.variant == "fp32" else {})
 
 
 def compare(models: Sequence[str] = shapes.MODELS, groups: Sequence[str] = ("small", shapes.BASE), repeats: int = 5,

@@ -38,7 +38,8 @@ SHAPE_KEYS = ("family", "vocab_size", "hidden_size", "num_hidden_layers", "num_a
 @dataclass
 class JobScore:
     """A finished fine-tuning job: ``score`` is the median main metric (0-1 scale) over
-    ``seeds`` seeds at ``lr``; ``job`` its directory."""
+    ``seeds`` seeds at ``lr``; ``job`` its directory; ``precision`` its ``train.precision``
+    (from its finetune.yaml; None when that does not say)."""
 
     task: str
     metric: str
@@ -46,6 +47,7 @@ class JobScore:
     seeds: int
     lr: float
     job: Path
+    precision: Optional[str] = None
 
 
 @dataclass
@@ -115,6 +117,31 @@ def shape_mismatch(run: Path, cfg: Any) -> Optional[str]:
     return None
 
 
+def _read_job_scores(run: Path, random_init: bool) -> Dict[str, List[JobScore]]:
+    """The finished jobs under ``run/finetune/`` by task: the random-init controls
+    (``<task>-random-init``, or ``random_init`` in scores.json) or all the others."""
+    from pretrain.downstream.runner import FINETUNE_YAML, SCORES_JSON, read_scores
+
+    found: Dict[str, List[JobScore]] = {}
+    for f in sorted((run / "finetune").glob(f"*/{SCORES_JSON}")):
+        s = read_scores(f)
+        if bool(s.get("random_init") or f.parent.name.endswith("-random-init")) != random_init:
+            continue
+        y = f.parent / FINETUNE_YAML
+        precision = (read_yaml(y).get("train") or {}).get("precision") if y.is_file() else None
+        task = s.get("task", f.parent.name)
+        found.setdefault(task, []).append(JobScore(task, s["main_metric"], float(s["score"]), int(s["num_seeds"]),
+                                                   float(s["chosen_lr"]), f.parent, precision))
+    return found
+
+
+def read_controls(run: Path) -> Dict[str, JobScore]:
+    """The random-init control jobs of ``run`` (``pretrain finetune --random-init``: the
+    run's shape and tokenizer from random weights), by task; the first by name where a task
+    has several. UserError for a damaged scores.json."""
+    return {task: min(jobs, key=lambda j: j.job.name) for task, jobs in _read_job_scores(run, True).items()}
+
+
 def read_jobs(run: Path) -> Dict[str, JobScore]:
     """Every finished job under ``run/finetune/`` (its scores.json), by task; random-init
     controls (``<task>-random-init``) are left out. Where one task has several jobs (e.g. an
@@ -122,16 +149,7 @@ def read_jobs(run: Path) -> Dict[str, JobScore]:
     ``keep_weights=true`` for the int8 row), the one whose weights were kept is used, so the
     score and its int8 change come from the same job; else the one named after the task, else
     the first by name. UserError for a damaged scores.json (``read_scores``)."""
-    from pretrain.downstream.runner import SCORES_JSON, read_scores
-
-    found: Dict[str, List[JobScore]] = {}
-    for f in sorted((run / "finetune").glob(f"*/{SCORES_JSON}")):
-        s = read_scores(f)
-        if s.get("random_init") or f.parent.name.endswith("-random-init"):
-            continue
-        task = s.get("task", f.parent.name)
-        found.setdefault(task, []).append(
-            JobScore(task, s["main_metric"], float(s["score"]), int(s["num_seeds"]), float(s["chosen_lr"]), f.parent))
+    found = _read_job_scores(run, False)
     return {task: min(jobs, key=lambda j: (not _kept_weights(j), j.job.name != task, j.job.name))
             for task, jobs in found.items()}
 
