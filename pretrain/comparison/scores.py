@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from omegaconf import OmegaConf
+
 from common.atomic import write_json_atomic
 from common.configfile import read_yaml
 from common.errors import UserError
@@ -128,7 +130,7 @@ def _read_job_scores(run: Path, random_init: bool) -> Dict[str, List[JobScore]]:
         if bool(s.get("random_init") or f.parent.name.endswith("-random-init")) != random_init:
             continue
         y = f.parent / FINETUNE_YAML
-        precision = (read_yaml(y).get("train") or {}).get("precision") if y.is_file() else None
+        precision = OmegaConf.select(read_yaml(y), "train.precision", default=None) if y.is_file() else None
         task = s.get("task", f.parent.name)
         found.setdefault(task, []).append(JobScore(task, s["main_metric"], float(s["score"]), int(s["num_seeds"]),
                                                    float(s["chosen_lr"]), f.parent, precision))
