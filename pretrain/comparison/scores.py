@@ -19,6 +19,7 @@ weights are gone (a committed log in ``results/runs``) gives its int8 row from t
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +41,9 @@ SHAPE_KEYS = ("family", "vocab_size", "hidden_size", "num_hidden_layers", "num_a
 @dataclass
 class JobScore:
     """A finished fine-tuning job: ``score`` is the median main metric (0-1 scale) over
-    ``seeds`` seeds at ``lr``; ``job`` its directory; ``precision`` its ``train.precision``
-    (from its finetune.yaml; None when that does not say)."""
+    ``seeds`` seeds at ``lr``; ``job`` its directory; from its finetune.yaml, ``precision``
+    (``train.precision``; None when it does not say) and ``kept_weights`` (``keep_weights``:
+    the seeds' checkpoints were kept, for the int8 re-score)."""
 
     task: str
     metric: str
@@ -50,6 +52,7 @@ class JobScore:
     lr: float
     job: Path
     precision: Optional[str] = None
+    kept_weights: bool = False
 
 
 @dataclass
@@ -130,10 +133,11 @@ def _read_job_scores(run: Path, random_init: bool) -> Dict[str, List[JobScore]]:
         if bool(s.get("random_init") or f.parent.name.endswith("-random-init")) != random_init:
             continue
         y = f.parent / FINETUNE_YAML
-        precision = OmegaConf.select(read_yaml(y), "train.precision", default=None) if y.is_file() else None
+        made = read_yaml(y) if y.is_file() else OmegaConf.create({})  # read once: precision and keep_weights
         task = s.get("task", f.parent.name)
-        found.setdefault(task, []).append(JobScore(task, s["main_metric"], float(s["score"]), int(s["num_seeds"]),
-                                                   float(s["chosen_lr"]), f.parent, precision))
+        found.setdefault(task, []).append(JobScore(
+            task, s["main_metric"], float(s["score"]), int(s["num_seeds"]), float(s["chosen_lr"]), f.parent,
+            OmegaConf.select(made, "train.precision", default=None), bool(made.get("keep_weights", False))))
     return found
 
 
@@ -152,16 +156,8 @@ def read_jobs(run: Path) -> Dict[str, JobScore]:
     score and its int8 change come from the same job; else the one named after the task, else
     the first by name. UserError for a damaged scores.json (``read_scores``)."""
     found = _read_job_scores(run, False)
-    return {task: min(jobs, key=lambda j: (not _kept_weights(j), j.job.name != task, j.job.name))
+    return {task: min(jobs, key=lambda j: (not j.kept_weights, j.job.name != task, j.job.name))
             for task, jobs in found.items()}
-
-
-def _kept_weights(job: JobScore) -> bool:
-    """The job's finetune.yaml asked for keep_weights (``pretrain.downstream.config``)."""
-    from pretrain.downstream.runner import FINETUNE_YAML
-
-    f = job.job / FINETUNE_YAML
-    return f.is_file() and bool(read_yaml(f).get("keep_weights", False))
 
 
 def int8_rescore(job: JobScore) -> Int8Score | str:
@@ -212,8 +208,6 @@ def read_int8(job: JobScore) -> Int8Score:
     (one line, naming the file) when it is unreadable, lacks a key, holds no or unequal
     numbers of scores, or was made for another task, metric or learning rate than ``job``'s
     scores.json chose (the job was redone since: re-run with its weights kept)."""
-    import json
-
     f = job.job / INT8_JSON
     try:
         rec = json.loads(f.read_text(encoding="utf-8"))
