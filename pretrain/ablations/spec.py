@@ -293,8 +293,11 @@ EVALUATE_PREFIX = "evaluate."
 def split_evaluate_overrides(overrides: Sequence[str]) -> Tuple[List[str], List[str]]:
     """``key=value`` overrides of ``pretrain ablate``/``submit`` → (those of every arm's run
     config, those of the ablation's ``evaluate`` section: keys starting ``evaluate.``)."""
-    run = [o for o in overrides if not o.strip().startswith(EVALUATE_PREFIX)]
-    return run, [o for o in overrides if o.strip().startswith(EVALUATE_PREFIX)]
+    run: List[str] = []
+    evaluate: List[str] = []
+    for o in overrides:
+        (evaluate if o.strip().startswith(EVALUATE_PREFIX) else run).append(o)
+    return run, evaluate
 
 
 def apply_evaluate_overrides(abl: AblationConfig, overrides: Sequence[str], where: str) -> AblationConfig:
@@ -306,9 +309,9 @@ def apply_evaluate_overrides(abl: AblationConfig, overrides: Sequence[str], wher
     valid ones), a bad value, or a result ``load_ablation`` would refuse."""
     if not overrides:
         return abl
-    layer = parse_overrides(list(overrides))
-    merged = merge_into(AblationConfig, abl, layer, where=f"{where} with {' '.join(overrides)}")
-    check_ablation(merged, where=f"{where} with {' '.join(overrides)}")
+    where = f"{where} with {' '.join(overrides)}"
+    merged = merge_into(AblationConfig, abl, parse_overrides(list(overrides)), where=where)
+    check_ablation(merged, where=where)
     return merged
 
 

@@ -115,8 +115,8 @@ def has_checkpoint(run: Path) -> bool:
 
 def run_of(path: Path) -> Path:
     """The run directory a run, ``checkpoints/`` or ``checkpoints/step-*`` path belongs to
-    (any other path: itself), from the path alone (nothing is read but whether ``path/checkpoints`` exists: a run may
-    itself be named "checkpoints")."""
+    (any other path: itself), from the path alone: nothing is read but whether
+    ``path/checkpoints`` exists (a run may itself be named "checkpoints")."""
     p = Path(path)
     if (p / CHECKPOINTS).is_dir():
         return p
