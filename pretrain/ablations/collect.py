@@ -23,10 +23,11 @@ from common.atomic import replace_dir
 from common.errors import UserError
 from pretrain.ablations.spec import load_record, seed_runs
 from pretrain.comparison.scores import INT8_JSON
+from pretrain.downstream.runner import FINETUNE_YAML, SCORES_JSON, SCORES_MD
 from pretrain.training import rundir
 
 RUN_FILES = (rundir.CONFIG, rundir.METRICS, rundir.SUMMARY)
-JOB_FILES = ("finetune.yaml", "scores.json", "scores.md", INT8_JSON)
+JOB_FILES = (FINETUNE_YAML, SCORES_JSON, SCORES_MD, INT8_JSON)
 PROBE_FILES = ("blimp.json", "sentence.json")
 
 
