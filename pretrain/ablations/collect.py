@@ -23,7 +23,7 @@ from common.atomic import replace_dir
 from common.errors import UserError
 from pretrain.ablations.spec import load_record, seed_runs
 from pretrain.comparison.scores import INT8_JSON
-from pretrain.downstream.runner import FINETUNE_YAML, SCORES_JSON, SCORES_MD
+from pretrain.downstream.runner import FINETUNE_YAML, JOBS_DIR, SCORES_JSON, SCORES_MD
 from pretrain.training import rundir
 
 RUN_FILES = (rundir.CONFIG, rundir.METRICS, rundir.SUMMARY)
@@ -41,8 +41,8 @@ def log_files(abl_dir: str | Path) -> List[Path]:
     for _arm, _seed, rel in seed_runs(rec.ablation):
         run = abl_dir / rel
         out += [Path(rel) / f for f in RUN_FILES if (run / f).is_file()]
-        for job in sorted(p for p in (run / "finetune").glob("*") if p.is_dir()):
-            out += [Path(rel) / "finetune" / job.name / f for f in JOB_FILES if (job / f).is_file()]
+        for job in sorted(p for p in (run / JOBS_DIR).glob("*") if p.is_dir()):
+            out += [Path(rel) / JOBS_DIR / job.name / f for f in JOB_FILES if (job / f).is_file()]
         for d in ("eval", "eval-random-init"):
             out += [Path(rel) / d / f for f in PROBE_FILES if (run / d / f).is_file()]
     return out

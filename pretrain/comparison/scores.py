@@ -125,10 +125,10 @@ def shape_mismatch(run: Path, cfg: Any) -> Optional[str]:
 def _read_job_scores(run: Path, random_init: bool) -> Dict[str, List[JobScore]]:
     """The finished jobs under ``run/finetune/`` by task: the random-init controls
     (``<task>-random-init``, or ``random_init`` in scores.json) or all the others."""
-    from pretrain.downstream.runner import FINETUNE_YAML, SCORES_JSON, read_scores
+    from pretrain.downstream.runner import FINETUNE_YAML, JOBS_DIR, SCORES_JSON, read_scores
 
     found: Dict[str, List[JobScore]] = {}
-    for f in sorted((run / "finetune").glob(f"*/{SCORES_JSON}")):
+    for f in sorted((run / JOBS_DIR).glob(f"*/{SCORES_JSON}")):
         s = read_scores(f)
         if bool(s.get("random_init") or f.parent.name.endswith("-random-init")) != random_init:
             continue

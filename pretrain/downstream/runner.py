@@ -39,6 +39,7 @@ from common.errors import UserError, launcher_rank
 from pretrain.downstream.config import load_finetune_config
 from pretrain.downstream.task_data import count_train_rows, main_metric
 
+JOBS_DIR = "finetune"  # a pretraining run's jobs: <run>/finetune/<task>[-random-init]/
 SCORES_JSON = "scores.json"
 FINETUNE_YAML = "finetune.yaml"  # the job's composed config, written first: its identity
 SCORES_MD = "scores.md"
@@ -86,8 +87,8 @@ def job_directory(identity: Dict[str, Any], task: str, random_init: bool, runs_r
     """Where a job's runs and scores go (module docstring)."""
     leaf = task + ("-random-init" if random_init else "")
     if identity["run_dir"] is not None:
-        return Path(identity["run_dir"]) / "finetune" / leaf
-    return Path(runs_root) / "finetune" / identity["name"] / leaf
+        return Path(identity["run_dir"]) / JOBS_DIR / leaf
+    return Path(runs_root) / JOBS_DIR / identity["name"] / leaf
 
 
 def lr_tag(lr: float) -> str:
