@@ -208,6 +208,71 @@ def test_export_then_transformers_gives_our_logits(e, tmp_path):
     torch.testing.assert_close(train_path, g_theirs[b["labels"] != -100], atol=1e-5, rtol=0)
 
 
+def test_training_steps_match_transformers_generator_and_discriminator_with_tied_embeddings():
+    """Training, not only the forward pass, is Hugging Face's pair: ElectraForMaskedLM and
+    ElectraForPreTraining sharing one embeddings module (generator decoder tied to its word
+    table), loaded with our initial weights, trained on the same batches with the same
+    samples by the paper's loss (§2 Eq. 1: mean MLM + λ · mean binary loss over the
+    non-padding tokens), follow our module step for step. The loss here is written from the
+    paper, not with our criterion, so a gradient our module drops or doubles shows."""
+    import torch.nn.functional as F
+    from pretrain.models.hf_electra import electra_hf_config, electra_hf_names
+
+    cfg, ecfg = tiny(embedding_size=16, generator_size=0.5)
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0  # the same math, not the same dropout masks
+    torch.manual_seed(0)
+    ours = ElectraForPretraining(cfg, ecfg)
+    sd = {k: v.clone() for k, v in ours.state_dict().items()}
+    disc = transformers.ElectraForPreTraining(electra_hf_config(cfg, "discriminator"))
+    gen = transformers.ElectraForMaskedLM(electra_hf_config(cfg, "generator", ours.generator_config))
+    for part, m in (("discriminator", disc), ("generator", gen)):
+        m.load_state_dict({v: sd[k] for k, v in electra_hf_names(part, list(sd)).items()}, strict=False)
+    gen.electra.embeddings = disc.electra.embeddings
+    gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
+    theirs = list({id(p): p for p in [*disc.parameters(), *gen.parameters()]}.values())
+    assert sum(p.numel() for p in theirs) == sum(p.numel() for p in ours.parameters())
+
+    def ours_loss(b, seed):
+        out = ours(**b, sampler=torch.Generator().manual_seed(seed))
+        real = b["attention_mask"].bool()
+        return (F.cross_entropy(out["mlm_logits"], b["labels"][b["labels"] != -100])
+                + 50.0 * F.binary_cross_entropy_with_logits(out["disc_logits"][real], out["replaced"][real].float()))
+
+    def their_loss(b, seed):
+        ids, mask, types, labels = b["input_ids"], b["attention_mask"], b["token_type_ids"], b["labels"]
+        masked = labels != -100
+        logits = gen(input_ids=ids, attention_mask=mask, token_type_ids=types).logits[masked]
+        with torch.no_grad():
+            samples = torch.multinomial(torch.softmax(logits, -1), 1, generator=torch.Generator().manual_seed(seed))
+            original = torch.where(masked, labels, ids)
+            fake = original.masked_scatter(masked, samples.squeeze(-1))
+            replaced = fake != original
+        d = disc(input_ids=fake, attention_mask=mask, token_type_ids=types).logits
+        real = mask.bool()
+        return F.cross_entropy(logits, labels[masked]) + 50.0 * F.binary_cross_entropy_with_logits(
+            d[real], replaced[real].float())
+
+    # SGD: a weight's change is its gradient, so equal weights after the steps mean equal gradients
+    # (Adam's normalisation would blow a 1e-7 difference of a near-zero gradient up to the lr)
+    opts = [torch.optim.SGD(ps, lr=0.05) for ps in (list(ours.parameters()), theirs)]
+    for step in range(4):
+        b = batch()
+        losses = []
+        for fn, opt in zip((ours_loss, their_loss), opts):
+            loss = fn(b, seed=step)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-5), f"step {step}: ours {losses[0]} vs theirs {losses[1]}"
+    after = ours.state_dict()
+    for part, model in (("discriminator", disc), ("generator", gen)):
+        their_after = model.state_dict()
+        for k, v in electra_hf_names(part, list(after)).items():
+            assert not torch.equal(after[k], sd[k]), f"{k} did not train"
+            torch.testing.assert_close(after[k], their_after[v], atol=1e-5, rtol=0)
+
+
 def test_export_refuses_what_electra_cannot_hold(tmp_path):
     from pretrain.models.hf_electra import export_electra
 
