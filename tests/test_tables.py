@@ -306,6 +306,10 @@ def test_unequal_real_tokens_are_named_without_withholding_the_verdict():
     short = [ArmResult("a", "done", tokens_seen=1000), ArmResult("b", "done", tokens_seen=620), ArmResult("c", "not run")]
     (w,) = token_warnings(short)
     assert "(`a` 1,000, `b` 620)" in w and "sequence slots" in w
+    (w,) = token_warnings(short, "real_tokens")
+    assert "(`a` 1,000, `b` 620)" in w and "mean row length" in w and "sequence slots" not in w
+    # equal training FLOPs means unequal tokens on purpose (ELECTRA vs MLM)
+    assert token_warnings(short, "train_flops") == []
 
 
 def test_note_says_whether_arms_share_validation_data():
@@ -340,3 +344,52 @@ def test_an_ablation_of_your_own_needs_no_paper_section(tmp_path: Path):
     rebuild_tables(runs, tmp_path / "results")
     md = (tmp_path / "results" / "smoke" / "seeded.md").read_text()
     assert "(paper)" not in md and "Paper numbers" not in md and "`a` | done" in md
+
+
+def test_training_flops_and_hardware_come_from_each_run_s_config_and_summary(tmp_path: Path):
+    """The FLOPs column is steps done × global batch × one full-length sequence's training FLOPs
+    of the run's own config (the runner's train_flops budget); the hardware line names what
+    summary.json recorded, arm by arm when the arms differ."""
+    from pretrain.ablations.arm_results import ArmResult
+    from pretrain.ablations.tables import hardware_line
+    from pretrain.config import load_run_config, to_dict
+    from pretrain.models.encoder import build_model
+    from pretrain.tasks import train_flops_per_sequence
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_run_config(repo / "configs" / "recipe" / "roberta.yaml", "smoke", ["model.vocab_size=1000"])
+    runs = {}
+    for name, steps, hw in (("a", 20, "1 × CPU (Some CPU), 1 thread"), ("b", 40, "2 × NVIDIA X")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / rundir.CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+        write_json_atomic(run / rundir.SUMMARY, {**SUMMARY_A, "steps": steps, "hardware": hw})
+        runs[name] = collect_arm(name, run)
+    a, b = runs["a"], runs["b"]
+    per_seq = train_flops_per_sequence(cfg)
+    assert a.train_flops == 20 * cfg.train.global_batch_size * per_seq and b.train_flops == 2 * a.train_flops
+    # at least 6 FLOPs per non-embedding weight per token (forward + backward), T tokens a sequence
+    model = build_model(cfg.model, cfg.objective.sentence)
+    blocks = model.encoder.block_parameters(applied=True)
+    assert per_seq > 6 * blocks * cfg.data.max_seq_length
+    assert a.hardware == "1 × CPU (Some CPU), 1 thread"
+    assert hardware_line([a]) == "Hardware: every finished arm trained on 1 × CPU (Some CPU), 1 thread."
+    assert hardware_line([a, b]) == "Hardware: `a` 1 × CPU (Some CPU), 1 thread; `b` 2 × NVIDIA X."
+    old = ArmResult("c", "done")
+    assert hardware_line([old]).startswith("Hardware: not recorded")
+    assert hardware_line([a, old]).endswith("(not recorded for `c`).")
+    # a run whose config no longer composes shows no FLOPs instead of stopping the table
+    (tmp_path / "a" / rundir.CONFIG).write_text("train:\n  no_such_key: 1\n")
+    assert collect_arm("a", tmp_path / "a").train_flops is None
+
+
+def test_hardware_names_the_device_kind_and_rank_count():
+    import torch
+
+    from pretrain.training.hardware import cpu_name, describe_hardware
+
+    text = describe_hardware(2)
+    if torch.cuda.is_available():
+        assert text.startswith("2 × ") and "CPU" not in text
+    else:
+        assert text.startswith(f"2 × CPU ({cpu_name()}), {torch.get_num_threads()} thread") and cpu_name()

@@ -35,6 +35,14 @@ class ArmResult:
     accuracy_pct: held-out masked-token accuracy in percent.
     tokens_seen / epochs: training tokens consumed and passes over the training data.
     wall_min: training wall time in minutes (summed over resumed segments; finished arms only).
+    train_flops: training FLOPs of the steps done, forward + backward, counted as the runner's
+        ``train_flops`` budget counts them: steps × global batch × the FLOPs of one full
+        ``data.max_seq_length`` sequence (``pretrain.tasks.train_flops_per_sequence``: 6N +
+        12·L·H·T per token, both ELECTRA networks) — sequence slots, so an upper bound on the
+        FLOPs spent on real tokens. From the run's config.yaml and summary.json.
+    hardware: what the run trained on (summary.json's ``hardware``,
+        ``pretrain.training.hardware.describe_hardware``); None for runs from before it was
+        recorded.
     downstream: our column name → the arm's Cell there (median, min–max and n of the
         scores pooled over its runs, ``pretrain.ablations.downstream``), which the verdicts
         on those columns read.
@@ -50,6 +58,8 @@ class ArmResult:
     wall_min: Optional[float] = None
     sentence_accuracy_pct: Optional[float] = None
     parameters: Optional[int] = None
+    train_flops: Optional[float] = None
+    hardware: Optional[str] = None
     seeds_done: Optional[int] = None
     mlm_loss_spread: Optional[float] = None
     seed_values: Optional[Dict[str, List[float]]] = None
@@ -76,6 +86,8 @@ def collect_arm(arm: str, run: Path) -> ArmResult:
             wall_min=_num(summary["wall_time_s"]) / 60 if summary.get("wall_time_s") is not None else None,
             sentence_accuracy_pct=_pct(ev.get("sentence_accuracy")),
             parameters=_int(summary.get("num_parameters")),
+            train_flops=_train_flops(run, summary.get("steps")),
+            hardware=summary.get("hardware"),
         )
     records = last_per_step(rundir.read_metrics(run))
     if not run.is_dir() or (not records and not (run / rundir.CONFIG).is_file()):
@@ -140,15 +152,35 @@ def _median_arm(arm: str, runs: List[ArmResult]) -> ArmResult:
         return ArmResult(arm=arm, status=status, seeds_done=0)
     res = ArmResult(arm=arm, status="done" if len(done) == len(runs) else f"{len(done)}/{len(runs)} seeds done")
     res.seeds_done = len(done)
-    for f in ("mlm_loss", "perplexity", "accuracy_pct", "tokens_seen", "epochs", "wall_min", "sentence_accuracy_pct", "parameters"):
+    for f in ("mlm_loss", "perplexity", "accuracy_pct", "tokens_seen", "epochs", "wall_min", "sentence_accuracy_pct", "parameters",
+              "train_flops"):
         vals = [getattr(r, f) for r in done if getattr(r, f) is not None]
         if vals:
             med = statistics.median(vals)
             setattr(res, f, int(med) if f in ("tokens_seen", "parameters") else float(med))
+    res.hardware = "; ".join(sorted({r.hardware for r in done if r.hardware})) or None
     losses = [r.mlm_loss for r in done if r.mlm_loss is not None]
     res.mlm_loss_spread = max(losses) - min(losses) if losses else None
     res.seed_values = {f: [getattr(r, f) for r in done if getattr(r, f) is not None] for f in METRIC_FIELDS.values()}
     return res
+
+
+def _train_flops(run: Path, steps: Any) -> Optional[float]:
+    """``ArmResult.train_flops`` of a finished run; None when its config.yaml is missing or no
+    longer composes with this version's config schema (the table then shows —)."""
+    from common.configfile import merge_into
+    from common.errors import UserError
+    from pretrain.config import RunConfig
+    from pretrain.tasks import train_flops_per_sequence
+
+    f = run / rundir.CONFIG
+    if steps is None or not f.is_file():
+        return None
+    try:
+        cfg = merge_into(RunConfig, read_yaml(f), where=str(f))
+        return int(steps) * cfg.train.global_batch_size * train_flops_per_sequence(cfg)
+    except UserError:
+        return None
 
 
 def _max_steps(run: Path) -> Optional[int]:

@@ -40,6 +40,7 @@ OUR_COLUMNS: List[tuple] = [
     ("tokens seen", "tokens_seen", "{:,}"),
     ("epochs", "epochs", "{:.2f}"),
     ("wall time (min)", "wall_min", "{:.2f}"),
+    ("training FLOPs", "train_flops", "{:.3g}"),
 ]
 # Shown only where they apply: a sentence objective in some arm, several pretraining seeds,
 # arms of different sizes.
@@ -64,17 +65,18 @@ def our_columns(rec: AblationRecord, results: List[ArmResult]) -> List[tuple]:
 
 
 def render_csv(rec: AblationRecord, results: List[ArmResult]) -> str:
-    """CSV text: arm, status, our columns (full precision), then the paper's columns."""
+    """CSV text: arm, status, our columns (full precision), hardware, then the downstream and
+    paper's columns."""
     cols = our_columns(rec, results)
     dcols, rest = downstream_columns(rec), _paper_rest(rec)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = ["arm", "status", *[h for h, _, _ in cols]]
+    head = ["arm", "status", *[h for h, _, _ in cols], "hardware"]
     for c in dcols:
         head += [c.name, f"{c.name} min", f"{c.name} max", f"{c.name} n"] + ([c.name + PAPER_SUFFIX] if _in_paper(rec, c) else [])
     w.writerow(head + [c + PAPER_SUFFIX for c in rest])
     for r in results:
-        row = [r.arm, r.status, *[csv_cell(getattr(r, f)) for _, f, _ in cols]]
+        row = [r.arm, r.status, *[csv_cell(getattr(r, f)) for _, f, _ in cols], csv_cell(r.hardware)]
         for c in dcols:
             x = r.downstream.get(c.name) or Cell()
             row += [csv_cell(x.median), csv_cell(x.low), csv_cell(x.high), str(x.n) if x.n else ""]
@@ -101,6 +103,7 @@ def render_markdown(
     over = " ".join(f"`{o}`" for o in [*rec.overrides, *rec.evaluate_overrides]) or "none"
     seeds = f"; pretraining seeds {', '.join(str(s) for s in abl.seeds)} (our columns: median over seeds)" if abl.seeds else ""
     lines += [f"Preset `{rec.preset}`; command-line overrides: {over}{seeds}.", ""]
+    lines += [hardware_line(results), ""]
     for w in warnings:
         lines += [f"**Warning:** {w}", ""]
     lines.append("| arm | status | " + " | ".join(md_escape(h) for h in headers) + " |")
@@ -122,7 +125,10 @@ def render_markdown(
            "each arm's validation split (the arms differ in input format or sentence objective, so their "
            "pairs differ; the documents, tokenizer and mask seed are shared)")
         + ", after the last "
-        "training step (for an unfinished arm: its latest evaluation); tokens seen, epochs over the training data and training wall time from the run logs.",
+        "training step (for an unfinished arm: its latest evaluation); tokens seen, epochs over the training data and training wall time from the run logs; "
+        "training FLOPs (forward + backward) = steps × batch × the FLOPs of one full-length sequence (6N + 12·L·H·T per "
+        "token; ELECTRA: both networks), the count the runner's `train_flops` budget equalizes, an upper bound on the "
+        "FLOPs spent on real (non-padding) tokens.",
         "",
         *([f"Paper numbers: {abl.paper.source}.", ""] if abl.paper.source else []),
     ]
@@ -160,6 +166,22 @@ def render_markdown(
     ]
     lines += [f"    {arm_command(rec, arm, seed, rel)}" for arm, seed, rel in seed_runs(abl)]
     return "\n".join(lines) + "\n"
+
+
+def hardware_line(results: Sequence[ArmResult]) -> str:
+    """One sentence naming what the finished arms trained on (summary.json's ``hardware``),
+    arm by arm when they differ: wall times compare only on the same hardware."""
+    done = [r for r in results if r.status != "not run" and r.arm != CONTROL_ROW]
+    kinds = {r.hardware for r in done if r.hardware}
+    unknown = [f"`{r.arm}`" for r in done if not r.hardware and r.status == "done"]
+    if not kinds:
+        return "Hardware: not recorded in these runs' summary.json (written by versions before it was)." if unknown else \
+            "Hardware: no arm has finished."
+    if len(kinds) == 1:
+        text = f"Hardware: every finished arm trained on {next(iter(kinds))}"
+    else:
+        text = "Hardware: " + "; ".join(f"`{r.arm}` {r.hardware}" for r in done if r.hardware)
+    return text + (f" (not recorded for {', '.join(unknown)})." if unknown else ".")
 
 
 def render_verdicts(verdicts: Sequence[Verdict]) -> List[str]:
@@ -203,7 +225,7 @@ def write_ablation_table(abl_dir: str | Path, results_dir: str | Path, runs_root
     results = collect(abl_dir, rec)
     blocking = mask_reuse_warnings(abl_dir, rec.ablation)
     verdicts = table_verdicts(rec, results, blocking)
-    warnings = blocking + token_warnings(results)
+    warnings = blocking + token_warnings(results, rec.ablation.budget)
     md, csv_path, png_path = table_paths(results_dir, rec.preset, rec.ablation.name)
     out = md.parent
     out.mkdir(parents=True, exist_ok=True)

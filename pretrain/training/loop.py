@@ -52,7 +52,7 @@ from common.atomic import write_json_atomic, write_text_atomic
 from common.errors import UserError
 from pretrain.config import run_dir, to_dict, to_yaml
 from pretrain.tasks.base import Task, normalized_loss
-from pretrain.training import checkpoint, distributed
+from pretrain.training import checkpoint, distributed, hardware
 from pretrain.training.batching import rank_micro_batches
 from pretrain.training.checks import check_device, check_run
 from pretrain.training.engine import accumulation_steps, build_engine, deepspeed_config  # noqa: F401 (API)
@@ -209,6 +209,7 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
         summary = {"status": "done", "steps": step, "tokens_seen": tokens_seen, "epochs": sampler.epochs(step),
                    "wall_time_s": wall(), "final_eval": {k: last_eval[k] for k in task.summary_keys if k in last_eval},
                    **task.summary_fields(), "num_parameters": num_parameters,
+                   "hardware": hardware.describe_hardware(world.size),
                    **({"skipped_steps": skipped_steps} if t.precision == "fp16" else {})}
         if world.is_main:
             write_json_atomic(run / SUMMARY, summary)

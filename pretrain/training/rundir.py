@@ -23,7 +23,8 @@ metrics.jsonl lines have ``"kind"``:
   sentence_accuracy (with a sentence head and labels), time_s.
 summary.json: status ("done"), steps, tokens_seen, epochs, wall_time_s (training time summed
 over resumed segments), final_eval {mlm_loss, perplexity, mlm_accuracy[, sentence_accuracy]},
-data_dir, num_train_sequences, num_parameters, skipped_steps (fp16 only).
+data_dir, num_train_sequences, num_parameters, hardware (``"<ranks> × <device>"``,
+``pretrain.training.hardware``), skipped_steps (fp16 only).
 """
 
 from __future__ import annotations
