@@ -177,7 +177,7 @@ def hardware_line(results: Sequence[ArmResult]) -> str:
     if not kinds:
         return "Hardware: not recorded in these runs' summary.json (written by versions before it was)." if unknown else \
             "Hardware: no arm has finished."
-    if len(kinds) == 1:
+    if len(kinds) == 1 and not unknown:
         text = f"Hardware: every finished arm trained on {next(iter(kinds))}"
     else:
         text = "Hardware: " + "; ".join(f"`{r.arm}` {r.hardware}" for r in done if r.hardware)
