@@ -127,7 +127,8 @@ def render_markdown(
         + ", after the last "
         "training step (for an unfinished arm: its latest evaluation); tokens seen, epochs over the training data and training wall time from the run logs; "
         "training FLOPs (forward + backward) = steps × batch × the FLOPs of one full-length sequence (6N + 12·L·H·T per "
-        "token; ELECTRA: both networks), the count the runner's `train_flops` budget equalizes, an upper bound on the "
+        "token; ELECTRA: both networks; DistilBERT: the student, not the frozen teacher's forward passes), the count "
+        "the runner's `train_flops` budget equalizes, an upper bound on the "
         "FLOPs spent on real (non-padding) tokens.",
         "",
         *([f"Paper numbers: {abl.paper.source}.", ""] if abl.paper.source else []),
