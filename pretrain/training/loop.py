@@ -206,11 +206,8 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
 
         if last_eval is None or last_eval["step"] != step:
             last_eval = run_eval()  # a resumed, already finished run with no eval recorded
-        summary = {"status": "done", "steps": step, "tokens_seen": tokens_seen, "epochs": sampler.epochs(step),
-                   "wall_time_s": wall(), "final_eval": {k: last_eval[k] for k in task.summary_keys if k in last_eval},
-                   **task.summary_fields(), "num_parameters": num_parameters,
-                   "hardware": hardware.describe_hardware(world.size),
-                   **({"skipped_steps": skipped_steps} if t.precision == "fp16" else {})}
+        summary = _summary(task, step, tokens_seen, sampler.epochs(step), wall(), last_eval, num_parameters, world.size,
+                           skipped_steps if t.precision == "fp16" else None)
         if world.is_main:
             write_json_atomic(run / SUMMARY, summary)
         distributed.barrier()
@@ -251,6 +248,17 @@ def _restore(engine, ckpt: Optional[Path], world, run: Path) -> Dict[str, Any]:
     if world.is_main:
         print(f"resumed {run} from {ckpt.name} (step {state['step']})")
     return state
+
+
+def _summary(task: Any, step: int, tokens_seen: int, epochs: float, wall_time_s: float, last_eval: Dict[str, Any],
+             num_parameters: int, world_size: int, skipped_steps: Optional[int]) -> Dict[str, Any]:
+    """summary.json of a finished run (fields: ``pretrain.training.rundir``); ``skipped_steps``
+    only for fp16 (None otherwise)."""
+    return {"status": "done", "steps": step, "tokens_seen": tokens_seen, "epochs": epochs, "wall_time_s": wall_time_s,
+            "final_eval": {k: last_eval[k] for k in task.summary_keys if k in last_eval},
+            **task.summary_fields(), "num_parameters": num_parameters,
+            "hardware": hardware.describe_hardware(world_size),
+            **({"skipped_steps": skipped_steps} if skipped_steps is not None else {})}
 
 
 def _empty_window(start_time_s: float) -> Dict[str, Any]:
