@@ -14,6 +14,9 @@ spec                         documents
 ``FILE.jsonl``/``.parquet``  one document per row (``text`` column; ``id`` if present)
 ``FILE.zip``                 its members, each a text file read by the layout rule
                              (metadata members skipped)
+``FILE.txt.gz`` ...          a ``.txt``, no-suffix or ``.jsonl`` file compressed by gzip,
+                             bzip2 or xz (``.gz``, ``.bz2``, ``.xz``), read as the file
+                             it holds, decompressed while streaming
 ===========================  ==========================================================
 
 **One layout rule for every text file** — named directly, matched by a glob, found in a
@@ -65,12 +68,16 @@ file with something to report).
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import glob as globlib
+import gzip
 import io
 import json
+import lzma
 import re
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -83,6 +90,10 @@ from common.errors import UserError
 METADATA_NAMES = ("readme", "cats.txt", "contents", "stopwords", "license", "copying")
 MULTI_DOC_SUFFIXES = (".zip", ".jsonl", ".parquet")
 TEXT_SUFFIXES = ("", ".txt")
+# Compression wrapping a text or jsonl file (HF datasets' loaders read these transparently).
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# What a damaged compressed stream raises besides OSError / EOFError.
+_STREAM_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)
 
 LAYOUTS = ("auto", "file", "headings", "blank_lines", "lines")
 DECODE_ERRORS = ("replace", "ignore", "strict")
@@ -372,7 +383,7 @@ def _files_as_sources(files: List[Path], root: Path, stats: ReadStats, opts: Rea
     SOURCE.md, ...) is skipped and reported."""
     sources, loose = [], []
     for f in files:
-        suffix = f.suffix.lower()
+        suffix = _inner_suffix(f)
         rel = _relname(f, root)
         if any(part.startswith(".") for part in rel.split("/")):
             stats.skipped_members += 1  # counted, not listed: a .git/ would flood the report
@@ -402,8 +413,30 @@ def _relname(f: Path, root: Path) -> str:
         return f.name
 
 
-def _file_source(path: Path, label: str, stats: ReadStats, opts: ReadOptions) -> _Source:
+def _inner_suffix(path: Path) -> str:
+    """The suffix that says how to read ``path``: ``.txt`` for ``a.txt``, ``a.txt.gz`` and
+    ``a.txt.xz``; ``""`` for ``a`` and ``a.gz``; ``.jsonl`` for ``a.jsonl.bz2``. A compressed
+    zip or parquet (``a.zip.gz``) gives ``.zip.gz``, which no reader takes (both are
+    compressed inside already)."""
     suffix = path.suffix.lower()
+    if suffix not in COMPRESSED:
+        return suffix
+    inner = Path(path.stem).suffix.lower()
+    return inner if inner in (".txt", ".jsonl", "") else inner + suffix
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    """``path`` opened for reading bytes, decompressed if its suffix names a compression.
+    UserError naming the file when it cannot be opened."""
+    opener = COMPRESSED.get(path.suffix.lower(), open)
+    try:
+        return opener(path, "rb")
+    except OSError as e:
+        raise UserError(f"cannot read corpus file {path}: {e.strerror or e}") from None
+
+
+def _file_source(path: Path, label: str, stats: ReadStats, opts: ReadOptions) -> _Source:
+    suffix = _inner_suffix(path)
     readers: Dict[str, Callable[[], Iterable[tuple]]] = {
         ".zip": lambda: _zip(path, label, stats, opts),
         ".jsonl": lambda: _jsonl(path, label, stats, opts),
@@ -412,8 +445,10 @@ def _file_source(path: Path, label: str, stats: ReadStats, opts: ReadOptions) ->
         "": lambda: _text_file(path, label, stats, opts),
     }
     if suffix not in readers:
-        raise UserError(f"corpus file {path} has an unsupported type {suffix!r}; use .txt, .jsonl, .parquet or .zip")
-    return (path.stem, readers[suffix])
+        raise UserError(f"corpus file {path} has an unsupported type {suffix!r}; use .txt, .jsonl, .parquet or .zip "
+                        "(.txt and .jsonl may be compressed: .gz, .bz2, .xz)")
+    stem = path.stem if path.suffix.lower() not in COMPRESSED else Path(path.stem).stem
+    return (stem, readers[suffix])
 
 
 # --------------------------------------------------------------------------- text files
@@ -421,10 +456,7 @@ def _file_source(path: Path, label: str, stats: ReadStats, opts: ReadOptions) ->
 
 def _text_file(path: Path, label: str, stats: ReadStats, opts: ReadOptions) -> Iterator[tuple]:
     def opener() -> IO[bytes]:
-        try:
-            return open(path, "rb")
-        except OSError as e:
-            raise UserError(f"cannot read corpus file {path}: {e.strerror}") from None
+        return _open_bytes(path)
 
     try:
         size = path.stat().st_size
@@ -472,7 +504,7 @@ def _text_documents(opener: Callable[[], IO[bytes]], base: str, where: str, size
             f"corpus file {where} is not valid {opts.encoding} (byte 0x{bad.hex()}: {exc.reason}); "
             "set data.corpus_encoding to its encoding (e.g. latin-1) or data.corpus_errors=replace"
         ) from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except _STREAM_ERRORS as e:
         raise UserError(f"cannot read corpus file {where}: {getattr(e, 'strerror', None) or e}") from None
     stats.note(base, rep)
 
@@ -742,13 +774,9 @@ def _bounded(doc_id: str, text: str, opts: ReadOptions, rep: FileReport) -> Iter
 
 
 def _jsonl(path: Path, label: str, stats: ReadStats, opts: ReadOptions) -> Iterator[tuple]:
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise UserError(f"cannot read corpus file {path}: {e.strerror}") from None
     rep = FileReport()
-    with f:
-        for lineno, raw in enumerate(f, 1):
+    with _open_bytes(path) as f:
+        for lineno, raw in _numbered_lines(f, path):
             try:
                 line = _decode(raw, opts, rep)
             except _Undecodable:
@@ -766,6 +794,22 @@ def _jsonl(path: Path, label: str, stats: ReadStats, opts: ReadOptions) -> Itera
                 raise UserError(f"{path}:{lineno} has no string 'text' field; every line needs one")
             yield from _bounded(f"{label}:{row.get('id', lineno)}", row["text"], opts, rep)
     stats.note(label, rep)
+
+
+def _numbered_lines(f: IO[bytes], path: Path) -> Iterator[Tuple[int, bytes]]:
+    """``(line number, raw line)`` of ``f``; a damaged (e.g. truncated gzip) stream is a
+    UserError naming the file and the line reached, not a zlib traceback."""
+    lineno = 0
+    it = iter(f)
+    while True:
+        try:
+            raw = next(it)
+        except StopIteration:
+            return
+        except _STREAM_ERRORS as e:
+            raise UserError(f"cannot read corpus file {path} after line {lineno}: {getattr(e, 'strerror', None) or e}") from None
+        lineno += 1
+        yield lineno, raw
 
 
 def _parquet(path: Path, label: str, stats: ReadStats, opts: ReadOptions) -> Iterator[tuple]:

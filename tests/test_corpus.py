@@ -92,6 +92,39 @@ def test_jsonl_rows_and_errors(tmp_path):
         read(bad)
 
 
+def test_compressed_txt_and_jsonl_read_as_the_file_inside(tmp_path):
+    import bz2, gzip, lzma
+
+    text = "First doc.\n\nSecond doc.\n"
+    rows = json.dumps({"text": "one", "id": "a"}) + "\n" + json.dumps({"text": "two"}) + "\n"
+    d = tmp_path / "packed"
+    d.mkdir()
+    with gzip.open(d / "a.txt.gz", "wt") as f:
+        f.write(text)
+    with bz2.open(d / "b.bz2", "wt") as f:  # no inner suffix: a text file, as a bare name is
+        f.write(text)
+    with lzma.open(d / "c.jsonl.xz", "wt") as f:
+        f.write(rows)
+    (d / "model.pt.gz").write_bytes(gzip.compress(b"\x00" * 10))  # not a corpus file: skipped
+    plain, _ = read(d / "a.txt.gz", options=ReadOptions(layout="blank_lines"))
+    assert [(x.id, x.text.strip()) for x in plain] == [("a.txt.gz:0", "First doc."), ("a.txt.gz:1", "Second doc.")]
+    assert {x.source for x in plain} == {"a"}
+    docs, st = read(d)
+    assert sorted(x.id for x in docs) == ["a.txt.gz", "b.bz2", "c.jsonl.xz:2", "c.jsonl.xz:a"]
+    assert st.files["model.pt.gz"]["skipped"] == "not a corpus file"
+    # A damaged stream is one line naming the file (and for jsonl the line reached).
+    whole = gzip.compress(("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(20000))).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match=r"cannot read corpus file .*cut.jsonl.gz after line \d+: Compressed file ended"):
+        read(tmp_path / "cut.jsonl.gz")
+    (tmp_path / "fake.txt.gz").write_bytes(b"plain text, not gzip")
+    with pytest.raises(UserError, match=r"cannot read corpus file .*fake.txt.gz: Not a gzipped file"):
+        read(tmp_path / "fake.txt.gz")
+    (tmp_path / "x.zip.gz").write_bytes(gzip.compress(b"PK"))
+    with pytest.raises(UserError, match=r"unsupported type '.zip.gz'"):
+        read(tmp_path / "x.zip.gz")
+
+
 def test_parquet_rows_and_missing_column(tmp_path):
     f = tmp_path / "c.parquet"
     pq.write_table(pa.table({"text": ["alpha beta", "", "gamma"]}), f)
