@@ -163,6 +163,17 @@ def test_finetune_checkpoint_and_export_give_the_same_scores_through_the_loop(ti
     theirs = json.loads((tmp_path / "hf-job" / "scores.json").read_text())
     assert theirs["per_lr"]["lr-0.003"]["scores"] == ours["per_lr"]["lr-0.003"]["scores"]
     assert _losses(tmp_path / "hf-job" / "lr-0.003" / "seed-1", "cls_loss") == pytest.approx(loss, rel=1e-5)
+    # A directory of a class without the MLM head (a user's BertForSequenceClassification) holds
+    # the same encoder and pooler: the same scores.
+    import shutil
+
+    import transformers
+
+    headless = tmp_path / "seq-cls"
+    transformers.BertForSequenceClassification.from_pretrained(hf).save_pretrained(headless)
+    shutil.copy(hf / "tokenizer.json", headless / "tokenizer.json")
+    assert main(["finetune", str(headless), "--task", "sst2", "--preset", "smoke", "--seeds", "1", "--out", str(tmp_path / "cls-job"), *FAST]) == 0
+    assert json.loads((tmp_path / "cls-job" / "scores.json").read_text())["per_lr"]["lr-0.003"]["scores"] == ours["per_lr"]["lr-0.003"]["scores"]
     # a finished job is not trained again
     assert main(["finetune", str(run), "--task", "sst2", "--preset", "smoke", "--seeds", "1", *FAST]) == 0
     assert "(done before)" in capsys.readouterr().out

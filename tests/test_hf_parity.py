@@ -224,3 +224,52 @@ def test_import_refuses_other_architectures_and_non_model_dirs(tmp_path):
     transformers.BertModel(c).save_pretrained(tmp_path / "bare")
     with pytest.raises(UserError, match="BertModel"):
         from_hf(tmp_path / "bare")
+
+
+HEADLESS = {  # family → (ModelConfig keys, bare class, a task class, their encoder's attribute, pad id)
+    "bert": (dict(family="bert"), "BertModel", "BertForSequenceClassification", "bert", 0),
+    "roberta": (dict(family="roberta", position_offset=2, type_vocab_size=1, max_position_embeddings=22, layer_norm_eps=1e-5),
+                "RobertaModel", "RobertaForTokenClassification", "roberta", 1),
+    "albert": (dict(family="albert", embedding_size=16, sharing="all"), "AlbertModel", "AlbertForSequenceClassification", "albert", 0),
+}
+
+
+@pytest.mark.parametrize("family", list(HEADLESS))
+def test_fine_tuning_reads_the_encoder_of_headless_classes(family, tmp_path):
+    """``BertModel``, ``*ForSequenceClassification`` ... directories have no MLM head: import
+    (distillation, probes) refuses them; fine-tuning (``mlm_head=False``) loads their encoder
+    to the same hidden states and, for BERT/ALBERT, their pooler."""
+    from pretrain.downstream.source import hf_pooler
+    from pretrain.models.hf import hf_config
+
+    kw, bare, task, attr, pad = HEADLESS[family]
+    cfg = model_cfg(**kw)
+    ids, mask, types, _ = padded_batch(pad, cfg.type_vocab_size > 1)
+    for cls in (bare, task):
+        hf_cfg = hf_config(cfg, "none")
+        hf_cfg.architectures = [cls]
+        torch.manual_seed(5)
+        hf = perturbed(getattr(transformers, cls)(hf_cfg)).eval()
+        out = tmp_path / cls
+        hf.save_pretrained(out)
+        with pytest.raises(UserError, match=f"is a {cls} \\({family}\\); import reads"):
+            from_hf(out)
+        got_cfg, ours = from_hf(out, mlm_head=False)
+        assert ours.sentence == "none" and got_cfg.family == family
+        encoder = hf if cls == bare else getattr(hf, attr)
+        with torch.no_grad():
+            theirs = encoder(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+            mine = ours.encoder(ids, mask, types)
+        keep = mask.bool()  # padded positions are not compared (no one reads them)
+        torch.testing.assert_close(mine[keep], theirs[keep], atol=1e-5, rtol=0)
+        pooler = hf_pooler(out, family)
+        if family == "roberta":
+            assert pooler is None
+        else:
+            dense = encoder.pooler.dense if family == "bert" else encoder.pooler
+            assert torch.equal(pooler["weight"], dense.weight) and torch.equal(pooler["bias"], dense.bias)
+    if family == "bert":  # a class of no family here (config.json edited: save_pretrained names the class)
+        f = tmp_path / bare / "config.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "architectures": ["ElectraForPreTraining"]}))
+        with pytest.raises(UserError, match="ElectraForPreTraining .*fine-tuning also reads the encoder of any Bert"):
+            from_hf(tmp_path / bare, mlm_head=False)

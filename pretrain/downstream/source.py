@@ -74,10 +74,13 @@ def hf_family(directory: str | Path) -> str:
     return family
 
 
-def load_pretrained(path: str | Path, tokenizer: Optional[str | Path] = None, random_init: bool = False, seed: int = 0) -> Pretrained:
+def load_pretrained(path: str | Path, tokenizer: Optional[str | Path] = None, random_init: bool = False, seed: int = 0,
+                    mlm_head: bool = True) -> Pretrained:
     """Load ``path`` (module docstring). ``tokenizer``: a tokenizer.json overriding the one
     found with the model. ``random_init``: build the same shape from BERT's initialisation
-    (seeded by ``seed``) instead of loading weights.
+    (seeded by ``seed``) instead of loading weights. ``mlm_head=False`` (fine-tuning): a
+    Hugging Face directory may be of a class without the masked-LM head (``BertModel``,
+    ``RobertaForSequenceClassification`` ...: ``pretrain.models.hf.import_class``).
 
     Raises:
         UserError: nothing loadable at ``path`` (no checkpoint, no config.json), a
@@ -94,7 +97,7 @@ def load_pretrained(path: str | Path, tokenizer: Optional[str | Path] = None, ra
         from pretrain.models.hf import from_hf
 
         hf_family(p)  # a family evaluation reads, before transformers sees the directory
-        model_cfg, model = from_hf(p)
+        model_cfg, model = from_hf(p, mlm_head)
         sentence = model.sentence
         info = load_tokenizer(tokenizer, FAMILY_TOKENIZER[model_cfg.family]) if tokenizer else tokenizer_for_hf_dir(p, model_cfg.family)
         state = model.state_dict()
@@ -127,7 +130,8 @@ def load_pretrained(path: str | Path, tokenizer: Optional[str | Path] = None, ra
     return Pretrained(model_cfg, sentence, model.eval(), info, str(p), random_init, None if random_init else pooler)
 
 
-# Where BERT's and ALBERT's checkpoints keep the pretrained pooler (Linear H→H, tanh).
+# Where BERT's and ALBERT's checkpoints keep the pretrained pooler (Linear H→H, tanh); a
+# directory saved from the bare ``BertModel`` / ``AlbertModel`` has no ``bert.`` / ``albert.``.
 POOLER_KEYS = {"bert": "bert.pooler.dense", "albert": "albert.pooler"}
 
 
@@ -140,18 +144,17 @@ def hf_pooler(directory: Path, family: str) -> Optional[Dict[str, torch.Tensor]]
     prefix = POOLER_KEYS.get(family)
     if prefix is None:
         return None
-    keys = {"weight": f"{prefix}.weight", "bias": f"{prefix}.bias"}
+    choices = [{"weight": f"{p}.weight", "bias": f"{p}.bias"} for p in (prefix, prefix.split(".", 1)[1])]
     st, pt = Path(directory) / "model.safetensors", Path(directory) / "pytorch_model.bin"
     if st.is_file():
         from safetensors import safe_open
 
         with safe_open(str(st), framework="pt") as f:
             names = set(f.keys())
-            if all(k in names for k in keys.values()):
-                return {n: f.get_tensor(k).float() for n, k in keys.items()}
-        return None
+            keys = next((c for c in choices if all(k in names for k in c.values())), None)
+            return None if keys is None else {n: f.get_tensor(k).float() for n, k in keys.items()}
     if pt.is_file():
         sd = torch.load(pt, map_location="cpu", weights_only=True)
-        if all(k in sd for k in keys.values()):
-            return {n: sd[k].float() for n, k in keys.items()}
+        keys = next((c for c in choices if all(k in sd for k in c.values())), None)
+        return None if keys is None else {n: sd[k].float() for n, k in keys.items()}
     return None

@@ -54,6 +54,10 @@ IMPORT_CLASSES: Dict[str, Tuple[str, str]] = {
     "AlbertForMaskedLM": ("albert", "none"),
     "DistilBertForMaskedLM": ("distilbert", "none"),
 }
+# Class-name prefix of each family in transformers: ``BertModel``, ``BertForSequenceClassification``,
+# ``RobertaForTokenClassification`` ... hold the same encoder and no masked-LM head; fine-tuning
+# reads their encoder (``from_hf(..., mlm_head=False)``), through the family's MaskedLM class.
+FAMILY_CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "distilbert": "DistilBert"}
 # What transformers' from_pretrained reads weights from, single-file or sharded (an index).
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 SENTENCE_KEY = "sentence_objective"  # extra config.json field written by export_hf
@@ -407,17 +411,32 @@ def _wrap_tokenizer(cfg, tokenizer: Tuple[str | Path, str]):
     )
 
 
-def model_config_from_hf(config) -> Tuple[Any, str]:
-    """``(ModelConfig, sentence objective)`` equivalent to a transformers config whose
-    ``architectures[0]`` is one of ``IMPORT_CLASSES``. Raises UserError otherwise."""
+def import_class(config, mlm_head: bool = True) -> Tuple[str, str, str]:
+    """``(transformers class to load with, family, sentence objective)`` for a transformers
+    config. ``architectures[0]`` one of ``IMPORT_CLASSES``: that class. With ``mlm_head=False``
+    (fine-tuning, which needs only the encoder) also any class of a family in
+    ``FAMILY_CLASS_PREFIX`` (``BertModel``, ``RobertaForSequenceClassification`` ...) or none
+    named: loaded through the family's MaskedLM class, sentence objective none. Raises
+    UserError for any other class."""
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    if arch in IMPORT_CLASSES:
+        family, sentence = IMPORT_CLASSES[arch]
+        return arch, family, sentence
+    family = getattr(config, "model_type", None)
+    prefix = FAMILY_CLASS_PREFIX.get(family)
+    if not mlm_head and prefix and (arch is None or (arch.startswith(prefix) and arch[len(prefix):][:3] in ("Mod", "For"))):
+        return EXPORT_CLASSES[(family, False)], family, "none"
+    reads = ", ".join(IMPORT_CLASSES)
+    also = "" if mlm_head else "; fine-tuning also reads the encoder of any Bert*, Roberta*, Albert* or DistilBert* class"
+    raise UserError(f"Hugging Face model is a {arch or family} ({family}); import reads {reads}{also}")
+
+
+def model_config_from_hf(config, mlm_head: bool = True) -> Tuple[Any, str]:
+    """``(ModelConfig, sentence objective)`` equivalent to a transformers config whose class
+    ``import_class(config, mlm_head)`` accepts. Raises UserError otherwise."""
     from pretrain.config import ModelConfig
 
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    if arch not in IMPORT_CLASSES:
-        raise UserError(
-            f"Hugging Face model is a {arch or config.model_type} ({config.model_type}); import reads {', '.join(IMPORT_CLASSES)}"
-        )
-    family, sentence = IMPORT_CLASSES[arch]
+    arch, family, sentence = import_class(config, mlm_head)
     if config.model_type != family:
         raise UserError(f"config.json says model_type={config.model_type} but architectures={arch}")
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
@@ -484,9 +503,12 @@ def _distilbert_config(config):
     return cfg
 
 
-def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
+def from_hf(directory: str | Path, mlm_head: bool = True) -> Tuple[Any, BertForPretraining]:
     """Our model initialised from a Hugging Face checkpoint directory (e.g. a distillation
-    teacher), in eval mode.
+    teacher), in eval mode. ``mlm_head=False`` (fine-tuning) also reads a directory of a class
+    without the masked-LM head (``BertModel``, ``*ForSequenceClassification`` ...,
+    ``import_class``): its encoder is loaded and the head keeps transformers' initialisation
+    (no task here reads it).
 
     Returns:
         ``(ModelConfig, model)``; ``model.sentence`` is nsp for BertForPreTraining, sop for
@@ -510,8 +532,8 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
         # one line, the field and its reason: huggingface_hub's validation puts them on two
         why = " ".join(str(e).split()) or type(e).__name__
         raise UserError(f"cannot read {d / 'config.json'}: {why}; restore the model directory's config.json") from None
-    cfg, sentence = model_config_from_hf(config)
-    arch = config.architectures[0]
+    cfg, sentence = model_config_from_hf(config, mlm_head)
+    arch = import_class(config, mlm_head)[0]
     from pretrain.training.safeload import tensors_only
 
     from safetensors import SafetensorError
@@ -535,11 +557,14 @@ def from_hf(directory: str | Path) -> Tuple[Any, BertForPretraining]:
                         "(or export the checkpoint again)") from None
     # The decoder is tied to the word embeddings (DistilBERT's ``vocab_projector``).
     absent = [k for k in info.get("missing_keys", ()) if not k.endswith(("decoder.weight", "decoder.bias", "vocab_projector.weight"))]
+    model = build_model(cfg, sentence)
+    names = hf_names(cfg, list(model.state_dict()))
+    if arch != (getattr(config, "architectures", None) or [None])[0]:  # headless: only the encoder must be there
+        encoder = {v for k, v in names.items() if k.startswith("encoder.")}
+        absent = [k for k in absent if k in encoder]
     if absent:
         raise UserError(f"{d} lacks weights its {arch} needs, e.g. {sorted(absent)[:3]}")
     hf_sd = hf_model.state_dict()
-    model = build_model(cfg, sentence)
-    names = hf_names(cfg, list(model.state_dict()))
     if cfg.family == "albert" and embedding_size(cfg) == cfg.hidden_size:
         w = hf_sd["albert.encoder.embedding_hidden_mapping_in.weight"].float()
         b = hf_sd["albert.encoder.embedding_hidden_mapping_in.bias"].float()

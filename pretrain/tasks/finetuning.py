@@ -73,7 +73,7 @@ class FinetuningTask(TokenRowsTask):
         from pretrain.downstream.source import load_pretrained
 
         cfg = self.cfg
-        self.pretrained = load_pretrained(cfg.pretrained, cfg.tokenizer, cfg.random_init)
+        self.pretrained = load_pretrained(cfg.pretrained, cfg.tokenizer, cfg.random_init, mlm_head=False)
         mc = self.pretrained.model_cfg
         room = mc.max_position_embeddings - mc.position_offset
         if cfg.data.max_length > room:
