@@ -256,6 +256,18 @@ def check_data_config(cfg: DataConfig) -> None:
         raise UserError(f"chunk_documents={cfg.chunk_documents} must be >= 2 (NotNext segments come from another document of the chunk)")
     if cfg.num_workers < 1:
         raise UserError(f"num_workers={cfg.num_workers} must be >= 1")
+    t = cfg.tokenizer
+    if t.path is None:  # a tokenizer to train: too small a vocabulary fails only after reading the corpus
+        from data_prep.tokenizer import SPECIAL_TOKENS
+
+        # byte-level BPE starts from all 256 bytes (Liu et al. 2019 §4.4), so it never has fewer ids
+        least = len(SPECIAL_TOKENS[t.kind]) + (256 if t.kind == "bpe" else 0) + 1
+        if t.vocab_size < least:
+            raise UserError(f"tokenizer.vocab_size={t.vocab_size} is too small for a {t.kind} tokenizer: it needs at least "
+                            f"{least} ({len(SPECIAL_TOKENS[t.kind])} special tokens{', 256 bytes' if t.kind == 'bpe' else ''}"
+                            " and one more)")
+        if t.min_frequency < 1:
+            raise UserError(f"tokenizer.min_frequency={t.min_frequency} must be >= 1")
 
 
 # Keys added after shard directories were built, with the value those builds had: left out

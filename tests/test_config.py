@@ -178,3 +178,11 @@ def test_choice_keys_are_typed_in_every_section(tmp_path: Path, key: str, bad: s
         load_run_config(yaml_file)
     with pytest.raises(UserError, match=msg):  # in an ablation arm's layer
         load_run_config(RECIPE, "smoke", layers=[{section: nested}])
+
+
+@pytest.mark.parametrize("recipe, vocab, least", [("roberta", 100, 262), ("bert", 5, 6), ("albert", 2, 6)])
+def test_a_vocabulary_too_small_for_the_tokenizer_fails_when_the_config_loads(recipe, vocab, least):
+    """Caught before any corpus is read (byte-level BPE holds all 256 bytes, Liu et al. 2019 §4.4)."""
+    with pytest.raises(UserError, match=rf"tokenizer.vocab_size={vocab} is too small for a \w+ tokenizer: it needs at least {least} "):
+        load_run_config(REPO / "configs" / "recipe" / f"{recipe}.yaml", "smoke", [f"data.tokenizer.vocab_size={vocab}"])
+    load_run_config(REPO / "configs" / "recipe" / f"{recipe}.yaml", "smoke", [f"data.tokenizer.vocab_size={least}"])
