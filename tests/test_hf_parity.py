@@ -273,3 +273,24 @@ def test_fine_tuning_reads_the_encoder_of_headless_classes(family, tmp_path):
         f.write_text(json.dumps({**json.loads(f.read_text()), "architectures": ["ElectraForPreTraining"]}))
         with pytest.raises(UserError, match="ElectraForPreTraining .*fine-tuning also reads the encoder of any Bert"):
             from_hf(tmp_path / bare, mlm_head=False)
+
+
+def test_a_directory_with_only_vocab_txt_gets_a_fast_wordpiece_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    """Turc et al.'s BERT miniatures ship vocab.txt without tokenizer.json: transformers
+    converts it; the converted file is written to a temporary directory that is removed."""
+    import tempfile
+
+    from pretrain.downstream.encode import tokenizer_for_hf_dir
+
+    d = tmp_path / "mini"
+    d.mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s", "."]
+    (d / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertConfig(**SHAPE).save_pretrained(d)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    info = tokenizer_for_hf_dir(d, "bert")
+    assert info.encode_batch(["The cats sat on the mat."]) == [[5, 6, 10, 7, 8, 5, 9, 11]]
+    assert (info.cls_id, info.sep_id, info.mask_id, info.pad_id) == (2, 3, 4, 0)
+    assert list(scratch.iterdir()) == []

@@ -161,7 +161,8 @@ def tokenizer_for_hf_dir(directory: str | Path, family: str) -> TokenizerInfo:
         raise UserError(f"{d}: no tokenizer.json and no tokenizer transformers can load ({msg})") from None
     import tempfile
 
-    # load_tokenizer reads a file; write the converted tokenizer beside nothing of the user's.
-    tmp = Path(tempfile.mkdtemp(prefix="hf-tokenizer-")) / "tokenizer.json"
-    backend.save(str(tmp))
-    return load_tokenizer(tmp, kind)
+    # load_tokenizer reads a file; write the converted tokenizer beside nothing of the user's
+    # (and remove it: the loaded tokenizer keeps no reference to its file).
+    with tempfile.TemporaryDirectory(prefix="hf-tokenizer-") as tmp:
+        backend.save(str(Path(tmp) / "tokenizer.json"))
+        return load_tokenizer(Path(tmp) / "tokenizer.json", kind)
