@@ -9,6 +9,7 @@ spec                         documents
                              docs, embedded in every Python: the offline default)
 ``hf:NAME[:CONFIG[:SPLIT]]`` rows of ``datasets.load_dataset`` (``text`` column)
 ``DIR``                      every file below it, each read as if named on its own
+                             (folders this toolkit wrote, ``is_output_dir``, skipped)
 ``GLOB`` (``*``, ``?``, ``[``)  the matching files, read as in a directory
 ``FILE.txt`` (or no suffix)  a text file: documents by the layout rule below
 ``FILE.jsonl``/``.parquet``  one document per row (``text`` column; ``id`` if present)
@@ -377,15 +378,54 @@ def _resolve(spec: str, stats: ReadStats, opts: ReadOptions) -> List[_Source]:
     raise UserError(f"corpus not found: {spec} (a path, a glob, hf:NAME or pydoc)")
 
 
+# Files that mark a directory this toolkit wrote: a shard directory (finished, or being built:
+# ``.progress/build.json``), a run, an ablation's runs, a fine-tuning job. A user who runs
+# from inside the corpus folder gets ``data-cache/`` and ``runs/`` there; their
+# documents.txt and metrics.jsonl must not become corpus text on the next read.
+OUTPUT_MARKERS = (("manifest.json", "train"), (".progress/build.json",), ("config.yaml", "metrics.jsonl"),
+                  ("ablation.yaml",), ("finetune.yaml",))
+
+
+def is_output_dir(d: Path) -> bool:
+    """True if ``d`` holds every file of one of ``OUTPUT_MARKERS``."""
+    return any(all((d / name).exists() for name in marker) for marker in OUTPUT_MARKERS)
+
+
+def _output_ancestor(f: Path, root: Path, seen: Dict[Path, bool]) -> Optional[Path]:
+    """The outermost directory below ``root`` and above ``f`` that is an output of this
+    toolkit (``is_output_dir``), else None (``root`` itself is what the user named: read).
+    ``seen`` caches the answer per directory."""
+    try:
+        parts = f.parent.relative_to(root).parts
+    except ValueError:
+        return None
+    d = root
+    for part in parts:
+        d = d / part
+        if d not in seen:
+            seen[d] = is_output_dir(d)
+        if seen[d]:
+            return d
+    return None
+
+
 def _files_as_sources(files: List[Path], root: Path, stats: ReadStats, opts: ReadOptions) -> List[_Source]:
     """Multi-document files become sources of their own; loose text files form one source
     (read one after the other, each by the layout rule); anything else (README,
-    SOURCE.md, ...) is skipped and reported."""
+    SOURCE.md, ...) and the directories this toolkit wrote (``is_output_dir``: shards,
+    runs, fine-tuning jobs) are skipped and reported."""
     sources, loose = [], []
+    seen: Dict[Path, bool] = {}
+    outputs = set()
     for f in files:
         suffix = _inner_suffix(f)
         rel = _relname(f, root)
-        if any(part.startswith(".") for part in rel.split("/")):
+        out = _output_ancestor(f, root, seen)
+        if out is not None:
+            if out not in outputs:
+                outputs.add(out)
+                stats.note(_relname(out, root) + "/", FileReport(skipped="written by this toolkit (shards, a run or a job)"))
+        elif any(part.startswith(".") for part in rel.split("/")):
             stats.skipped_members += 1  # counted, not listed: a .git/ would flood the report
         elif suffix in MULTI_DOC_SUFFIXES:
             sources.append(_file_source(f, rel, stats, opts))

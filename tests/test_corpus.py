@@ -273,3 +273,35 @@ def test_split_sentences_handles_abbreviations_and_decimals():
     assert set(BACKENDS) >= {"blingfire", "pysbd"}  # pysbd: bench only, not a dependency
     with pytest.raises(KeyError):
         split_sentences(text, backend="nltk")
+
+
+def test_outputs_written_inside_the_corpus_folder_are_not_read_as_corpus(tmp_path):
+    """Run from inside the corpus folder, ``data-cache/`` and ``runs/`` land there: their
+    documents.txt, metrics.jsonl and a half-built shard directory are skipped and reported."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.txt").write_text("The only document.")
+    build = d / "data-cache" / "0123456789abcdef"
+    (build / "train").mkdir(parents=True)
+    (build / "manifest.json").write_text("{}")
+    (build / "train" / "documents.txt").write_text("a.txt\n")
+    partial = d / "data-cache" / "fedcba9876543210.partial"
+    (partial / ".progress").mkdir(parents=True)
+    (partial / ".progress" / "build.json").write_text("{}")
+    (partial / "notes.txt").write_text("not corpus")
+    run = d / "runs" / "bert"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: bert\n")
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    job = run / "finetune" / "sst2"
+    job.mkdir(parents=True)
+    (job / "finetune.yaml").write_text("task: sst2\n")
+    (job / "scores.md").write_text("sst2 ...")
+    (job / "log.txt").write_text("a log")
+    docs, st = read(d)
+    assert [x.id for x in docs] == ["a.txt"]
+    skipped = {k for k, v in st.files.items() if v.get("skipped", "").startswith("written by this toolkit")}
+    assert skipped == {"data-cache/0123456789abcdef/", "data-cache/fedcba9876543210.partial/", "runs/bert/"}
+    # the folder named itself is read as given
+    docs, _ = read(job)
+    assert [x.id for x in docs] == ["log.txt"]
