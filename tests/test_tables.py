@@ -187,6 +187,17 @@ def test_damaged_metrics_line_is_named_unless_it_is_a_cut_last_line(fabricated: 
     assert not [p for p in (fabricated / "results").rglob("*") if p.is_file()]  # no table without its plot
 
 
+def test_a_metrics_line_without_step_or_tokens_is_named(fabricated: Path, capsys):
+    f = fabricated / "runs" / "toy" / "a" / rundir.METRICS
+    lines = f.read_text().splitlines()
+    bad = '{"kind": "eval", "step": 5, "mlm_loss": 4.2}'
+    f.write_text("\n".join([lines[0], bad, *lines[1:]]) + "\n")
+    args = ["tables", "--runs", str(fabricated / "runs"), "--results", str(fabricated / "results")]
+    assert pretrain_main(args) == 2
+    assert capsys.readouterr().err == (f"error: {f}:2: a 'eval' line without a numeric step and tokens_seen ({bad!r}); "
+                                       "the trainer writes both: restore the file, or delete that line\n")
+
+
 def test_damaged_config_of_an_unfinished_run_is_one_line(fabricated: Path, capsys):
     f = fabricated / "runs" / "toy" / "b" / rundir.CONFIG  # b has no summary: its max_steps come from here
     f.write_text("train: {max_steps: [\n")
@@ -243,6 +254,9 @@ def test_seeds_give_median_and_spread_and_a_verdict(tmp_path: Path):
     ({"a": [6.0, 6.1], "b": [5.0, 5.1]}, "**opposite**"),
     ({"a": [5.0, 5.5], "b": [5.2, 5.3]}, "**inconclusive** (within the spread over seeds)"),
     ({"a": [5.0], "b": [6.0]}, "**inconclusive** (one seed: no spread to judge by)"),
+    # a diverged seed: no arm is better, whatever the order of the seeds
+    ({"a": [float("nan"), 5.0], "b": [6.0, 6.1]}, "| +nan MLM loss, held-out | nan | **inconclusive** (a value is NaN or inf: a diverged run) |"),
+    ({"a": [5.0, float("inf")], "b": [6.0, 6.1]}, "**inconclusive** (a value is NaN or inf: a diverged run)"),
 ])
 def test_verdict_opposite_and_inconclusive(tmp_path: Path, losses, verdict):
     runs = _seeded_ablation(tmp_path, losses)

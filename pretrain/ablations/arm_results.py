@@ -9,6 +9,7 @@ columns, from the jobs' logs (``pretrain.ablations.downstream``).
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,11 +157,13 @@ def _median_arm(arm: str, runs: List[ArmResult]) -> ArmResult:
               "train_flops"):
         vals = [getattr(r, f) for r in done if getattr(r, f) is not None]
         if vals:
-            med = statistics.median(vals)
+            # a diverged seed (NaN or inf) makes the arm's value NaN: a median that skipped it
+            # would hide it, and one over it depends on the order
+            med = statistics.median(vals) if all(math.isfinite(v) for v in vals) else math.nan
             setattr(res, f, int(med) if f in ("tokens_seen", "parameters") else float(med))
     res.hardware = "; ".join(sorted({r.hardware for r in done if r.hardware})) or None
     losses = [r.mlm_loss for r in done if r.mlm_loss is not None]
-    res.mlm_loss_spread = max(losses) - min(losses) if losses else None
+    res.mlm_loss_spread = (max(losses) - min(losses) if all(math.isfinite(v) for v in losses) else math.nan) if losses else None
     res.seed_values = {f: [getattr(r, f) for r in done if getattr(r, f) is not None] for f in METRIC_FIELDS.values()}
     return res
 

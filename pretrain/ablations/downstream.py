@@ -13,6 +13,7 @@ its spread is the min–max of the same scores. The control row reads the random
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,11 @@ class Cell:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> "Cell":
-        """The median, min and max of ``values``; an empty Cell for none."""
+        """The median, min and max of ``values``; an empty Cell for none; all three NaN when a
+        value is NaN or inf (a diverged run: neither its median nor a spread means anything,
+        and min/max would depend on the order)."""
+        if values and not all(math.isfinite(v) for v in values):
+            return cls(math.nan, math.nan, math.nan, len(values))
         return cls(statistics.median(values), min(values), max(values), len(values)) if values else cls()
 
 

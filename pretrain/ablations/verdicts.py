@@ -12,12 +12,14 @@ is the larger max − min of the two arms' cells (over the pooled seeds). Verdic
 - ``agrees``: our difference is outside that spread and favours the same arm as the paper;
 - ``opposite``: outside the spread, favouring the other arm;
 - ``inconclusive``: within the spread, fewer than two finished seeds for an arm (no spread
-  to judge by), the paper printing no difference, or a warning that the run cannot show
-  the effect (``warnings``).
+  to judge by), the paper printing no difference, a value that is not finite (a diverged
+  run's NaN loss: no arm is better), or a warning that the run cannot show the effect
+  (``warnings``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -80,8 +82,8 @@ class Verdict:
 
 
 def _favours(diff: float, lower_is_better: bool, claim: ClaimConfig) -> str:
-    """The arm a difference ``a − b`` favours ('' for 0)."""
-    if diff == 0:
+    """The arm a difference ``a − b`` favours ('' for 0, and for NaN or ±inf: a diverged run)."""
+    if diff == 0 or not math.isfinite(diff):
         return ""
     a_better = (diff < 0) if lower_is_better else (diff > 0)
     return f"`{claim.a}`" if a_better else f"`{claim.b}`"
@@ -116,8 +118,11 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
         spread = max(xa.high - xa.low, xb.high - xb.low) if min(xa.n, xb.n) >= 2 else None
         paper_a = (paper < 0) if not c.paper_higher_is_better else (paper > 0)
         ours_a = (ours < 0) if lower else (ours > 0)
+        finite = all(math.isfinite(v) for v in (xa.median, xa.low, xa.high, xb.median, xb.low, xb.high))
         if paper == 0:
             verdict, reason = "inconclusive", "the paper prints no difference"
+        elif not finite:
+            verdict, reason = "inconclusive", "a value is NaN or inf: a diverged run"
         elif warned:
             verdict, reason = "inconclusive", "the run cannot show the effect: see the warning"
         elif spread is None:

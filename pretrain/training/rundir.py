@@ -56,7 +56,9 @@ def read_metrics(run: Path, kind: Optional[str] = None) -> List[Dict[str, Any]]:
 
     Raises:
         UserError: any other line that is not a JSON object, naming it (the trainer cuts a
-            half-written line when it resumes, so one inside the file is damage).
+            half-written line when it resumes, so one inside the file is damage); a
+            ``train`` or ``eval`` line without a numeric ``step`` and ``tokens_seen`` (every
+            one the trainer writes has both; the tables and plots read them).
     """
     f = Path(run) / METRICS
     if not f.is_file():
@@ -73,6 +75,11 @@ def read_metrics(run: Path, kind: Optional[str] = None) -> List[Dict[str, Any]]:
         if not isinstance(rec, dict):
             raise UserError(f"{f}:{n}: not a JSON object ({line[:40]!r}); the trainer writes one per line: restore the "
                             "file, or delete that line")
+        if rec.get("kind") in ("train", "eval") and not all(
+            isinstance(rec.get(k), (int, float)) and not isinstance(rec.get(k), bool) for k in ("step", "tokens_seen")
+        ):
+            raise UserError(f"{f}:{n}: a '{rec['kind']}' line without a numeric step and tokens_seen ({line[:60]!r}); the "
+                            "trainer writes both: restore the file, or delete that line")
         if kind is None or rec.get("kind") == kind:
             out.append(rec)
     return out
