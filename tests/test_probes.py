@@ -74,6 +74,49 @@ def test_pll_is_the_sum_of_masked_token_log_probabilities(tiny, monkeypatch):
         assert value == pytest.approx(want, abs=1e-4)
 
 
+def test_pll_resumes_after_its_last_saved_chunk_and_only_for_the_same_key(tiny, monkeypatch, tmp_path):
+    import copy
+
+    model, info = tiny
+    sentences = ["Many girls insulted themselves.", "Who should Derek hug?", "The cat sat.", "A dog ran home."]
+    want = blimp.pseudo_log_likelihoods(model, info, sentences, 64)
+    monkeypatch.setattr(blimp, "SENTENCES_PER_CHUNK", 1)
+    state = tmp_path / "eval" / "blimp.partial.npz"
+    calls = {"n": 0}
+    forward = type(model.encoder).forward
+
+    def stop_in_third_chunk(self, *args, **kwargs):  # a kill during the third chunk
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.encoder), "forward", stop_in_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        blimp.pseudo_log_likelihoods(model, info, sentences, 64, resume=state)
+    monkeypatch.setattr(type(model.encoder), "forward", forward)
+    import numpy as np
+
+    with np.load(state) as z:
+        assert int(z["chunks"]) == 2  # the first two sentences are saved
+    seen = {"n": 0}
+    monkeypatch.setattr(type(model.encoder), "forward", lambda self, *a, **k: (seen.__setitem__("n", seen["n"] + 1), forward(self, *a, **k))[1])
+    got = blimp.pseudo_log_likelihoods(model, info, sentences, 64, resume=state)
+    assert got == pytest.approx(want, abs=1e-5) and seen["n"] == 2 and not state.exists()  # only chunks 3 and 4 ran
+    # saved for other weights: not reused
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.encoder.embeddings.word_embeddings.weight.add_(0.5)
+    monkeypatch.setattr(type(model.encoder), "forward", stop_in_third_chunk)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        blimp.pseudo_log_likelihoods(other, info, sentences, 64, resume=state)
+    monkeypatch.setattr(type(model.encoder), "forward", forward)
+    assert blimp.pseudo_log_likelihoods(model, info, sentences, 64, resume=state) == pytest.approx(want, abs=1e-5)
+    state.write_bytes(b"damaged")  # a partial file that does not load: start over
+    assert blimp.pseudo_log_likelihoods(model, info, sentences, 64, resume=state) == pytest.approx(want, abs=1e-5)
+
+
 def test_blimp_accuracy_per_phenomenon_field_and_overall(tiny, data_dir):
     model, info = tiny
     pairs = blimp.load_pairs(data_dir / "blimp", limit=4)

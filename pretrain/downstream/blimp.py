@@ -14,11 +14,18 @@ Data: ``<root>/data/*.jsonl`` (or ``root`` holding the jsonl files), one JSON ob
 with ``sentence_good``, ``sentence_bad``, ``field``, ``UID``. The released files spell the
 fourth field both ``syntax_semantics`` and ``syntax/semantics``; both count as
 ``syntax_semantics`` (the paper's "syntax-semantics").
+
+Resume: all 67,000 pairs are ~134,000 sentences, ~33 chunks of ``SENTENCES_PER_CHUNK``. With a
+``resume`` file, the sums are saved after every chunk (written to a temporary name, then
+renamed) under a key of the sentences, ``max_length`` and the model's weights; a rerun with
+the same key continues after the last saved chunk, any other key starts over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +111,7 @@ def pseudo_log_likelihoods(
     max_length: int,
     batch_rows: int = 128,
     progress: bool = False,
+    resume: Optional[Path] = None,
 ) -> np.ndarray:
     """PLL (natural log) of each sentence under ``model``'s MLM head.
 
@@ -113,6 +121,8 @@ def pseudo_log_likelihoods(
         sentences: str items.
         max_length: the model's positions; longer sentences keep their first tokens.
         batch_rows: masked copies per forward pass.
+        resume: an ``.npz`` file to save the sums to after each chunk and to continue from
+            (module docstring); removed when all chunks are done.
     Returns:
         float64 ``[len(sentences)]``; 0.0 for a sentence with no token.
     """
@@ -124,7 +134,15 @@ def pseudo_log_likelihoods(
     # Sentences in chunks (bounded memory), each chunk's masked copies sorted by length so
     # padding stays low.
     chunks = range(0, len(encoded), SENTENCES_PER_CHUNK)
-    for first in tqdm(chunks, desc="pll", unit="chunk", disable=not progress):
+    key, start_chunk = "", 0
+    if resume is not None:
+        key = _resume_key(model, encoded, max_length)
+        start_chunk, saved = _load_partial(resume, key, len(encoded))
+        if saved is not None:
+            total = saved
+    for first in tqdm(chunks, desc="pll", unit="chunk", disable=not progress, initial=start_chunk):
+        if first < start_chunk * SENTENCES_PER_CHUNK:
+            continue
         rows = []
         for s in range(first, min(first + SENTENCES_PER_CHUNK, len(encoded))):
             ids = [info.cls_id, *encoded[s][: max_length - 2], info.sep_id]
@@ -146,7 +164,40 @@ def pseudo_log_likelihoods(
             logits = model.mlm(h[at.to(device), positions.to(device)], emb)
             logp = F.log_softmax(logits.float(), dim=-1).gather(1, target.to(device)[:, None])[:, 0]
             np.add.at(total, np.asarray([r[1] for r in chunk]), logp.double().cpu().numpy())
+        if resume is not None:
+            _save_partial(resume, key, first // SENTENCES_PER_CHUNK + 1, total)
+    if resume is not None:
+        resume.unlink(missing_ok=True)
     return total
+
+
+def _resume_key(model: BertForPretraining, encoded: Sequence[Sequence[int]], max_length: int) -> str:
+    """sha256 of the token ids, ``max_length``, the chunk size and every weight of ``model``."""
+    h = hashlib.sha256(json.dumps([max_length, SENTENCES_PER_CHUNK, [list(x) for x in encoded]]).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_partial(path: Path, key: str, n: int):
+    """``(chunks done, sums)`` saved under ``key`` at ``path``; ``(0, None)`` when there is
+    none, it was saved for other sentences or weights, or it does not load (a rerun then
+    starts over and overwrites it)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key or z["total"].shape != (n,):
+                return 0, None
+            return int(z["chunks"]), z["total"].astype(np.float64)
+    except (OSError, ValueError, KeyError, EOFError):
+        return 0, None
+
+
+def _save_partial(path: Path, key: str, chunks: int, total: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")  # np.savez appends .npz to other names
+    np.savez(tmp, key=np.asarray(key), chunks=np.asarray(chunks), total=total)
+    os.replace(tmp, path)
 
 
 def accuracy_table(pairs: Sequence[MinimalPair], correct: Iterable[bool]) -> Dict[str, object]:
@@ -173,11 +224,13 @@ def score_blimp(
     max_length: int,
     batch_rows: int = 128,
     progress: bool = False,
+    resume: Optional[Path] = None,
 ) -> Dict[str, object]:
-    """Score every pair by PLL and tabulate accuracy (``accuracy_table``)."""
+    """Score every pair by PLL and tabulate accuracy (``accuracy_table``); ``resume`` as in
+    ``pseudo_log_likelihoods``."""
     if not pairs:
         raise UserError("no BLiMP pairs to score")
     sentences = [p.good for p in pairs] + [p.bad for p in pairs]
-    pll = pseudo_log_likelihoods(model, info, sentences, max_length, batch_rows, progress)
+    pll = pseudo_log_likelihoods(model, info, sentences, max_length, batch_rows, progress, resume)
     good, bad = pll[: len(pairs)], pll[len(pairs):]
     return accuracy_table(pairs, (good > bad).tolist())

@@ -55,7 +55,9 @@ def run_blimp(model: str, limit: Optional[int] = None, phenomena: Optional[Seque
         raise UserError(f"output directory {d} is a file; pass --out a directory for blimp.json")
     pairs = load_pairs(blimp_dir or default_root() / "blimp", limit, phenomena)
     pre = load_pretrained(model, tokenizer, random_init)
-    table = score_blimp(pre.model, pre.tokenizer, pairs, _positions(pre), batch_rows, progress=True)
+    # a stopped run continues from its last finished chunk (blimp.partial.npz, removed when done)
+    table = score_blimp(pre.model, pre.tokenizer, pairs, _positions(pre), batch_rows, progress=True,
+                        resume=d / "blimp.partial.npz")
     table.update(model=pre.where, random_init=random_init, limit=limit)
     d.mkdir(parents=True, exist_ok=True)
     write_json_atomic(d / "blimp.json", table)
