@@ -50,6 +50,38 @@ def tiny_run(tmp_path_factory, data_dir):
     return run, hf, model
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_a_hugging_face_distilbert_fine_tunes_with_or_without_its_mlm_head(tiny_run, tmp_path):
+    """Sanh et al. 2019's model as transformers saves it (DistilBertForMaskedLM), and the same
+    encoder saved as DistilBertForSequenceClassification: the same SST-2 scores."""
+    import shutil
+
+    import transformers
+
+    from pretrain.cli import main
+
+    _, hf, _ = tiny_run
+    vocab = json.loads((hf / "config.json").read_text())["vocab_size"]
+    c = transformers.DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64,
+                                      dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    scores = []
+    for cls in ("DistilBertForMaskedLM", "DistilBertForSequenceClassification"):
+        d = tmp_path / cls
+        src = tmp_path / "DistilBertForMaskedLM"
+        if cls == "DistilBertForMaskedLM":
+            transformers.DistilBertForMaskedLM(c).save_pretrained(d)
+        else:
+            transformers.DistilBertForSequenceClassification.from_pretrained(src).save_pretrained(d)
+        shutil.copy(hf / "tokenizer.json", d / "tokenizer.json")
+        out = tmp_path / f"{cls}-job"
+        assert main(["finetune", str(d), "--task", "sst2", "--preset", "smoke", "--seeds", "1", "--out", str(out), *FAST]) == 0
+        got = json.loads((out / "scores.json").read_text())
+        assert got["recipe"] == "distilbert"  # configs/finetune/distilbert.yaml, chosen by model_type
+        scores.append(got["per_lr"]["lr-0.003"]["scores"])
+    assert scores[0] == scores[1]
+
+
 def test_every_task_name_has_a_reader():
     from pretrain.downstream import glue
     from pretrain.downstream.config import TASK_NAMES

@@ -35,7 +35,7 @@ from common.schema import IGNORE_INDEX
 from data_prep.tokenizer import TokenizerInfo, load_tokenizer
 
 # Tokenizer kind of each model family's released tokenizers (for Hugging Face directories).
-FAMILY_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "albert": "unigram"}
+FAMILY_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "albert": "unigram", "distilbert": "wordpiece"}
 
 
 @dataclass

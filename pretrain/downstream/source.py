@@ -56,7 +56,7 @@ def hf_family(directory: str | Path) -> str:
     Raises:
         UserError: config.json that is not a JSON object, has no ``model_type``, or names a
             family other than those evaluation reads (``FAMILY_TOKENIZER``: bert, roberta,
-            albert).
+            albert, distilbert).
     """
     from pretrain.downstream.encode import FAMILY_TOKENIZER
 
