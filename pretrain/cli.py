@@ -263,7 +263,7 @@ def _add_finetune(sub) -> None:
     f.add_argument("--task", required=True, help="sst2 cola mrpc qqp stsb qnli rte mnli conll2003")
     f.add_argument("--seeds", type=int, help="seeds 1..N per learning rate (default: the recipe's)")
     f.add_argument("--preset", help="configs/finetune/preset/NAME.yaml: smoke, small (or a YAML path)")
-    f.add_argument("--recipe", help="configs/finetune/NAME.yaml: bert, roberta, albert, distilbert (default: the model's family)")
+    f.add_argument("--recipe", help="configs/finetune/NAME.yaml: bert, roberta, albert, distilbert, electra (default: the model's family; bert for ELECTRA)")
     f.add_argument("--random-init", action="store_true", help="control: same shape and tokenizer, random weights")
     f.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json to use instead of the model's")
     f.add_argument("--runs", default="runs", help="root for jobs of Hugging Face models (default runs)")

@@ -82,6 +82,44 @@ def test_a_hugging_face_distilbert_fine_tunes_with_or_without_its_mlm_head(tiny_
     assert scores[0] == scores[1]
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_a_hugging_face_electra_discriminator_fine_tunes_as_our_electra_run_does(tmp_path, data_dir):
+    """An ELECTRA run of ours and its export's discriminator directory (ElectraForPreTraining,
+    E < H): the same encoder, the same default recipe (BERT's), the same scores; the probes
+    refuse the discriminator (no masked-LM head)."""
+    from pretrain.cli import main
+    from pretrain.downstream.source import load_pretrained
+    from pretrain.models.electra import ElectraForPretraining
+    from pretrain.models.hf import export_checkpoint
+    from conftest import write_finished_run
+    from pretrain.config import load_run_config
+    from data_prep.tokenizer import load_tokenizer, train_tokenizer
+    from pretrain.downstream import glue
+
+    text = [e.text_a for e in glue.load_examples("sst2", "dev", data_dir / "glue")]
+    tok_dir = tmp_path / "data"
+    tok = train_tokenizer("wordpiece", text, 600, 2, tok_dir / "tokenizer.json")
+    n = load_tokenizer(tok, "wordpiece").vocab_size
+    cfg = load_run_config(REPO / "configs" / "recipe" / "electra.yaml", "smoke", [
+        "model.hidden_size=32", "model.embedding_size=16", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+        "model.intermediate_size=64", "model.max_position_embeddings=64", f"model.vocab_size={n}", "data.max_seq_length=64",
+        "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0", "name=tiny-electra"])
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    write_finished_run(run, cfg, ElectraForPretraining(cfg.model, cfg.electra).state_dict(), tok_dir)
+    disc = export_checkpoint(run, tmp_path / "hf") / "discriminator"
+    a, b = load_pretrained(run), load_pretrained(disc, mlm_head=False)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("encoder."))
+    with pytest.raises(UserError, match="is an ELECTRA model: its discriminator has no masked-LM head"):
+        load_pretrained(disc)
+    for src, out in ((run, tmp_path / "ours"), (disc, tmp_path / "theirs")):
+        assert main(["finetune", str(src), "--task", "sst2", "--preset", "smoke", "--seeds", "1", "--out", str(out), *FAST]) == 0
+    ours, theirs = (json.loads((tmp_path / d / "scores.json").read_text()) for d in ("ours", "theirs"))
+    assert ours["recipe"] == theirs["recipe"] == "bert"
+    assert ours["per_lr"]["lr-0.003"]["scores"] == theirs["per_lr"]["lr-0.003"]["scores"]
+
+
 def test_every_task_name_has_a_reader():
     from pretrain.downstream import glue
     from pretrain.downstream.config import TASK_NAMES
@@ -103,6 +141,10 @@ def test_recipe_follows_the_family_and_layers_merge_in_order():
     assert list(alb.lrs) == [1e-3] and alb.train.global_batch_size == 16 and alb.data.max_train_rows == 256
     # a DistilBERT student is fine-tuned with its teacher's recipe (configs/finetune/distilbert.yaml)
     assert load_finetune_config("distilbert", None, [], base) == bert
+    # ELECTRA's Table 7 (no weight decay; 10 epochs for RTE and STS-B only)
+    ele = load_finetune_config("electra", None, [], base)
+    assert list(ele.lrs) == [3e-4, 1e-4] and ele.epochs == 3 and ele.train.optimizer.weight_decay == 0.0
+    assert load_finetune_config("electra", None, [], {**base, "task": "rte"}).epochs == 10
     with pytest.raises(UserError, match="unknown key 'epoch'; valid keys: classifier_dropout"):
         load_finetune_config("bert", None, ["epoch=3"], base)
     with pytest.raises(UserError, match="task"):

@@ -294,3 +294,27 @@ def test_a_directory_with_only_vocab_txt_gets_a_fast_wordpiece_and_leaves_no_tem
     assert info.encode_batch(["The cats sat on the mat."]) == [[5, 6, 10, 7, 8, 5, 9, 11]]
     assert (info.cls_id, info.sep_id, info.mask_id, info.pad_id) == (2, 3, 4, 0)
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("e", [16, 32])
+def test_an_electra_directory_gives_its_encoder_hidden_states(e, tmp_path):
+    """google/electra-*-discriminator's layout (ElectraForPreTraining; E < H with
+    embeddings_project, or E = H without): our encoder gives transformers' hidden states."""
+    from pretrain.models.hf_electra import encoder_from_hf_electra
+
+    c = transformers.ElectraConfig(**SHAPE, embedding_size=e, architectures=["ElectraForPreTraining"])
+    torch.manual_seed(7)
+    hf = perturbed(transformers.ElectraForPreTraining(c)).eval()
+    hf.save_pretrained(tmp_path)
+    cfg, ours = encoder_from_hf_electra(tmp_path)
+    assert cfg.family == "bert" and cfg.embedding_size == (None if e == 32 else e) and ours.sentence == "none"
+    ids, mask, types, _ = padded_batch(0, True)
+    with torch.no_grad():
+        theirs = hf.electra(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        mine = ours.encoder(ids, mask, types)
+    keep = mask.bool()
+    torch.testing.assert_close(mine[keep], theirs[keep], atol=1e-5, rtol=0)
+    bert = transformers.BertConfig(**SHAPE)
+    transformers.BertModel(bert).save_pretrained(tmp_path / "bert")
+    with pytest.raises(UserError, match="not an ELECTRA class"):
+        encoder_from_hf_electra(tmp_path / "bert")

@@ -35,7 +35,8 @@ from common.schema import IGNORE_INDEX
 from data_prep.tokenizer import TokenizerInfo, load_tokenizer
 
 # Tokenizer kind of each model family's released tokenizers (for Hugging Face directories).
-FAMILY_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "albert": "unigram", "distilbert": "wordpiece"}
+# ELECTRA (Clark et al. 2020) released BERT's uncased WordPiece vocabulary with its models.
+FAMILY_TOKENIZER = {"bert": "wordpiece", "roberta": "bpe", "albert": "unigram", "distilbert": "wordpiece", "electra": "wordpiece"}
 
 
 @dataclass

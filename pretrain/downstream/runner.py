@@ -83,6 +83,18 @@ def pretrained_identity(path: str | Path) -> Dict[str, Any]:
     return {"family": cfg["model"]["family"], "name": cfg.get("name", run.name), "run_dir": run}
 
 
+# The recipe (configs/finetune/NAME.yaml) a model family fine-tunes with when --recipe is not
+# given. ELECTRA's discriminator is a BERT encoder, and our ELECTRA runs (model family bert)
+# fine-tune with BERT's recipe; a Hugging Face ELECTRA directory, e.g. their export, does too,
+# so both give the same scores. `--recipe electra` is Clark et al. 2020's own.
+DEFAULT_RECIPE = {"electra": "bert"}
+
+
+def default_recipe(family: str) -> str:
+    """The recipe name of ``family`` (``DEFAULT_RECIPE``, else the family's own)."""
+    return DEFAULT_RECIPE.get(family, family)
+
+
 def job_directory(identity: Dict[str, Any], task: str, random_init: bool, runs_root: str | Path) -> Path:
     """Where a job's runs and scores go (module docstring)."""
     leaf = task + ("-random-init" if random_init else "")
@@ -209,7 +221,7 @@ def finetune(
     base = {"pretrained": str(pretrained), "task": task, "random_init": bool(random_init)}
     if tokenizer:
         base["tokenizer"] = str(tokenizer)
-    cfg = load_finetune_config(recipe or ident["family"], preset, overrides, base)
+    cfg = load_finetune_config(recipe or default_recipe(ident["family"]), preset, overrides, base)
     if seeds is not None:
         if seeds < 1:
             raise UserError(f"--seeds {seeds} must be >= 1")
@@ -246,7 +258,7 @@ def finetune(
             print(f"{r.name}: {main} = {100 * scores[main]:.2f}" + ("" if not done else " (done before)"))
     s = summarize(task, per_run, cfg.data.eval_splits)
     source = str(pretrained) + (" (random init)" if random_init else "")
-    s.update(task=task, pretrained=source, recipe=recipe or ident["family"], preset=preset, num_train_rows=n_train)
+    s.update(task=task, pretrained=source, recipe=recipe or default_recipe(ident["family"]), preset=preset, num_train_rows=n_train)
     if main_rank:
         write_json_atomic(out / SCORES_JSON, s)
         write_text_atomic(out / SCORES_MD, markdown(task, source, s))

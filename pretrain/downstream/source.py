@@ -56,7 +56,7 @@ def hf_family(directory: str | Path) -> str:
     Raises:
         UserError: config.json that is not a JSON object, has no ``model_type``, or names a
             family other than those evaluation reads (``FAMILY_TOKENIZER``: bert, roberta,
-            albert, distilbert).
+            albert, distilbert, electra).
     """
     from pretrain.downstream.encode import FAMILY_TOKENIZER
 
@@ -80,7 +80,8 @@ def load_pretrained(path: str | Path, tokenizer: Optional[str | Path] = None, ra
     found with the model. ``random_init``: build the same shape from BERT's initialisation
     (seeded by ``seed``) instead of loading weights. ``mlm_head=False`` (fine-tuning): a
     Hugging Face directory may be of a class without the masked-LM head (``BertModel``,
-    ``RobertaForSequenceClassification`` ...: ``pretrain.models.hf.import_class``).
+    ``RobertaForSequenceClassification`` ...: ``pretrain.models.hf.import_class``) or any
+    ELECTRA class (its encoder: ``pretrain.models.hf_electra.encoder_from_hf_electra``).
 
     Raises:
         UserError: nothing loadable at ``path`` (no checkpoint, no config.json), a
@@ -96,8 +97,15 @@ def load_pretrained(path: str | Path, tokenizer: Optional[str | Path] = None, ra
         from pretrain.downstream.encode import FAMILY_TOKENIZER, tokenizer_for_hf_dir
         from pretrain.models.hf import from_hf
 
-        hf_family(p)  # a family evaluation reads, before transformers sees the directory
-        model_cfg, model = from_hf(p, mlm_head)
+        if hf_family(p) == "electra":  # a family evaluation reads, before transformers sees the directory
+            if mlm_head:
+                raise UserError(f"{p} is an ELECTRA model: its discriminator has no masked-LM head, which the probes "
+                                "read; fine-tune it instead (pretrain finetune)")
+            from pretrain.models.hf_electra import encoder_from_hf_electra
+
+            model_cfg, model = encoder_from_hf_electra(p)
+        else:
+            model_cfg, model = from_hf(p, mlm_head)
         sentence = model.sentence
         info = load_tokenizer(tokenizer, FAMILY_TOKENIZER[model_cfg.family]) if tokenizer else tokenizer_for_hf_dir(p, model_cfg.family)
         state = model.state_dict()

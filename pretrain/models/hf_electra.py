@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -142,3 +142,65 @@ def export_electra(cfg, electra_cfg, state_dict: Dict[str, torch.Tensor], out: s
         (tmp / part).rename(out / part)
     tmp.rmdir()
     return out
+
+
+def encoder_from_hf_electra(directory: str | Path) -> Tuple[Any, Any]:
+    """The encoder of a Hugging Face ELECTRA directory (google/electra-*-discriminator as
+    published, our export's ``discriminator``, or any other ``Electra*`` class) as a
+    ``BertForPretraining`` of family bert: what ELECTRA fine-tunes (Clark et al. 2020 §2).
+    Its MLM head keeps our initialisation (no fine-tuning task reads it) and it has no
+    sentence head; E < H keeps the E→H ``embeddings_project`` as our ``projection``.
+
+    Returns:
+        ``(ModelConfig, model)``, CPU fp32, eval mode.
+    Raises:
+        UserError: a class that is not ELECTRA's, a layout ours cannot hold (relative
+            positions, a decoder), no weights file, or weights that are damaged, pickled
+            with code, or lack part of the encoder.
+    """
+    from safetensors import SafetensorError
+
+    from common.configfile import merge_into
+    from pretrain.config import ModelConfig
+    from pretrain.models.encoder import build_model
+    from pretrain.models.hf import _ACT_FROM_HF, WEIGHT_FILES, _first_line, _transformers
+    from pretrain.training.safeload import tensors_only
+
+    tf, d = _transformers(), Path(directory)
+    config = tf.AutoConfig.from_pretrained(d)
+    arch = (getattr(config, "architectures", None) or ["ElectraModel"])[0]
+    if config.model_type != "electra" or not arch.startswith("Electra"):
+        raise UserError(f"{d}: config.json names {arch} ({config.model_type}), not an ELECTRA class")
+    if getattr(config, "position_embedding_type", "absolute") != "absolute" or getattr(config, "is_decoder", False):
+        raise UserError(f"{d}: only ELECTRA encoders with absolute positions are read")
+    act = _ACT_FROM_HF.get(config.hidden_act)
+    if act is None:
+        raise UserError(f"{d}: hidden_act={config.hidden_act!r} is not one of: {', '.join(_ACT_FROM_HF)}")
+    e = config.embedding_size
+    cfg = merge_into(ModelConfig, dict(
+        family="bert", vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size, hidden_act=act, hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob, layer_norm_eps=config.layer_norm_eps,
+        initializer_range=config.initializer_range, embedding_size=None if e == config.hidden_size else e,
+    ), where=f"{d / 'config.json'}")
+    if not any((d / f).is_file() for f in WEIGHT_FILES):
+        raise UserError(f"{d} has no weights file ({' or '.join(WEIGHT_FILES)}); copy the model's weights into it")
+    try:
+        with tensors_only(what=d):
+            hf, info = tf.ElectraModel.from_pretrained(d, output_loading_info=True, weights_only=True)
+    except UserError:
+        raise
+    except (OSError, RuntimeError, EOFError, ValueError, SafetensorError) as err:
+        raise UserError(f"cannot load the weights in {d} ({_first_line(err)}); copy them again") from None
+    if info.get("missing_keys"):
+        raise UserError(f"{d} lacks encoder weights, e.g. {sorted(info['missing_keys'])[:3]}")
+    theirs = {"electra." + k: v for k, v in hf.state_dict().items()}
+    model = build_model(cfg, "none")
+    ours = {"discriminator." + k[len("encoder."):]: k for k in model.state_dict() if k.startswith("encoder.")}
+    names = electra_hf_names("discriminator", list(ours))
+    missing, _ = model.load_state_dict({ours[k]: theirs[v].float() for k, v in names.items()}, strict=False)
+    if any(k.startswith("encoder.") for k in missing):
+        raise UserError(f"{d}: no ELECTRA weight for {sorted(k for k in missing if k.startswith('encoder.'))[:3]}")
+    return cfg, model.eval()
