@@ -209,9 +209,9 @@ def test_damaged_config_of_an_unfinished_run_is_one_line(fabricated: Path, capsy
 # ------------------------------------------------------------------ seeds, verdicts, warnings, summary
 
 
-def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, claims=None) -> Path:
+def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, claims=None, formats=None) -> Path:
     """runs/seeded: arms a and b, seeds 1 and 2, each finished with the given MLM losses
-    ({arm: [loss seed 1, loss seed 2]})."""
+    ({arm: [loss seed 1, loss seed 2]}); ``formats``: arm → data.format in its config.yaml."""
     runs = tmp_path / "runs"
     abl = runs / "seeded"
     rec = {
@@ -230,8 +230,9 @@ def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, clai
             run = abl / arm / f"seed-{seed}"
             mode = "static" if (arm == "b" and mode_static) else "dynamic"
             _write_metrics(run, [_eval(20, loss, 0.1, 81920)])
+            fmt = f"  format: {formats[arm]}\n  sentence_objective: none\n" if formats else ""
             (run / rundir.CONFIG).write_text(
-                f"name: x\ntrain:\n  max_steps: 20\ndata:\n  masking:\n    mode: {mode}\n    dupe_factor: 2\n    copies: remask\n")
+                f"name: x\ntrain:\n  max_steps: 20\ndata:\n{fmt}  masking:\n    mode: {mode}\n    dupe_factor: 2\n    copies: remask\n")
             write_json_atomic(run / rundir.SUMMARY, {**SUMMARY_A, "epochs": epochs, "final_eval": {"mlm_loss": loss, "perplexity": 1.0, "mlm_accuracy": 0.1}})
     return runs
 
@@ -262,6 +263,19 @@ def test_verdict_opposite_and_inconclusive(tmp_path: Path, losses, verdict):
     runs = _seeded_ablation(tmp_path, losses)
     rebuild_tables(runs, tmp_path / "results")
     assert verdict in (tmp_path / "results" / "smoke" / "seeded.md").read_text()
+
+
+def test_held_out_losses_of_arms_with_different_formats_do_not_make_a_verdict(tmp_path: Path):
+    """Arms of two input formats are scored on different validation rows (RoBERTa Table 2):
+    far apart as their losses are, the verdict is inconclusive and names no better arm."""
+    runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.01], "b": [6.0, 6.01]}, formats={"a": "doc_sentences", "b": "full_sentences"})
+    rebuild_tables(runs, tmp_path / "results")
+    md = (tmp_path / "results" / "smoke" / "seeded.md").read_text()
+    assert ("| a beats b | `a` − `b` | +1.00 F1 (`a` better) | -1.0000 MLM loss, held-out | 0.0100 | **inconclusive** "
+            "(held-out sets differ in format or sentence objective: MLM losses do not compare) |") in md
+    runs = _seeded_ablation(tmp_path / "same", {"a": [5.0, 5.01], "b": [6.0, 6.01]}, formats={"a": "doc_sentences", "b": "doc_sentences"})
+    rebuild_tables(runs, tmp_path / "same" / "results")
+    assert "**agrees** |" in (tmp_path / "same" / "results" / "smoke" / "seeded.md").read_text()
 
 
 def test_static_masks_never_reused_warn_and_make_the_verdict_inconclusive(tmp_path: Path):

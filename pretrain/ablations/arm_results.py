@@ -64,6 +64,9 @@ class ArmResult:
     seeds_done: Optional[int] = None
     mlm_loss_spread: Optional[float] = None
     seed_values: Optional[Dict[str, List[float]]] = None
+    # What the run's held-out rows are built as: "format/sentence objective" from config.yaml
+    # (None when unknown). Arms that differ here were scored on different validation rows.
+    held_out: Optional[str] = None
     downstream: Dict[str, Cell] = field(default_factory=dict)
 
 
@@ -89,12 +92,13 @@ def collect_arm(arm: str, run: Path) -> ArmResult:
             parameters=_int(summary.get("num_parameters")),
             train_flops=_train_flops(run, summary.get("steps")),
             hardware=summary.get("hardware"),
+            held_out=_held_out(run),
         )
     records = last_per_step(rundir.read_metrics(run))
     if not run.is_dir() or (not records and not (run / rundir.CONFIG).is_file()):
         return ArmResult(arm=arm, status="not run")
     step = max((int(r["step"]) for r in records), default=0)
-    res = ArmResult(arm=arm, status=f"unfinished, step {step}/{_max_steps(run) or '?'}")
+    res = ArmResult(arm=arm, status=f"unfinished, step {step}/{_max_steps(run) or '?'}", held_out=_held_out(run))
     evals = [r for r in records if r.get("kind") == "eval"]
     if evals:
         ev = evals[-1]
@@ -162,6 +166,7 @@ def _median_arm(arm: str, runs: List[ArmResult]) -> ArmResult:
             med = statistics.median(vals) if all(math.isfinite(v) for v in vals) else math.nan
             setattr(res, f, int(med) if f in ("tokens_seen", "parameters") else float(med))
     res.hardware = "; ".join(sorted({r.hardware for r in done if r.hardware})) or None
+    res.held_out = next((r.held_out for r in done if r.held_out), None)
     losses = [r.mlm_loss for r in done if r.mlm_loss is not None]
     res.mlm_loss_spread = (max(losses) - min(losses) if all(math.isfinite(v) for v in losses) else math.nan) if losses else None
     res.seed_values = {f: [getattr(r, f) for r in done if getattr(r, f) is not None] for f in METRIC_FIELDS.values()}
@@ -184,6 +189,18 @@ def _train_flops(run: Path, steps: Any) -> Optional[float]:
         return int(steps) * cfg.train.global_batch_size * train_flops_per_sequence(cfg)
     except UserError:
         return None
+
+
+def _held_out(run: Path) -> Optional[str]:
+    """``"<data.format>/<data.sentence_objective>"`` of the run's config.yaml: what its
+    validation rows are built as (``pretrain.ablations.runner`` lets arms that differ in
+    these have different rows). None when config.yaml is missing or lacks them."""
+    f = run / rundir.CONFIG
+    if not f.is_file():
+        return None
+    c = read_yaml(f)
+    fmt, obj = OmegaConf.select(c, "data.format"), OmegaConf.select(c, "data.sentence_objective")
+    return None if fmt is None or obj is None else f"{fmt}/{obj}"
 
 
 def _max_steps(run: Path) -> Optional[int]:

@@ -250,7 +250,8 @@ def table_verdicts(rec: AblationRecord, results: List[ArmResult], warnings: Sequ
     values = {r.arm: r.seed_values or {} for r in results}
     measured = {c.name: c.kind for c in downstream_columns(rec)}
     cells = {r.arm: r.downstream for r in results}
-    return compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, values, bool(warnings), measured, cells)
+    held_out = {r.arm: r.held_out for r in results}
+    return compute_verdicts(abl.claims, abl.paper.columns, abl.paper.rows, values, bool(warnings), measured, cells, held_out)
 
 
 def current_claims(rec: AblationRecord) -> AblationRecord:

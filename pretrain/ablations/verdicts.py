@@ -13,7 +13,9 @@ is the larger max − min of the two arms' cells (over the pooled seeds). Verdic
 - ``opposite``: outside the spread, favouring the other arm;
 - ``inconclusive``: within the spread, fewer than two finished seeds for an arm (no spread
   to judge by), the paper printing no difference, a value that is not finite (a diverged
-  run's NaN loss: no arm is better), or a warning that the run cannot show the effect
+  run's NaN loss: no arm is better), a held-out metric of two arms scored on different
+  validation rows (they differ in input format or sentence objective, RoBERTa Table 2, ALBERT
+  Table 5: their MLM losses do not compare), or a warning that the run cannot show the effect
   (``warnings``).
 """
 
@@ -54,6 +56,7 @@ class Verdict:
     # our fine-tuning or probe column the verdict used, or None: the held-out ``claim.metric``
     downstream: Optional[str] = None
     kind: str = "fine-tuned"  # of that column: "fine-tuned" or "zero-shot" (a probe)
+    comparable: bool = True  # False: the two arms' held-out rows differ, so no arm is "better"
 
     def measure(self) -> str:
         """Which of our numbers the verdict used, in words."""
@@ -72,7 +75,7 @@ class Verdict:
         if self.downstream:
             better = _favours(self.ours, False, self.claim)
             return f"{self.ours:+.2f} {self.downstream}, {self.kind}" + (f" ({better} better)" if better else "")
-        better = _favours(self.ours, LOWER_IS_BETTER[self.claim.metric], self.claim)
+        better = _favours(self.ours, LOWER_IS_BETTER[self.claim.metric], self.claim) if self.comparable else ""
         return f"{self.ours:+.4f} {METRIC_NAMES[self.claim.metric]}, held-out" + (f" ({better} better)" if better else "")
 
     def spread_text(self) -> str:
@@ -92,14 +95,16 @@ def _favours(diff: float, lower_is_better: bool, claim: ClaimConfig) -> str:
 def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str], paper_rows: Dict[str, Any],
                      seed_values: Dict[str, Dict[str, List[float]]], warned: bool,
                      measured: Optional[Dict[str, str]] = None,
-                     cells: Optional[Dict[str, Dict[str, Cell]]] = None) -> List[Verdict]:
+                     cells: Optional[Dict[str, Dict[str, Cell]]] = None,
+                     held_out: Optional[Dict[str, Optional[str]]] = None) -> List[Verdict]:
     """A Verdict per claim. ``seed_values``: arm → ArmResult field → one value per finished
     seed (``mlm_loss``, ``accuracy_pct``, ``sentence_accuracy_pct``); ``warned``: the table
     carries a warning that the runs cannot show the effect; ``measured``: our fine-tuning and
     probe columns → "fine-tuned" / "zero-shot" (a claim whose ``ours_column``, or else
     ``paper_column``, is one of them is judged on it, even before its jobs have run: then "not
-    run yet"); ``cells``: arm → our column → its Cell (percent, higher is better)."""
-    measured, cells = measured or {}, cells or {}
+    run yet"); ``cells``: arm → our column → its Cell (percent, higher is better);
+    ``held_out``: arm → what its validation rows are built as (``ArmResult.held_out``)."""
+    measured, cells, held_out = measured or {}, cells or {}, held_out or {}
     out: List[Verdict] = []
     for c in claims:
         col = list(paper_columns).index(c.paper_column)
@@ -119,10 +124,13 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
         paper_a = (paper < 0) if not c.paper_higher_is_better else (paper > 0)
         ours_a = (ours < 0) if lower else (ours > 0)
         finite = all(math.isfinite(v) for v in (xa.median, xa.low, xa.high, xb.median, xb.low, xb.high))
+        comparable = bool(ds) or None in (held_out.get(c.a), held_out.get(c.b)) or held_out[c.a] == held_out[c.b]
         if paper == 0:
             verdict, reason = "inconclusive", "the paper prints no difference"
         elif not finite:
             verdict, reason = "inconclusive", "a value is NaN or inf: a diverged run"
+        elif not comparable:
+            verdict, reason = "inconclusive", "held-out sets differ in format or sentence objective: MLM losses do not compare"
         elif warned:
             verdict, reason = "inconclusive", "the run cannot show the effect: see the warning"
         elif spread is None:
@@ -131,7 +139,7 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
             verdict, reason = "inconclusive", "within the spread over seeds"
         else:
             verdict, reason = ("agrees" if paper_a == ours_a else "opposite"), ""
-        out.append(Verdict(c, paper, ours, spread, verdict, reason, ds, kind))
+        out.append(Verdict(c, paper, ours, spread, verdict, reason, ds, kind, comparable))
     return out
 
 
