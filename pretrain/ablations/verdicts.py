@@ -30,13 +30,15 @@ from omegaconf import OmegaConf
 
 from common.configfile import read_yaml
 from pretrain.ablations.arm_results import METRIC_FIELDS
-from pretrain.ablations.downstream import Cell
+from pretrain.ablations.downstream import PROBE_COLUMNS, Cell
 from pretrain.ablations.spec import LOWER_IS_BETTER, ClaimConfig, seed_runs
 from pretrain.training import rundir
 
 # Views of one static mask below which reuse cannot matter (RoBERTa §4.1: BERT's 10 copies
 # over 40 epochs show each mask 4 times).
 MIN_MASK_VIEWS = 2.0
+# Our columns a zero-shot probe fills (an ``ours_column`` naming one is judged "zero-shot").
+PROBE_COLUMN_NAMES = frozenset(name for cols in PROBE_COLUMNS.values() for name, _ in cols)
 METRIC_NAMES = {"mlm_loss": "MLM loss", "mlm_accuracy": "MLM acc. (%)", "sentence_accuracy": "NSP/SOP acc. (%)"}
 
 
@@ -115,7 +117,7 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
             xa, xb = ((cells.get(arm) or {}).get(ds) or Cell() for arm in (c.a, c.b))
         else:
             xa, xb = (Cell.of((seed_values.get(arm) or {}).get(METRIC_FIELDS[c.metric]) or []) for arm in (c.a, c.b))
-        kind = measured.get(ds, "fine-tuned")
+        kind = measured.get(ds) or ("zero-shot" if ds in PROBE_COLUMN_NAMES else "fine-tuned")
         if not xa.n or not xb.n:
             out.append(Verdict(c, paper, None, None, "inconclusive", "not run yet", ds, kind))
             continue
