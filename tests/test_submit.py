@@ -363,7 +363,7 @@ def test_status_classifies_job_records():
 
 def test_status_of_a_submitted_ablation(fake_slurm, capsys):
     assert main(["submit", str(MASKING), "--preset", "smoke", *SMALL]) == 0
-    Path("runs/roberta_masking/dynamic/metrics.jsonl").write_text('{"kind": "train", "step": 4}\n')
+    Path("runs/roberta_masking/dynamic/metrics.jsonl").write_text('{"kind": "train", "step": 4, "tokens_seen": 512}\n')
     # scontrol's view: data done, task 0 requeued after a preemption, task 1 running, tables waiting.
     records = {
         "101": "JobId=101 JobState=COMPLETED Reason=None Restarts=0",
@@ -381,6 +381,11 @@ def test_status_of_a_submitted_ablation(fake_slurm, capsys):
     assert (rows["dynamic"].state, rows["dynamic"].detail) == ("running", "step 4/6")
     out = capsys.readouterr().out
     assert out.startswith("roberta_masking (runs/roberta_masking): submitted ")
+    # A damaged metrics file marks its own run; the other rows still print.
+    Path("runs/roberta_masking/dynamic/metrics.jsonl").write_text('{"kind": "train", "step": 4}\n')
+    rows = {r.name: r for r in print_status("runs/roberta_masking")}
+    assert rows["dynamic"].detail.startswith("metrics.jsonl damaged (runs/roberta_masking/dynamic/metrics.jsonl:1)")
+    assert rows["static"].state == "requeued"
     # A resubmission while jobs are still queued is refused.
     assert main(["submit", str(MASKING), "--preset", "smoke", *SMALL]) == 2
     assert "jobs from an earlier submission in the queue" in _error(capsys)

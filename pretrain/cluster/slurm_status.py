@@ -112,8 +112,15 @@ def queued_jobs(jobs_file: Path) -> List[str]:
 
 
 def run_progress(run: Path) -> str:
-    """``step k/N`` from the run's metrics and config, or '' before its first log line."""
-    steps = [int(r["step"]) for r in rundir.read_metrics(run) if "step" in r]
+    """``step k/N`` from the run's metrics and config, or '' before its first log line.
+
+    A damaged metrics.jsonl gives ``metrics.jsonl damaged (…)`` for that run alone: status is
+    read while jobs run, and one bad file must not hide every other run's state.
+    """
+    try:
+        steps = [int(r["step"]) for r in rundir.read_metrics(run) if "step" in r]
+    except UserError as e:
+        return f"metrics.jsonl damaged ({str(e).split(': ', 1)[0]})"
     if not steps:
         return ""
     total = None
