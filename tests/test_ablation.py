@@ -139,7 +139,7 @@ def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
 
 
 def test_unknown_key_fails_at_load(tmp_path: Path):
-    with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, budget, claims, evaluate, name, paper, scale, seeds, title"):
+    with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, budget, claims, evaluate, min_steps, name, paper, scale, seeds, title"):
         load_ablation(_ablation(tmp_path, extra="bogus: 1\n"))
     p = _ablation(tmp_path, paper={"source": "x", "colums": ["F1"], "rows": {}})
     with pytest.raises(UserError, match=r"unknown key 'paper.colums'"):

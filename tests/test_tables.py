@@ -209,7 +209,7 @@ def test_damaged_config_of_an_unfinished_run_is_one_line(fabricated: Path, capsy
 # ------------------------------------------------------------------ seeds, verdicts, warnings, summary
 
 
-def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, claims=None, formats=None) -> Path:
+def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, claims=None, formats=None, min_steps=0) -> Path:
     """runs/seeded: arms a and b, seeds 1 and 2, each finished with the given MLM losses
     ({arm: [loss seed 1, loss seed 2]}); ``formats``: arm → data.format in its config.yaml."""
     runs = tmp_path / "runs"
@@ -220,6 +220,7 @@ def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, clai
             "arms": {"a": {"data": {"masking": {"mode": "dynamic"}}}, "b": {"data": {"masking": {"mode": "static"}}}},
             "paper": {"source": "P", "columns": ["F1"], "rows": {"a": [80.0], "b": [79.0]}},
             "claims": claims if claims is not None else [{"text": "a beats b", "a": "a", "b": "b", "paper_column": "F1"}],
+            "min_steps": min_steps,
         },
         "source": str(tmp_path / "gone.yaml"), "preset": "smoke", "overrides": [], "runs_root": "runs", "results_dir": "results",
     }
@@ -291,6 +292,37 @@ def test_static_masks_never_reused_warn_and_make_the_verdict_inconclusive(tmp_pa
     assert "Warning" not in (tmp_path / "more" / "results" / "smoke" / "seeded.md").read_text()
 
 
+def test_arms_with_fewer_steps_than_min_steps_warn_and_withhold_the_verdict(tmp_path: Path):
+    # every run finished after 20 steps (SUMMARY_A); the losses alone would say "agrees"
+    runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.2], "b": [6.0, 6.1]}, min_steps=21)
+    rebuild_tables(runs, tmp_path / "results")
+    md = (tmp_path / "results" / "smoke" / "seeded.md").read_text()
+    assert md.count("fewer than the 21 this ablation's min_steps asks for") == 4
+    assert "**Warning:** run `a/seed-1` finished after 20 optimizer steps" in md
+    assert "**inconclusive** (the run cannot show the effect: see the warning)" in md
+    summary = (tmp_path / "results" / "README.md").read_text()
+    assert "**inconclusive** (the run cannot show the effect: see the warning)" in summary
+    runs = _seeded_ablation(tmp_path / "enough", {"a": [5.0, 5.2], "b": [6.0, 6.1]}, min_steps=20)
+    rebuild_tables(runs, tmp_path / "enough" / "results")
+    md = (tmp_path / "enough" / "results" / "smoke" / "seeded.md").read_text()
+    assert "Warning" not in md and "**agrees** |" in md
+
+
+def test_min_steps_of_the_ablation_file_applies_to_a_record_made_before_it(tmp_path: Path):
+    """min_steps judges the table, like the claims: set in the ablation file after the runs
+    finished, it applies to their table without retraining."""
+    from pretrain.ablations.spec import load_record
+    from pretrain.ablations.tables import current_claims
+
+    runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.2], "b": [6.0, 6.1]})
+    rec = load_record(runs / "seeded")
+    assert rec.ablation.min_steps == 0
+    src = tmp_path / "seeded.yaml"
+    src.write_text(OmegaConf.to_yaml(OmegaConf.create({**OmegaConf.to_container(rec.ablation), "min_steps": 250})))
+    rec.source = str(src)
+    assert current_claims(rec).ablation.min_steps == 250
+
+
 def test_summary_lists_unrun_ablations_and_keeps_the_rest_of_the_readme(tmp_path: Path):
     runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.2], "b": [6.0, 6.1]})
     abl_dir = tmp_path / "ablations"
@@ -323,6 +355,9 @@ def test_claims_are_checked_at_load(tmp_path: Path):
         p.write_text(OmegaConf.to_yaml(OmegaConf.create({**base, "claims": [claim]})))
         with pytest.raises(UserError, match=msg):
             load_ablation(p)
+    p.write_text(OmegaConf.to_yaml(OmegaConf.create({**base, "min_steps": -1})))
+    with pytest.raises(UserError, match=r"min_steps=-1 must be >= 0"):
+        load_ablation(p)
 
 
 def test_unequal_real_tokens_are_named_without_withholding_the_verdict():

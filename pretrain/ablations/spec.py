@@ -166,6 +166,11 @@ class AblationConfig:
         step equal the FIRST arm's, from the mean row length of its built data
         (``pretrain.ablations.budget``) — RoBERTa §4.2's SENTENCE-PAIR with a larger batch.
     evaluate: the downstream evaluation stages of every run (see EvaluateConfig).
+    min_steps: the fewest optimizer steps an arm may take for the table to judge it (0 = no
+        floor). A finished arm below it makes the table warn and every verdict
+        inconclusive: with too few updates a batch-size ablation (RoBERTa §4.3 trains its
+        largest batch 31K steps) measures under-training, not the batch. A judgement of the
+        table, like the claims: changing it does not retrain.
     """
 
     name: str = MISSING
@@ -178,6 +183,7 @@ class AblationConfig:
     claims: List[ClaimConfig] = field(default_factory=list)
     budget: Budget = "tokens"
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    min_steps: int = 0
 
 
 @dataclass
@@ -243,6 +249,8 @@ def check_ablation(cfg: AblationConfig, where: str) -> None:
             raise UserError(f"{where}: paper row {arm!r} has {len(row)} numbers but paper.columns has {ncol}")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"{where}: seeds {list(cfg.seeds)} repeat a seed; list each pretraining seed once")
+    if cfg.min_steps < 0:
+        raise UserError(f"{where}: min_steps={cfg.min_steps} must be >= 0 (0 = no floor)")
     for arm, sc in cfg.scale.items():
         if arm not in cfg.arms:
             raise UserError(f"{where}: scale.{arm} names no arm (arms: {', '.join(cfg.arms)})")

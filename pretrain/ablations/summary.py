@@ -10,7 +10,7 @@ from pretrain.ablations.arm_results import collect
 from pretrain.ablations.cells import md_escape
 from pretrain.ablations.spec import load_ablation, load_record
 from pretrain.ablations.tables import current_claims, preset_dir, table_verdicts
-from pretrain.ablations.verdicts import compute_verdicts, mask_reuse_warnings
+from pretrain.ablations.verdicts import blocking_warnings, compute_verdicts
 from pretrain.training import rundir
 
 
@@ -39,7 +39,7 @@ def render_summary(runs_root: str | Path, ablations_dir: str | Path) -> str:
         if name in recorded:
             rec = current_claims(load_record(recorded[name]))
             results = collect(recorded[name], rec)
-            verdicts = table_verdicts(rec, results, mask_reuse_warnings(recorded[name], rec.ablation))
+            verdicts = table_verdicts(rec, results, blocking_warnings(recorded[name], rec.ablation))
             where = f"[{preset_dir(rec.preset)}/{name}.md]({preset_dir(rec.preset)}/{name}.md)"
             claims = rec.ablation.claims
         else:

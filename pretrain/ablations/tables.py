@@ -29,7 +29,7 @@ from pretrain.ablations.cells import csv_cell, md_cell, md_escape, paper_text
 from pretrain.ablations.downstream import CONTROL_ROW, Cell, Column
 from pretrain.ablations.plots import plot_loss_curves
 from pretrain.ablations.spec import AblationRecord, ablate_command, arm_command, evaluating, load_ablation, load_record, seed_runs
-from pretrain.ablations.verdicts import Verdict, compute_verdicts, mask_reuse_warnings, token_warnings
+from pretrain.ablations.verdicts import Verdict, blocking_warnings, compute_verdicts, token_warnings
 
 
 # (header, ArmResult field, markdown format). The CSV keeps full precision.
@@ -224,7 +224,7 @@ def write_ablation_table(abl_dir: str | Path, results_dir: str | Path, runs_root
     abl_dir = Path(abl_dir)
     rec = current_claims(load_record(abl_dir))
     results = collect(abl_dir, rec)
-    blocking = mask_reuse_warnings(abl_dir, rec.ablation)
+    blocking = blocking_warnings(abl_dir, rec.ablation)
     verdicts = table_verdicts(rec, results, blocking)
     warnings = blocking + token_warnings(results, rec.ablation.budget)
     md, csv_path, png_path = table_paths(results_dir, rec.preset, rec.ablation.name)
@@ -255,7 +255,7 @@ def table_verdicts(rec: AblationRecord, results: List[ArmResult], warnings: Sequ
 
 
 def current_claims(rec: AblationRecord) -> AblationRecord:
-    """The record with the title, paper numbers and claims of the ablation file it was run
+    """The record with the title, paper numbers, claims and min_steps of the ablation file it was run
     from, when that file still exists with the same name and arms: those do not change what
     was trained (``runner._check_same_record``), so a table made from old logs shows the
     claims as they are written now; and the file's ``evaluate`` section when the record has
@@ -270,6 +270,7 @@ def current_claims(rec: AblationRecord) -> AblationRecord:
     if now.name != rec.ablation.name or list(now.arms) != list(rec.ablation.arms):
         return rec
     rec.ablation.title, rec.ablation.paper, rec.ablation.claims = now.title, now.paper, now.claims
+    rec.ablation.min_steps = now.min_steps
     if not evaluating(rec.ablation.evaluate):
         # A record made before the file had an evaluate section: its fine-tuning jobs (run by
         # hand or by a later `pretrain ablate`) are read as the file now names them.

@@ -196,6 +196,34 @@ def mask_reuse_warnings(abl_dir: Path, abl: Any) -> List[str]:
     return out
 
 
+def blocking_warnings(abl_dir: Path, abl: Any) -> List[str]:
+    """The warnings that the runs of ``abl_dir`` cannot show their ablation's effect (each
+    verdict is then inconclusive): static masks never reused, arms below ``min_steps``.
+    The table and the results summary both judge by these."""
+    return mask_reuse_warnings(abl_dir, abl) + step_warnings(abl_dir, abl)
+
+
+def step_warnings(abl_dir: Path, abl: Any) -> List[str]:
+    """A warning per run that finished with fewer optimizer steps than the ablation's
+    ``min_steps`` (``AblationConfig.min_steps``; steps from summary.json). Such a run is
+    judged by how far it got, not by the recipe choice its arm makes, so the table's
+    verdicts are withheld (the caller passes these as blocking warnings)."""
+    if abl.min_steps <= 0:
+        return []
+    out: List[str] = []
+    for _arm, _seed, rel in seed_runs(abl):
+        summary = rundir.read_summary(abl_dir / rel)
+        if not summary or summary.get("status") != "done" or not isinstance(summary.get("steps"), int):
+            continue
+        if summary["steps"] < abl.min_steps:
+            out.append(
+                f"run `{rel}` finished after {summary['steps']:,} optimizer steps, fewer than the {abl.min_steps:,} "
+                "this ablation's min_steps asks for: its numbers measure under-training, not its arm's choice "
+                "(train more steps: raise train.max_steps for every arm)."
+            )
+    return out
+
+
 # Real (non-padding) tokens of two arms that differ by more than this share are flagged.
 TOKEN_TOLERANCE = 0.10
 
