@@ -323,6 +323,22 @@ def test_min_steps_of_the_ablation_file_applies_to_a_record_made_before_it(tmp_p
     assert current_claims(rec).ablation.min_steps == 250
 
 
+def test_summary_states_the_training_time_counting_a_copied_run_once(tmp_path: Path):
+    import shutil
+
+    runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.2], "b": [6.0, 6.1]})
+    shutil.copytree(runs / "seeded", runs / "copy")
+    # one run of the copy unfinished: not counted; one retrained (other logs): counted apart
+    (runs / "copy" / "a" / "seed-1" / rundir.SUMMARY).unlink()
+    _write_metrics(runs / "copy" / "b" / "seed-2", [_eval(20, 6.3, 0.1, 81920)])
+    rebuild_tables(runs, tmp_path / "results")
+    summary = (tmp_path / "results" / "README.md").read_text()
+    hours = 95.25 / 3600
+    assert f"| `copy` | 3 | {3 * hours:.2f} h on hardware not recorded |" in summary
+    assert f"| `seeded` | 4 | {4 * hours:.2f} h on hardware not recorded |" in summary
+    assert f"| 5 | {5 * hours:.2f} h: {5 * hours:.2f} h on hardware not recorded |" in summary
+
+
 def test_summary_lists_unrun_ablations_and_keeps_the_rest_of_the_readme(tmp_path: Path):
     runs = _seeded_ablation(tmp_path, {"a": [5.0, 5.2], "b": [6.0, 6.1]})
     abl_dir = tmp_path / "ablations"

@@ -3,12 +3,15 @@ file with its verdict from the recorded runs, linked to the ablation's table."""
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
 from pathlib import Path
+from typing import Dict, List
 
 from common.atomic import write_text_atomic
 from pretrain.ablations.arm_results import collect
 from pretrain.ablations.cells import md_escape
-from pretrain.ablations.spec import load_ablation, load_record
+from pretrain.ablations.spec import load_ablation, load_record, seed_runs
 from pretrain.ablations.tables import current_claims, preset_dir, table_verdicts
 from pretrain.ablations.verdicts import blocking_warnings, compute_verdicts
 from pretrain.training import rundir
@@ -52,8 +55,49 @@ def render_summary(runs_root: str | Path, ablations_dir: str | Path) -> str:
             verdict = "not run yet" if v.reason == "not run yet" else f"**{v.verdict}**" + (f" ({v.reason})" if v.reason else "")
             verdict += f"; by {v.measure()}" if name in recorded else ""
             lines.append(f"| {where} | {md_escape(v.claim.text)} | `{v.claim.a}` − `{v.claim.b}` | {v.paper_text()} | {verdict} |")
-    lines += ["", SUMMARY_END]
+    lines += ["", *render_cost(runs_root, recorded), SUMMARY_END]
     return "\n".join(lines) + "\n"
+
+
+def render_cost(runs_root: str | Path, recorded: Dict[str, Path]) -> List[str]:
+    """The training time of every recorded ablation's finished pretraining runs (summary.json
+    ``wall_time_s`` summed over resumed segments, in hours), per ablation and in total, by the
+    hardware each run names. A run directory copied into a second ablation (identical
+    metrics.jsonl) counts once in the total. Fine-tuning and probes are not counted: their
+    jobs keep no wall time in the committed logs. [] when no run has finished."""
+    rows, total, seen = [], defaultdict(float), set()
+    for name, abl_dir in sorted(recorded.items()):
+        per_hw: Dict[str, float] = defaultdict(float)
+        n = 0
+        for _arm, _seed, rel in seed_runs(load_record(abl_dir).ablation):
+            run = abl_dir / rel
+            summary = rundir.read_summary(run)
+            if not summary or summary.get("status") != "done" or summary.get("wall_time_s") is None:
+                continue
+            hours, hw = float(summary["wall_time_s"]) / 3600, str(summary.get("hardware") or "hardware not recorded")
+            per_hw[hw] += hours
+            n += 1
+            digest = hashlib.sha256((run / rundir.METRICS).read_bytes()).hexdigest() if (run / rundir.METRICS).is_file() else str(run)
+            if digest not in seen:
+                seen.add(digest)
+                total[hw] += hours
+        if n:
+            rows.append(f"| `{name}` | {n} | " + "; ".join(f"{h:.2f} h on {hw}" for hw, h in sorted(per_hw.items())) + " |")
+    if not rows:
+        return []
+    return [
+        "### Training time of these runs",
+        "",
+        f"Finished pretraining runs under `{Path(runs_root).as_posix()}`, wall-clock hours from each run's summary.json "
+        "(fine-tuning and probes not counted: their jobs keep no wall time in the committed logs).",
+        "",
+        "| ablation | runs | pretraining time |",
+        "|---|---|---|",
+        *rows,
+        "| **total** (a run copied into two ablations counted once) | "
+        f"{len(seen)} | {sum(total.values()):.2f} h: " + "; ".join(f"{h:.2f} h on {hw}" for hw, h in sorted(total.items())) + " |",
+        "",
+    ]
 
 
 def write_summary(runs_root: str | Path, results_dir: str | Path, ablations_dir: str | Path = "configs/ablation") -> Path:
