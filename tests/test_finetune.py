@@ -231,6 +231,7 @@ def test_finetune_checkpoint_and_export_give_the_same_scores_through_the_loop(ti
     summary = json.loads((seed_run / "summary.json").read_text())
     assert summary["status"] == "done" and summary["num_train_rows"] == 32 and summary["eval_rows"] == {"dev": 48}
     assert summary["steps"] == 16 * (32 // 8) and not (seed_run / "checkpoints").exists()  # weights not kept
+    assert ours["wall_time_s"] == pytest.approx(summary["wall_time_s"])  # one run: the job's time is its time
     loss = _losses(seed_run, "cls_loss")
     assert loss[-1] < 0.5 * loss[0]  # 32 rows, 16 epochs: the head and encoder fit them
     assert main(["finetune", str(hf), "--task", "sst2", "--preset", "smoke", "--seeds", "1", "--out", str(tmp_path / "hf-job"), *FAST]) == 0

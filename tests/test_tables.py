@@ -331,12 +331,20 @@ def test_summary_states_the_training_time_counting_a_copied_run_once(tmp_path: P
     # one run of the copy unfinished: not counted; one retrained (other logs): counted apart
     (runs / "copy" / "a" / "seed-1" / rundir.SUMMARY).unlink()
     _write_metrics(runs / "copy" / "b" / "seed-2", [_eval(20, 6.3, 0.1, 81920)])
+    # fine-tuning jobs: one with its time (1.5 h), one from before the time was recorded
+    scores = {"main_metric": "dev_accuracy", "score": 0.5, "num_seeds": 1, "chosen_lr": 1e-4}
+    for job, extra in (("sst2", {"wall_time_s": 5400.0}), ("sst2-random-init", {})):
+        (runs / "seeded" / "a" / "seed-1" / "finetune" / job).mkdir(parents=True)
+        write_json_atomic(runs / "seeded" / "a" / "seed-1" / "finetune" / job / "scores.json", {**scores, **extra})
+    (runs / "copy" / "b" / "seed-1" / "finetune" / "cola").mkdir(parents=True)
+    write_json_atomic(runs / "copy" / "b" / "seed-1" / "finetune" / "cola" / "scores.json", scores)
     rebuild_tables(runs, tmp_path / "results")
     summary = (tmp_path / "results" / "README.md").read_text()
     hours = 95.25 / 3600
-    assert f"| `copy` | 3 | {3 * hours:.2f} h on hardware not recorded |" in summary
-    assert f"| `seeded` | 4 | {4 * hours:.2f} h on hardware not recorded |" in summary
-    assert f"| 5 | {5 * hours:.2f} h: {5 * hours:.2f} h on hardware not recorded |" in summary
+    assert f"| `copy` | 3 | {3 * hours:.2f} h on hardware not recorded | 1 job, time not recorded |" in summary
+    assert f"| `seeded` | 4 | {4 * hours:.2f} h on hardware not recorded | 1.50 h (+ 1 job without a recorded time) |" in summary
+    # the total: copy/b/seed-1 is seeded/b/seed-1 (same logs), its cola job counted once
+    assert f"| 5 | {5 * hours:.2f} h on hardware not recorded | 1.50 h (+ 2 jobs without a recorded time) |" in summary
 
 
 def test_summary_lists_unrun_ablations_and_keeps_the_rest_of_the_readme(tmp_path: Path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from common.atomic import write_text_atomic
 from pretrain.ablations.arm_results import collect
@@ -14,6 +14,7 @@ from pretrain.ablations.cells import md_escape
 from pretrain.ablations.spec import load_ablation, load_record, seed_runs
 from pretrain.ablations.tables import current_claims, preset_dir, table_verdicts
 from pretrain.ablations.verdicts import blocking_warnings, compute_verdicts
+from pretrain.downstream.runner import JOBS_DIR, SCORES_JSON, read_scores
 from pretrain.training import rundir
 
 
@@ -60,44 +61,79 @@ def render_summary(runs_root: str | Path, ablations_dir: str | Path) -> str:
 
 
 def render_cost(runs_root: str | Path, recorded: Dict[str, Path]) -> List[str]:
-    """The training time of every recorded ablation's finished pretraining runs (summary.json
-    ``wall_time_s`` summed over resumed segments, in hours), per ablation and in total, by the
-    hardware each run names. A run directory copied into a second ablation (identical
-    metrics.jsonl) counts once in the total. Fine-tuning and probes are not counted: their
-    jobs keep no wall time in the committed logs. [] when no run has finished."""
-    rows, total, seen = [], defaultdict(float), set()
+    """The training time of every recorded ablation's finished runs, in hours, per ablation
+    and in total, by the hardware each pretraining run names: pretraining from each
+    summary.json's ``wall_time_s`` (summed over resumed segments), fine-tuning from each job's
+    scores.json ``wall_time_s`` under the runs' ``finetune/`` (jobs from before it was
+    recorded are counted apart, as jobs without a time). A run directory copied into a second
+    ablation (identical metrics.jsonl) counts once in the total. [] when no run has finished."""
+    rows: List[str] = []
+    total: Dict[str, float] = defaultdict(float)
+    seen: set = set()
+    ft_total, ft_untimed = 0.0, 0
     for name, abl_dir in sorted(recorded.items()):
         per_hw: Dict[str, float] = defaultdict(float)
-        n = 0
+        n, ft_hours, untimed = 0, 0.0, 0
         for _arm, _seed, rel in seed_runs(load_record(abl_dir).ablation):
             run = abl_dir / rel
             summary = rundir.read_summary(run)
             if not summary or summary.get("status") != "done" or summary.get("wall_time_s") is None:
                 continue
             hours, hw = float(summary["wall_time_s"]) / 3600, str(summary.get("hardware") or "hardware not recorded")
+            job_hours, job_untimed = _finetune_hours(run)
             per_hw[hw] += hours
-            n += 1
-            digest = hashlib.sha256((run / rundir.METRICS).read_bytes()).hexdigest() if (run / rundir.METRICS).is_file() else str(run)
+            n, ft_hours, untimed = n + 1, ft_hours + job_hours, untimed + job_untimed
+            metrics = run / rundir.METRICS
+            digest = hashlib.sha256(metrics.read_bytes()).hexdigest() if metrics.is_file() else str(run)
             if digest not in seen:
                 seen.add(digest)
                 total[hw] += hours
+                ft_total, ft_untimed = ft_total + job_hours, ft_untimed + job_untimed
         if n:
-            rows.append(f"| `{name}` | {n} | " + "; ".join(f"{h:.2f} h on {hw}" for hw, h in sorted(per_hw.items())) + " |")
+            rows.append(f"| `{name}` | {n} | {_by_hardware(per_hw)} | {_ft_text(ft_hours, untimed)} |")
     if not rows:
         return []
     return [
         "### Training time of these runs",
         "",
-        f"Finished pretraining runs under `{Path(runs_root).as_posix()}`, wall-clock hours from each run's summary.json "
-        "(fine-tuning and probes not counted: their jobs keep no wall time in the committed logs).",
+        f"Finished runs under `{Path(runs_root).as_posix()}`, wall-clock hours from the run logs: pretraining from "
+        "each run's summary.json, fine-tuning (the evaluation stages' jobs, control included) from each job's "
+        "scores.json; probes are not counted.",
         "",
-        "| ablation | runs | pretraining time |",
-        "|---|---|---|",
+        "| ablation | pretraining runs | pretraining time | fine-tuning time |",
+        "|---|---|---|---|",
         *rows,
-        "| **total** (a run copied into two ablations counted once) | "
-        f"{len(seen)} | {sum(total.values()):.2f} h: " + "; ".join(f"{h:.2f} h on {hw}" for hw, h in sorted(total.items())) + " |",
+        f"| **total** (a run copied into two ablations counted once) | {len(seen)} | {_by_hardware(total)} | "
+        f"{_ft_text(ft_total, ft_untimed)} |",
         "",
     ]
+
+
+def _finetune_hours(run: Path) -> Tuple[float, int]:
+    """Hours of the fine-tuning jobs under ``run/finetune/`` that recorded their time, and
+    the number of jobs that did not (scores.json from before ``wall_time_s`` was written)."""
+    hours, untimed = 0.0, 0
+    for f in sorted((run / JOBS_DIR).glob(f"*/{SCORES_JSON}")):
+        t = read_scores(f).get("wall_time_s")
+        if isinstance(t, (int, float)):
+            hours += float(t) / 3600
+        else:
+            untimed += 1
+    return hours, untimed
+
+
+def _by_hardware(hours: Dict[str, float]) -> str:
+    parts = "; ".join(f"{h:.2f} h on {hw}" for hw, h in sorted(hours.items()))
+    return f"{sum(hours.values()):.2f} h: {parts}" if len(hours) > 1 else parts
+
+
+def _ft_text(hours: float, untimed: int) -> str:
+    if not hours and not untimed:
+        return "—"
+    if not hours:
+        return f"{untimed} job{'s' if untimed != 1 else ''}, time not recorded"
+    text = f"{hours:.2f} h"
+    return text + (f" (+ {untimed} job{'s' if untimed != 1 else ''} without a recorded time)" if untimed else "")
 
 
 def write_summary(runs_root: str | Path, results_dir: str | Path, ablations_dir: str | Path = "configs/ablation") -> Path:

@@ -14,7 +14,8 @@ Layout of a job directory (default ``<pretrained run>/finetune/<task>`` for our 
 appended for the control)::
 
     lr-3e-05/seed-1/     one loop run: config.yaml, metrics.jsonl, summary.json
-    scores.json          per-seed scores, medians and spread per lr, the chosen lr
+    scores.json          per-seed scores, medians and spread per lr, the chosen lr, and
+                         wall_time_s: the training time of its runs summed, in seconds
     scores.md            the same as a table, ending with the final score line
 
 A run whose summary.json says done is not trained again; an interrupted one resumes
@@ -244,6 +245,7 @@ def finetune(
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / FINETUNE_YAML, OmegaConf.to_yaml(cfg, resolve=True))
     per_run: Dict[float, Dict[int, Dict[str, float]]] = {}
+    wall_time_s = 0.0  # the job's training time, for the results' cost statement
     for r in runs:
         run = Path(r.run_dir)
         before = finished_summary(run)  # UserError for a damaged one
@@ -252,13 +254,15 @@ def finetune(
         if not cfg.keep_weights and main_rank:
             shutil.rmtree(run / "checkpoints", ignore_errors=True)  # train() returned after its last barrier
         scores = summary["final_eval"]
+        wall_time_s += float(summary.get("wall_time_s") or 0.0)
         per_run.setdefault(float(r.train.optimizer.lr), {})[int(r.train.seed)] = scores
         main = main_metric(task, cfg.data.eval_splits)
         if main_rank:
             print(f"{r.name}: {main} = {100 * scores[main]:.2f}" + ("" if not done else " (done before)"))
     s = summarize(task, per_run, cfg.data.eval_splits)
     source = str(pretrained) + (" (random init)" if random_init else "")
-    s.update(task=task, pretrained=source, recipe=recipe or default_recipe(ident["family"]), preset=preset, num_train_rows=n_train)
+    s.update(task=task, pretrained=source, recipe=recipe or default_recipe(ident["family"]), preset=preset, num_train_rows=n_train,
+             wall_time_s=wall_time_s)
     if main_rank:
         write_json_atomic(out / SCORES_JSON, s)
         write_text_atomic(out / SCORES_MD, markdown(task, source, s))
