@@ -163,7 +163,14 @@ def test_corrupt_record_is_a_user_error(tmp_path: Path):
         rebuild_tables(tmp_path / "runs", tmp_path / "results")
 
 
-@pytest.mark.parametrize("damage", ['{"status": "done", "steps"', "[1, 2]"])
+@pytest.mark.parametrize("damage", [
+    '{"status": "done", "steps"', "[1, 2]",
+    # parsed, but a value of the wrong type: named, not a ValueError from deep inside
+    '{"status": "done", "steps": 20, "tokens_seen": "x", "wall_time_s": 1.0}',
+    '{"status": "done", "steps": true}',
+    '{"status": "done", "final_eval": {"mlm_loss": "low"}}',
+    '{"status": ["done"]}',
+])
 def test_damaged_summary_is_a_one_line_error_and_writes_no_table(fabricated: Path, capsys, damage):
     (fabricated / "runs" / "toy" / "a" / rundir.SUMMARY).write_text(damage)
     args = ["tables", "--runs", str(fabricated / "runs"), "--results", str(fabricated / "results")]

@@ -103,7 +103,34 @@ def read_summary(run: Path) -> Optional[Dict[str, Any]]:
     if not isinstance(summary, dict):
         raise UserError(f"{f} is damaged (a JSON {type(summary).__name__}, not an object); delete it and rerun: the run "
                         "resumes (or starts again) and writes it anew")
+    bad = _summary_type_error(summary)
+    if bad:
+        raise UserError(f"{f} is damaged ({bad}); delete it and rerun: the run resumes (or starts again) and writes it anew")
     return summary
+
+
+# summary.json keys the tables, status and cost statements read as numbers (null allowed).
+SUMMARY_NUMBERS = ("steps", "tokens_seen", "epochs", "wall_time_s", "num_parameters", "num_train_sequences",
+                   "num_train_rows", "teacher_parameters")
+
+
+def _summary_type_error(summary: Dict[str, Any]) -> str:
+    """What in a parsed summary.json is not of the type the trainer writes, or ''."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if "status" in summary and not isinstance(summary["status"], str):
+        return f"status is {summary['status']!r}, not a string"
+    for k in SUMMARY_NUMBERS:
+        if summary.get(k) is not None and not number(summary[k]):
+            return f"{k} is {summary[k]!r}, not a number"
+    ev = summary.get("final_eval")
+    if ev is not None and not isinstance(ev, dict):
+        return f"final_eval is {ev!r}, not an object"
+    for k, v in (ev or {}).items():
+        if v is not None and not number(v):
+            return f"final_eval.{k} is {v!r}, not a number"
+    return ""
 
 
 def finished_summary(run: Path) -> Optional[Dict[str, Any]]:
