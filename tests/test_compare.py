@@ -143,7 +143,12 @@ def test_scores_come_from_finished_jobs_of_a_run_of_the_same_shape(tmp_path):
 
 
 @pytest.mark.parametrize("damage, why", [('{"task": "sst2", "score"', "JSONDecodeError"),
-                                         ('{"task": "sst2"}', "no main_metric, score, num_seeds, chosen_lr")])
+                                         ('{"task": "sst2"}', "no main_metric, score, num_seeds, chosen_lr"),
+                                         ('{"main_metric": "dev_accuracy", "score": "0.8", "num_seeds": 1, "chosen_lr": 1e-4}',
+                                          "score is '0.8', not a number"),
+                                         ('{"main_metric": "dev_accuracy", "score": 0.8, "num_seeds": 1, "chosen_lr": 1e-4, '
+                                          '"per_lr": {"lr-0.0001": {"scores": {"1": {"dev_accuracy": "x"}}}}}',
+                                          "per_lr.lr-0.0001.scores.1.dev_accuracy is 'x', not a number")])
 def test_damaged_scores_json_is_one_line_naming_it(tmp_path, capsys, damage, why):
     from pretrain.cli import main
 

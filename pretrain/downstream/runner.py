@@ -63,7 +63,36 @@ def read_scores(f: str | Path) -> Dict[str, Any]:
     missing = [k for k in SCORES_KEYS if k not in s] if isinstance(s, dict) else list(SCORES_KEYS)
     if missing:
         raise UserError(f"{f}: not a scores.json of `pretrain finetune` (no {', '.join(missing)}); rerun the job")
+    bad = _scores_type_error(s)
+    if bad:
+        raise UserError(f"{f}: not a scores.json of `pretrain finetune` ({bad}); rerun the job")
     return s
+
+
+def _scores_type_error(s: Dict[str, Any]) -> str:
+    """What in a parsed scores.json is not of the type ``finetune`` writes, or ''."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(s["main_metric"], str):
+        return f"main_metric is {s['main_metric']!r}, not a string"
+    for k in ("score", "num_seeds", "chosen_lr", "wall_time_s"):
+        if k in s and not number(s[k]):
+            return f"{k} is {s[k]!r}, not a number"
+    per_lr = s.get("per_lr", {})
+    if not isinstance(per_lr, dict):
+        return f"per_lr is {per_lr!r}, not an object"
+    for tag, entry in per_lr.items():
+        scores = entry.get("scores", {}) if isinstance(entry, dict) else None
+        if not isinstance(scores, dict):
+            return f"per_lr.{tag} has no object of scores"
+        for seed, metrics in scores.items():
+            if not isinstance(metrics, dict):
+                return f"per_lr.{tag}.scores.{seed} is {metrics!r}, not an object"
+            for m, v in metrics.items():
+                if v is not None and not number(v):
+                    return f"per_lr.{tag}.scores.{seed}.{m} is {v!r}, not a number"
+    return ""
 
 
 def pretrained_identity(path: str | Path) -> Dict[str, Any]:
