@@ -216,7 +216,8 @@ def test_damaged_config_of_an_unfinished_run_is_one_line(fabricated: Path, capsy
 # ------------------------------------------------------------------ seeds, verdicts, warnings, summary
 
 
-def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, claims=None, formats=None, min_steps=0) -> Path:
+def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, claims=None, formats=None, min_steps=0,
+                     tokenizers=None) -> Path:
     """runs/seeded: arms a and b, seeds 1 and 2, each finished with the given MLM losses
     ({arm: [loss seed 1, loss seed 2]}); ``formats``: arm → data.format in its config.yaml."""
     runs = tmp_path / "runs"
@@ -239,6 +240,7 @@ def _seeded_ablation(tmp_path: Path, losses, epochs=1.0, mode_static=False, clai
             mode = "static" if (arm == "b" and mode_static) else "dynamic"
             _write_metrics(run, [_eval(20, loss, 0.1, 81920)])
             fmt = f"  format: {formats[arm]}\n  sentence_objective: none\n" if formats else ""
+            fmt += f"  tokenizer:\n    kind: {tokenizers[arm]}\n    vocab_size: 512\n" if tokenizers else ""
             (run / rundir.CONFIG).write_text(
                 f"name: x\ntrain:\n  max_steps: 20\ndata:\n{fmt}  masking:\n    mode: {mode}\n    dupe_factor: 2\n    copies: remask\n")
             write_json_atomic(run / rundir.SUMMARY, {**SUMMARY_A, "epochs": epochs, "final_eval": {"mlm_loss": loss, "perplexity": 1.0, "mlm_accuracy": 0.1}})
@@ -280,10 +282,15 @@ def test_held_out_losses_of_arms_with_different_formats_do_not_make_a_verdict(tm
     rebuild_tables(runs, tmp_path / "results")
     md = (tmp_path / "results" / "smoke" / "seeded.md").read_text()
     assert ("| a beats b | `a` − `b` | +1.00 F1 (`a` better) | -1.0000 MLM loss, held-out | 0.0100 | **inconclusive** "
-            "(held-out sets differ in format or sentence objective: MLM losses do not compare) |") in md
+            "(held-out sets differ in format, sentence objective or tokenizer: MLM losses do not compare) |") in md
     runs = _seeded_ablation(tmp_path / "same", {"a": [5.0, 5.01], "b": [6.0, 6.01]}, formats={"a": "doc_sentences", "b": "doc_sentences"})
     rebuild_tables(runs, tmp_path / "same" / "results")
     assert "**agrees** |" in (tmp_path / "same" / "results" / "smoke" / "seeded.md").read_text()
+    # one format, two tokenizers: losses per token of different vocabularies do not compare either
+    runs = _seeded_ablation(tmp_path / "tok", {"a": [5.0, 5.01], "b": [6.0, 6.01]}, formats={"a": "doc_sentences", "b": "doc_sentences"},
+                            tokenizers={"a": "bpe", "b": "wordpiece"})
+    rebuild_tables(runs, tmp_path / "tok" / "results")
+    assert "sentence objective or tokenizer: MLM losses do not compare) |" in (tmp_path / "tok" / "results" / "smoke" / "seeded.md").read_text()
 
 
 def test_static_masks_never_reused_warn_and_make_the_verdict_inconclusive(tmp_path: Path):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from common.configfile import read_yaml
 from pretrain.ablations import downstream
@@ -192,15 +192,18 @@ def _train_flops(run: Path, steps: Any) -> Optional[float]:
 
 
 def _held_out(run: Path) -> Optional[str]:
-    """``"<data.format>/<data.sentence_objective>"`` of the run's config.yaml: what its
-    validation rows are built as (``pretrain.ablations.runner`` lets arms that differ in
-    these have different rows). None when config.yaml is missing or lacks them."""
+    """``"<data.format>/<data.sentence_objective>/<data.tokenizer>"`` of the run's config.yaml:
+    what its validation rows are built as and tokenized by (``pretrain.ablations.runner`` lets
+    arms that differ in these have different rows; another tokenizer makes the MLM loss a loss
+    per token of another vocabulary). None when config.yaml is missing or lacks them."""
     f = run / rundir.CONFIG
     if not f.is_file():
         return None
     c = read_yaml(f)
     fmt, obj = OmegaConf.select(c, "data.format"), OmegaConf.select(c, "data.sentence_objective")
-    return None if fmt is None or obj is None else f"{fmt}/{obj}"
+    tok = OmegaConf.select(c, "data.tokenizer")
+    tok = sorted(OmegaConf.to_container(tok, resolve=True).items()) if isinstance(tok, DictConfig) else tok
+    return None if fmt is None or obj is None else f"{fmt}/{obj}/{tok}"
 
 
 def _max_steps(run: Path) -> Optional[int]:

@@ -122,8 +122,7 @@ def render_markdown(
         "Ours: held-out masked-LM loss (nats per masked token), perplexity and masked-token accuracy on "
         + ("the validation split, masked once with a fixed seed and shared by every arm"
            if _shares_validation(abl) else
-           "each arm's validation split (the arms differ in input format or sentence objective, so their "
-           "pairs differ; the documents, tokenizer and mask seed are shared)")
+           "each arm's validation split (" + _validation_difference(abl) + ")")
         + ", after the last "
         "training step (for an unfinished arm: its latest evaluation); tokens seen, epochs over the training data and training wall time from the run logs; "
         "training FLOPs (forward + backward) = steps × batch × the FLOPs of one full-length sequence (6N + 12·L·H·T per "
@@ -283,13 +282,28 @@ def current_claims(rec: AblationRecord) -> AblationRecord:
 
 
 def _shares_validation(abl: Any) -> bool:
-    """False if some arm sets ``data.format`` or ``data.sentence_objective``: such arms
-    build different pairs, so ``pretrain ablate`` lets their validation splits differ."""
+    """False if some arm sets ``data.format``, ``data.sentence_objective`` or
+    ``data.tokenizer``: such arms build different pairs or tokens, so ``pretrain ablate``
+    lets their validation splits differ."""
+    return not _arm_data_keys(abl) & {"format", "sentence_objective", "tokenizer"}
+
+
+def _validation_difference(abl: Any) -> str:
+    """How the arms' validation splits differ, for the table's note (see _shares_validation)."""
+    keys = _arm_data_keys(abl)
+    if "tokenizer" in keys:
+        return ("the arms use different tokenizers, so their tokens and masked positions differ and each loss is per "
+                "token of its own vocabulary; the documents are shared")
+    return ("the arms differ in input format or sentence objective, so their pairs differ; the documents, tokenizer "
+            "and mask seed are shared")
+
+
+def _arm_data_keys(abl: Any) -> set:
+    """The ``data.*`` keys any arm of ``abl`` overrides."""
+    keys: set = set()
     for over in OmegaConf.to_container(OmegaConf.create(dict(abl.arms)), resolve=True).values():
-        data = (over or {}).get("data") or {}
-        if "format" in data or "sentence_objective" in data:
-            return False
-    return True
+        keys |= set(((over or {}).get("data") or {}).keys())
+    return keys
 
 
 def _paper_rest(rec: AblationRecord) -> List[str]:

@@ -132,7 +132,7 @@ def compute_verdicts(claims: Sequence[ClaimConfig], paper_columns: Sequence[str]
         elif not finite:
             verdict, reason = "inconclusive", "a value is NaN or inf: a diverged run"
         elif not comparable:
-            verdict, reason = "inconclusive", "held-out sets differ in format or sentence objective: MLM losses do not compare"
+            verdict, reason = "inconclusive", "held-out sets differ in format, sentence objective or tokenizer: MLM losses do not compare"
         elif warned:
             verdict, reason = "inconclusive", "the run cannot show the effect: see the warning"
         elif spread is None:
