@@ -418,12 +418,17 @@ def test_note_says_whether_arms_share_validation_data():
     validation splits of their own; the table's note must not claim one shared split."""
     from types import SimpleNamespace
 
-    from pretrain.ablations.tables import _shares_validation
+    from pretrain.ablations.tables import _shares_validation, _validation_difference
 
     masking = SimpleNamespace(arms={"static": {"data": {"masking": {"mode": "static"}}}, "dynamic": {"data": {"masking": {"mode": "dynamic"}}}})
     objective = SimpleNamespace(arms={"nsp": {"data": {"sentence_objective": "nsp"}}, "sop": {"data": {"sentence_objective": "sop"}}})
     trainonly = SimpleNamespace(arms={"a": {"train": {"seed": 1}}, "b": None})
     assert _shares_validation(masking) and _shares_validation(trainonly) and not _shares_validation(objective)
+    # the recipes ablation: other tokenizers, so other tokens; the note must not say the tokenizer is shared
+    tokenizers = SimpleNamespace(arms={"roberta": {}, "bert": {"data": {"tokenizer": {"kind": "wordpiece"}, "format": "segment_pair"}}})
+    assert not _shares_validation(tokenizers)
+    assert "different tokenizers" in _validation_difference(tokenizers)
+    assert "tokenizer and mask seed are shared" in _validation_difference(objective)
 
 
 def test_an_ablation_of_your_own_needs_no_paper_section(tmp_path: Path):
