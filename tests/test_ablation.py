@@ -138,6 +138,31 @@ def test_printed_arm_command_composes_the_same_config(tmp_path: Path):
         assert to_dict(load_run_config(argv[2], argv[4], argv[5:])) == to_dict(cfgs[key])
 
 
+def test_scaled_arm_command_reads_its_config_from_the_logs_it_is_made_from(tmp_path: Path):
+    """A table regenerated from copied logs (results/runs) prints a scaled arm's batch, steps and
+    lr from the copy: the runs directory the record names may be gone (another machine)."""
+    import shlex
+
+    from pretrain.ablations.runner import AblationRecord, arm_command
+    from pretrain.config import load_run_config, to_dict
+
+    p = _ablation(tmp_path, arms={"b1": {}, "b2": {}}, paper={"source": "x", "columns": [], "rows": {}},
+                  extra="scale:\n  b2:\n    batch: 2\n    lr: 3.0\n")
+    overrides = ["train.max_steps=30", "data.max_documents=5"]
+    abl, cfgs = compose_arms(p, "smoke", overrides, tmp_path / "gone")
+    rec = OmegaConf.structured(AblationRecord)
+    rec.ablation, rec.source, rec.preset, rec.overrides = abl, str(p), "smoke", overrides
+    rec.runs_root = str(tmp_path / "gone")
+    logs = tmp_path / "copied" / "b2"
+    logs.mkdir(parents=True)
+    (logs / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfgs["b2"]))))
+    argv = shlex.split(arm_command(rec, "b2", logs=logs))
+    assert "train.max_steps=15" in argv and f"run_dir={tmp_path / 'gone' / 'toy' / 'b2'}" in argv
+    assert to_dict(load_run_config(argv[2], argv[4], argv[5:])) == to_dict(cfgs["b2"])
+    # without the logs (the recorded directory is gone) the scaled keys cannot be printed
+    assert "train.max_steps=15" not in shlex.split(arm_command(rec, "b2"))
+
+
 def test_unknown_key_fails_at_load(tmp_path: Path):
     with pytest.raises(UserError, match=r"unknown key 'bogus'.*valid keys: arms, base, budget, claims, evaluate, min_steps, name, paper, scale, seeds, title"):
         load_ablation(_ablation(tmp_path, extra="bogus: 1\n"))

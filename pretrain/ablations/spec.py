@@ -354,11 +354,17 @@ def ablate_command(rec: AblationRecord) -> str:
     return shlex.join(parts)
 
 
-def arm_command(rec: AblationRecord, arm: str, seed: Optional[int] = None, rel: Optional[str] = None) -> str:
+def arm_command(
+    rec: AblationRecord, arm: str, seed: Optional[int] = None, rel: Optional[str] = None,
+    logs: Optional[Path] = None,
+) -> str:
     """An equivalent ``pretrain train`` command for one run of an arm (the arm's overrides
     flattened to key=value, then the ablation's command-line overrides, the seed, and for a
     scaled arm its batch, steps, lr and intervals as its recorded ``config.yaml`` holds them).
-    ``rel``: the run's path under ``runs/<name>`` (default: the arm's name)."""
+    ``rel``: the run's path under ``runs/<name>`` (default: the arm's name). ``logs``: the
+    directory that holds that run's config.yaml now (default: the run directory the record
+    names) — a table regenerated from copied logs (``results/runs``) must not depend on the
+    original runs directory still existing."""
     layer = rec.ablation.arms[arm]
     flat = _flatten(to_dict(layer) if layer is not None else {})
     rel = rel or arm
@@ -368,7 +374,7 @@ def arm_command(rec: AblationRecord, arm: str, seed: Optional[int] = None, rel: 
     if seed is not None:
         parts.append(f"train.seed={seed}")
     if arm in rec.ablation.scale:
-        parts += _scaled_keys(run)
+        parts += _scaled_keys(logs or run)
     if rel in rec.arm_steps:
         parts.append(f"train.max_steps={rec.arm_steps[rel]}")
     if rel in rec.arm_batch:

@@ -164,7 +164,8 @@ def render_markdown(
         "Each arm alone:",
         "",
     ]
-    lines += [f"    {arm_command(rec, arm, seed, rel)}" for arm, seed, rel in seed_runs(abl)]
+    logs = Path(runs_root) / abl.name
+    lines += [f"    {arm_command(rec, arm, seed, rel, logs / rel)}" for arm, seed, rel in seed_runs(abl)]
     return "\n".join(lines) + "\n"
 
 
