@@ -18,11 +18,19 @@ RUNS = REPO / "results" / "runs"
 RESULTS = REPO / "results"
 
 
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory):
+    """Every table rebuilt once from the committed logs: (output directory, files written)."""
+    out = tmp_path_factory.mktemp("rebuilt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)  # as the page's command runs: `pretrain tables --runs results/runs ...`
+        return out, rebuild_tables("results/runs", out)
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in RUNS.iterdir() if (p / "ablation.yaml").is_file()))
-def test_committed_table_is_regenerated_from_committed_logs(tmp_path, monkeypatch, name):
+def test_committed_table_is_regenerated_from_committed_logs(rebuilt, name):
+    tmp_path, written = rebuilt
     rec = load_record(RUNS / name)
-    monkeypatch.chdir(REPO)  # as the page's command runs: `pretrain tables --runs results/runs ...`
-    written = rebuild_tables("results/runs", tmp_path)
     ours, committed = table_paths(tmp_path, rec.preset, name), table_paths(RESULTS, rec.preset, name)
     assert set(ours) <= set(written)
     for new, old in zip(ours, committed):
