@@ -21,7 +21,8 @@ from data_prep.shards import ShardSet
 from pretrain.config import ModelConfig, TrainConfig, load_run_config
 from pretrain.models.encoder import build_model
 from pretrain.training import checkpoint, rundir, safeload
-from pretrain.training.checks import check_device
+from pretrain.training.checks import check_device, device_warnings
+from pretrain.training.hardware import cpu_bf16_native
 from pretrain.training.engine import accumulation_steps, deepspeed_config, split_batch
 from pretrain.training.loop import NonFiniteLoss, train
 from pretrain.training.mfu import gpu_peak_flops, peak_flops
@@ -83,6 +84,20 @@ def test_lamb_config_picks_the_implementation_and_refuses_zero():
         deepspeed_config(merge_into(TrainConfig, {"optimizer": {"name": "lamb", "lamb_impl": "cuda"}}), 1)
     with pytest.raises(UserError, match=r"optimizer.name='sgd' is not one of: adamw, lamb"):
         deepspeed_config(merge_into(TrainConfig, {"optimizer": {"name": "sgd"}}), 1)
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_is_a_warning_naming_the_fix(monkeypatch):
+    import pretrain.training.checks as checks
+
+    bf16 = merge_into(TrainConfig, {"precision": "bf16"})
+    monkeypatch.setattr(checks.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(checks, "cpu_bf16_native", lambda: False)
+    (line,) = device_warnings(bf16)
+    assert line.startswith("warning: train.precision=bf16, but this CPU (") and "\n" not in line
+    assert "add train.precision=fp32" in line and "evaluate.overrides" in line
+    assert device_warnings(merge_into(TrainConfig, {"precision": "fp32"})) == []
+    monkeypatch.setattr(checks, "cpu_bf16_native", lambda: True)
+    assert device_warnings(bf16) == []
 
 
 def test_deepspeed_config_follows_train_config():
@@ -351,11 +366,13 @@ def test_load_model_state_gives_the_trained_weights(short_run):
 
 
 @pytest.mark.parametrize("zero_stage, optimizer", [(0, "adamw"), (2, "adamw"), (3, "adamw"), (0, "lamb")])
-def test_bf16_run_exports_fp32_master_weights(tmp_path: Path, data: Path, zero_stage: int, optimizer: str):
+def test_bf16_run_exports_fp32_master_weights(tmp_path: Path, data: Path, zero_stage: int, optimizer: str, capsys):
     run = tmp_path / "bf16"
     cfg = tiny_cfg(run, data, "train.max_steps=4", "train.schedule.warmup_steps=1", "train.precision=bf16",
                    f"train.zero_stage={zero_stage}", "train.checkpoint_every=4", f"train.optimizer.name={optimizer}")
     summary = train(cfg)
+    # the trainer says so when this CPU emulates bf16, and only then
+    assert ("warning: train.precision=bf16, but this CPU" in capsys.readouterr().err) == (not cpu_bf16_native())
     assert math.isfinite(summary["final_eval"]["mlm_loss"])
     assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in rundir.read_metrics(run, "train"))
     _, sd = checkpoint.load_model_state(run)

@@ -1,20 +1,22 @@
 """Every check of a run config that needs no data, in one place: ``check_run`` serves
 ``pretrain train`` (before the data is built), ``pretrain ablate`` (every arm before the
 first trains) and ``pretrain submit`` (for the job's world size, before anything is queued).
-What only this machine can answer (a GPU for fp16, CUDA for fused LAMB) is ``check_device``,
-called by the trainer alone, so a GPU job can be checked on a login node without one.
+What only this machine can answer (a GPU for fp16, CUDA for fused LAMB) is ``check_device``
+(and ``device_warnings``: bf16 on a CPU that emulates it), called by the trainer alone, so a
+GPU job can be checked on a login node without one.
 Single choices (precision, optimizer, schedule, sharing, ...) are typed config fields and
 fail earlier still, when the config loads (``pretrain.config``)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 import torch
 
 from common.errors import UserError
 from pretrain.tasks.base import Task
 from pretrain.training.engine import deepspeed_config
+from pretrain.training.hardware import cpu_bf16_native, cpu_features, cpu_name
 from pretrain.training.optim import schedule_fn
 
 
@@ -40,6 +42,19 @@ def check_device(t) -> None:
     if t.optimizer.name == "lamb" and t.optimizer.lamb_impl == "fused" and not torch.cuda.is_available():
         raise UserError("train.optimizer.lamb_impl=fused needs CUDA (DeepSpeed's FusedLamb has no CPU build); "
                         "use lamb_impl=torch (or auto)")
+
+
+def device_warnings(t) -> List[str]:
+    """What this machine runs, but slowly enough to be a mistake, as one-line warnings (the
+    trainer prints them on rank 0 and goes on): ``precision=bf16`` on a CPU without bf16
+    kernels, where torch emulates every bf16 matmul (``pretrain.training.hardware.
+    cpu_bf16_native``; bench/train.md measures an AVX2-only CPU)."""
+    if t.precision == "bf16" and not torch.cuda.is_available() and not cpu_bf16_native():
+        return [f"warning: train.precision=bf16, but this CPU ({cpu_name()}; {cpu_features()}) has no bf16 matrix "
+                "kernels, so torch emulates them and training runs many times slower than in fp32 (bench/train.md); "
+                "add train.precision=fp32 to the command (for an ablation's fine-tuning stages also "
+                "evaluate.overrides with train.precision=fp32)"]
+    return []
 
 
 def check_run(cfg: Any, world_size: int, task: Optional[Type[Task]] = None) -> Dict[str, Any]:

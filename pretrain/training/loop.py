@@ -40,6 +40,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type
@@ -54,7 +55,7 @@ from pretrain.config import run_dir, to_dict, to_yaml
 from pretrain.tasks.base import Task, normalized_loss
 from pretrain.training import checkpoint, distributed, hardware
 from pretrain.training.batching import rank_micro_batches
-from pretrain.training.checks import check_device, check_run
+from pretrain.training.checks import check_device, check_run, device_warnings
 from pretrain.training.engine import accumulation_steps, build_engine, deepspeed_config  # noqa: F401 (API)
 from pretrain.training.evaluate import to_device
 from pretrain.training.metrics_log import MetricsLog
@@ -113,6 +114,9 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
     # ---- every check before the first step: config first (cheap), then data
     ds_config = check_run(cfg, world.size, task_cls)
     check_device(t)
+    if world.is_main:
+        for line in device_warnings(t):
+            print(line, file=sys.stderr, flush=True)
     accumulation = ds_config["gradient_accumulation_steps"]
     ckpt = checkpoint.resume_point(run, resume, world)
 
