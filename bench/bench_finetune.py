@@ -9,7 +9,7 @@ prints markdown tables (results: bench/finetune.md).
 ``throughput``: per repeat, two processes with ``OMP_NUM_THREADS=--threads``:
 
 - ours: ``pretrain finetune HF_DIR --task T --preset small --seeds 1 lrs=[1e-4]
-  data.max_train_rows=R epochs=1`` (fp32, AdamW, DeepSpeed ZeRO-0, one rank; a micro batch is
+  data.max_train_rows=R epochs=1 train.precision=fp32`` (fp32, AdamW, DeepSpeed ZeRO-0, one rank; a micro batch is
   padded to its longest row);
 - Hugging Face: ``AutoModelForSequenceClassification`` from the same directory, trained by
   ``transformers.Trainer`` on the *same encoded rows* (``pretrain.downstream.task_data``,
@@ -45,7 +45,9 @@ def _env(threads: int) -> Dict[str, str]:
 
 
 def _overrides(args: argparse.Namespace) -> List[str]:
-    return ["lrs=[1e-4]", f"data.max_train_rows={args.rows}", "epochs=1", "train.log_every=" + str(args.warmup)]
+    # fp32 on both sides: the small preset's bf16 is ours alone (the Trainer side runs fp32)
+    return ["lrs=[1e-4]", f"data.max_train_rows={args.rows}", "epochs=1", "train.log_every=" + str(args.warmup),
+            "train.precision=fp32"]
 
 
 def _config(args: argparse.Namespace):

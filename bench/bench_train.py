@@ -2,6 +2,7 @@
 
     python bench/bench_train.py                          # smoke + small, fp32 + bf16, 1 and 2 threads
     python bench/bench_train.py --presets smoke --precisions bf16 --threads 2
+    python bench/bench_train.py --threads 1 --steps 10      # a slow CPU: fewer steps per cell
 
 Each cell is one real ``pretrain train configs/recipe/roberta.yaml --preset P`` run in its
 own process (the RoBERTa recipe: dynamic masking, AdamW, DeepSpeed ZeRO-0, one rank) on
@@ -28,15 +29,18 @@ from typing import Dict, List
 
 import yaml
 
+from pretrain.training.hardware import cpu_features, cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
 LOG_EVERY = 5
 STEPS = {"smoke": 40, "small": 20}  # optimizer steps per run, first log window discarded
 
 
-def run_one(work: Path, preset: str, precision: str, threads: int) -> Dict:
-    """Train one cell; return its throughput numbers (raises CalledProcessError on failure)."""
-    steps = STEPS[preset]
+def run_one(work: Path, preset: str, precision: str, threads: int, steps: int | None = None) -> Dict:
+    """Train one cell for ``steps`` optimizer steps (default ``STEPS[preset]``); return its
+    throughput numbers (raises CalledProcessError on failure)."""
+    steps = steps or STEPS[preset]
     run = work / "runs" / f"{preset}-{precision}-t{threads}"
     cmd = [
         sys.executable, "-m", "pretrain.cli", "train", str(RECIPE), "--preset", preset,
@@ -76,7 +80,13 @@ def main(argv: List[str] | None = None) -> None:
     p.add_argument("--presets", default="smoke,small")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimizer steps per cell, a multiple of {LOG_EVERY} and at least {2 * LOG_EVERY} "
+                        f"(default: {', '.join(f'{k} {v}' for k, v in STEPS.items())})")
     args = p.parse_args(argv)
+    if args.steps is not None and (args.steps % LOG_EVERY or args.steps < 2 * LOG_EVERY):
+        p.error(f"--steps {args.steps}: use a multiple of {LOG_EVERY}, at least {2 * LOG_EVERY} "
+                "(the first log window holds start-up and is not measured)")
 
     rows = []
     load_before = os.getloadavg()
@@ -85,13 +95,13 @@ def main(argv: List[str] | None = None) -> None:
         for preset in args.presets.split(","):
             for precision in args.precisions.split(","):
                 for threads in map(int, args.threads.split(",")):
-                    r = run_one(Path(tmp), preset, precision, threads)
+                    r = run_one(Path(tmp), preset, precision, threads, args.steps)
                     print(f"  {preset} {precision} threads={threads}: {r['tokens_per_s']:.0f} tok/s", file=sys.stderr)
                     rows.append(r)
     load_after = os.getloadavg()
 
     print(f"Training throughput, RoBERTa recipe on pydoc, DeepSpeed ZeRO-0, 1 rank, CPU "
-          f"({os.cpu_count()} cores; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
+          f"({cpu_name()}; {cpu_features()}; {os.cpu_count()} cores; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
           f"{time.time() - t0:.0f} s in all)\n")
     print("| preset | params | global batch | tokens/step | precision | threads | tokens/s | ms/step "
           "| tokens/s median window | tokens/s best window |")
