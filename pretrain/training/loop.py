@@ -113,10 +113,7 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
 
     # ---- every check before the first step: config first (cheap), then data
     ds_config = check_run(cfg, world.size, task_cls)
-    check_device(t)
-    if world.is_main:
-        for line in device_warnings(t):
-            print(line, file=sys.stderr, flush=True)
+    _check_machine(t, world)
     accumulation = ds_config["gradient_accumulation_steps"]
     ckpt = checkpoint.resume_point(run, resume, world)
 
@@ -224,6 +221,15 @@ def _train(cfg, resume: bool, task_cls: Type[Task], signals_received: List[str])
         engine.destroy()
         engine = None  # the last reference: an ablation's next arm must not hold this one's memory
         gc.collect()
+
+
+def _check_machine(t, world) -> None:
+    """What this machine cannot run raises UserError (``check_device``); what it runs but
+    slowly (``device_warnings``: bf16 emulated on a CPU) is a one-line warning on rank 0."""
+    check_device(t)
+    if world.is_main:
+        for line in device_warnings(t):
+            print(line, file=sys.stderr, flush=True)
 
 
 def _build_engine(task: Task, t, ds_config: Dict[str, Any], rank: int):
