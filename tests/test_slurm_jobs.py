@@ -33,16 +33,18 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipe" / "roberta.yaml"
 MASKING = REPO / "tests" / "fixtures" / "two_arm_masking.yaml"  # one seed per arm
-# 500 steps of a tiny encoder: ~50 s on one core with two processes. Long enough that the
-# time-limit warning (Slurm checks every 30 s) always comes before the end.
+# 300 steps of a tiny encoder with two processes: 10-45 s on two cores (AVX512 or AVX2 only),
+# long enough to requeue or signal mid-run after the first checkpoint (step 50).
+STEPS = 300
 OVERRIDES = [
     "data.max_documents=30", "data.max_seq_length=64", "model.vocab_size=null",
-    "train.global_batch_size=8", "train.micro_batch_size=4", "train.max_steps=500",
-    "train.schedule.warmup_steps=10", "train.eval_every=250", "train.eval_max_batches=2",
+    "train.global_batch_size=8", "train.micro_batch_size=4", f"train.max_steps={STEPS}",
+    "train.schedule.warmup_steps=10", "train.eval_every=150", "train.eval_max_batches=2",
     "train.log_every=10", "train.checkpoint_every=50",
 ]
 JOB = ["--preset", "smoke", "--procs-per-node", "2", "--cpus-per-task", "1"]
 WAIT = 300  # seconds; a run takes ~1 min, a requeue adds ~25 s (cred_expire=20)
+TRAIN_S = 200  # seconds of training in the time-limit test: past the warning at <= 60 s
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +69,15 @@ def jobs_of(slurm_dir: Path) -> dict:
     return json.loads((slurm_dir / "jobs.json").read_text())["jobs"]
 
 
-def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
+def wait_until(predicate, timeout: float, what, poll: float = 0.5):
+    """``what``: the failure message, or a function giving it (to report the last state seen)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll)
-    raise TimeoutError(f"{what} after {timeout:.0f}s")
+    raise TimeoutError(f"{what() if callable(what) else what} after {timeout:.0f}s")
 
 
 def wait_ended(env, job_id: str, timeout: float = WAIT) -> dict:
@@ -89,7 +92,7 @@ def wait_ended(env, job_id: str, timeout: float = WAIT) -> dict:
         last = info
         return info if info["JobState"] in TERMINAL_STATES else None
 
-    return wait_until(ended, timeout, f"job {job_id} still {last.get('JobState')}")
+    return wait_until(ended, timeout, lambda: f"job {job_id} still {last.get('JobState')}")
 
 
 def summary(run: Path) -> dict:
@@ -137,7 +140,7 @@ def test_ablation_array_with_two_processes_per_task_writes_the_table(ablation, s
     assert len(logs) == 2, list(logs)
     for arm in ("static", "dynamic"):
         s = summary(abl / arm)
-        assert s["status"] == "done" and s["steps"] == 500
+        assert s["status"] == "done" and s["steps"] == STEPS
         # Two ranks (torchrun --nproc-per-node=2) trained each arm.
         assert checkpoint.read_client_state(checkpoint.latest(abl / arm))["world_size"] == 2
         assert any(f"finished: runs/roberta_masking/{arm}/summary.json (exit 0)" in t for t in logs.values())
@@ -147,8 +150,8 @@ def test_ablation_array_with_two_processes_per_task_writes_the_table(ablation, s
     status = subprocess.run([sys.executable, "-m", "pretrain.cli", "status", "runs/roberta_masking"],
                             cwd=abl.parent.parent, env=slurm_cluster, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
-    assert re.search(r"static\s+done\s+\S+\s+step 500/500", status.stdout), status.stdout
-    assert re.search(r"dynamic\s+done\s+\S+\s+step 500/500", status.stdout), status.stdout
+    assert re.search(rf"static\s+done\s+\S+\s+step {STEPS}/{STEPS}", status.stdout), status.stdout
+    assert re.search(rf"dynamic\s+done\s+\S+\s+step {STEPS}/{STEPS}", status.stdout), status.stdout
 
 
 def test_partition_slurm_rejects_is_reported_verbatim(slurm_cluster, work):
@@ -183,15 +186,20 @@ def test_admin_requeue_resumes_from_the_checkpoint(slurm_cluster, work, referenc
     assert_same_run(run, reference)
 
 
-def test_time_limit_sends_usr1_and_the_job_requeues_itself_and_completes(slurm_cluster, work):
+def test_time_limit_sends_usr1_and_the_job_requeues_itself_and_completes(slurm_cluster, work, reference):
     # A one-minute limit with the warning 30 s ahead: slurmctld checks limits every 30 s, so
-    # USR1 comes at most ~60 s after the start. 500 steps can finish before that on a quiet
-    # machine (18 s measured); 4000 take ~2 min, so the warning always comes before the end.
-    # (Same metrics as an uninterrupted run is the USR1 and admin-requeue tests' job; this
-    # one is about Slurm's own warning and the job requeueing itself.)
-    steps = 4000
+    # USR1 comes at most ~60 s after the start. The run must outlast that on any machine, and
+    # its rest must end within the wait: 500 steps took 18 s on an AVX512 CPU and 37-75 s on an
+    # AVX2 one, so the step count comes from this machine's reference run, sized for TRAIN_S
+    # seconds of training. The estimate errs short, never long: the reference's time includes
+    # its frequent checkpoints, and the two arms of the array may have shared the CPUs (seen:
+    # half the rate of a run alone), so the run trains TRAIN_S / 2 to TRAIN_S seconds. (Same metrics as an uninterrupted run is the USR1 and admin-requeue
+    # tests' job; this one is about Slurm's own warning and the job requeueing itself.)
+    ref = summary(reference)
+    steps = max(500, int(round(ref["steps"] * TRAIN_S / ref["wall_time_s"], -2)))
     proc = submit(slurm_cluster, work, str(RECIPE), *JOB, *OVERRIDES, "name=timelimit", f"train.max_steps={steps}",
-                  "train.eval_every=2000", "train.checkpoint_every=1000", "--time", "1", "--signal-seconds", "30")
+                  f"train.eval_every={steps}", f"train.checkpoint_every={steps}", "--time", "1",
+                  "--signal-seconds", "30")
     assert proc.returncode == 0, proc.stderr
     run = work / "runs" / "timelimit"
     job = jobs_of(run / "slurm")["train"]
@@ -204,7 +212,7 @@ def test_time_limit_sends_usr1_and_the_job_requeues_itself_and_completes(slurm_c
     # The requeued job keeps its one-minute limit and would be warned again within 30 s of
     # every restart; give the rest of the run room to finish.
     assert slurm_cmd(slurm_cluster, "scontrol", "update", f"JobId={job}", "TimeLimit=10").returncode == 0
-    info = wait_ended(slurm_cluster, job)
+    info = wait_ended(slurm_cluster, job, WAIT + 2 * TRAIN_S)
     # Finished once, never requeued after that.
     assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1")
     log = log_of(run / "slurm")
@@ -245,7 +253,7 @@ def test_usr1_checkpoints_at_the_next_step_and_the_requeued_job_resumes_there(sl
     assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1")
     log = log_of(run / "slurm")
     saved = re.search(r"SIGUSR1: checkpoint step-(\d+) saved", log)
-    assert saved and 20 <= int(saved.group(1)) < 500, log[-3000:]
+    assert saved and 20 <= int(saved.group(1)) < STEPS, log[-3000:]
     assert f"resumed runs/usr1 from step-{saved.group(1)} " in log
     assert "User defined signal 1" not in log  # torchrun passed USR1 on instead of dying of it
     assert_same_run(run, reference)
