@@ -193,8 +193,9 @@ def test_time_limit_sends_usr1_and_the_job_requeues_itself_and_completes(slurm_c
     # AVX2 one, so the step count comes from this machine's reference run, sized for TRAIN_S
     # seconds of training. The estimate errs short, never long: the reference's time includes
     # its frequent checkpoints, and the two arms of the array may have shared the CPUs (seen:
-    # half the rate of a run alone), so the run trains TRAIN_S / 2 to TRAIN_S seconds. (Same metrics as an uninterrupted run is the USR1 and admin-requeue
-    # tests' job; this one is about Slurm's own warning and the job requeueing itself.)
+    # half the rate of a run alone), so the run trains TRAIN_S / 2 to TRAIN_S seconds.
+    # (Same metrics as an uninterrupted run is the USR1 and admin-requeue tests' job; this one
+    # is about Slurm's own warning and the job requeueing itself.)
     ref = summary(reference)
     steps = max(500, int(round(ref["steps"] * TRAIN_S / ref["wall_time_s"], -2)))
     proc = submit(slurm_cluster, work, str(RECIPE), *JOB, *OVERRIDES, "name=timelimit", f"train.max_steps={steps}",
